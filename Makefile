@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test` create and fill .venv when needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WHEEL_CACHE ?= $(HOME)/.cache/hubmap-ftu/wheels
+MMCV_VERSION ?= 2.1.0
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint bench clean-demo
+
+# The stamp depends on requirements.txt: a filled venv is not reinstalled, a changed pin is.
+$(VENV)/.installed: requirements.txt tools/build_mmcv_wheel.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt
+	MMCV_VERSION=$(MMCV_VERSION) bash tools/build_mmcv_wheel.sh $(PY) $(WHEEL_CACHE)
+	$(PY) -m pip install --no-deps $(WHEEL_CACHE)/mmcv-$(MMCV_VERSION)-*.whl
+	$(PY) -m pip check
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	bash tools/demo.sh $(PY) $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""Data preparation: demo data, folds, tile sets, Laplacian pyramid blends and augmentations."""

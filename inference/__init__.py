@@ -1,0 +1,1 @@
+"""Inference package: everything the Kaggle kernel ships (domain primitives, predictors, submission)."""

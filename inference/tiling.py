@@ -1,0 +1,92 @@
+"""Tile geometry shared by data prep, training validation and inference.
+
+Boxes are (x0, y0, x1, y1) in pixel coordinates, x1/y1 exclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+Box = tuple[int, int, int, int]
+
+
+def split_boxes(height: int, width: int, n: int) -> list[Box]:
+    """Cut an image into n x n near-equal parts, row by row; parts tile the image exactly."""
+    if n < 1:
+        raise ValueError(f"split must be at least 1, got {n}")
+    xs = [round(i * width / n) for i in range(n + 1)]
+    ys = [round(i * height / n) for i in range(n + 1)]
+    return [(xs[i], ys[j], xs[i + 1], ys[j + 1]) for j in range(n) for i in range(n)]
+
+
+def window_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of windows of `tile` pixels every `stride` pixels covering [0, length).
+
+    The last window is shifted back to end at the border, so no window leaves the image unless the
+    image is shorter than one tile (then the single window at 0 needs padding up to `tile`).
+    """
+    if tile < 1 or stride < 1:
+        raise ValueError(f"tile and stride must be positive, got tile={tile}, stride={stride}")
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def grid_boxes(height: int, width: int, tile: int, stride: int) -> list[Box]:
+    """Sliding-window boxes of tile x tile covering an image (see window_starts)."""
+    return [
+        (x, y, x + tile, y + tile)
+        for y in window_starts(height, tile, stride)
+        for x in window_starts(width, tile, stride)
+    ]
+
+
+def stride_for(tile: int, overlap: float) -> int:
+    """Window stride for an overlap fraction in [0, 1)."""
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return max(1, int(round(tile * (1.0 - overlap))))
+
+
+def adaptive_reduce(height: int, width: int, tile: int, k: float = 1.0) -> int:
+    """The seed team's rule: reduce = ceil(max(h, w) / (tile * k)), at least 1."""
+    if tile < 1 or k <= 0:
+        raise ValueError(f"tile must be positive and k > 0, got tile={tile}, k={k}")
+    return max(1, math.ceil(max(height, width) / (tile * k)))
+
+
+def reassemble(
+    tiles: Sequence[np.ndarray],
+    boxes: Sequence[Box],
+    height: int,
+    width: int,
+    scale: float = 1.0,
+    nearest: bool = False,
+) -> np.ndarray:
+    """Paste per-tile maps back onto an image canvas, averaging where tiles overlap.
+
+    Each tile (any resolution) is resized to its box scaled by `scale`; the canvas has shape
+    (round(height * scale), round(width * scale)) and is float32. Parts of a box beyond the image
+    (padded tiles) are cropped; canvas pixels that no tile covers stay 0.
+    """
+    if len(tiles) != len(boxes):
+        raise ValueError(f"reassemble: {len(tiles)} tiles but {len(boxes)} boxes")
+    ch, cw = round(height * scale), round(width * scale)
+    acc = np.zeros((ch, cw), dtype=np.float32)
+    hits = np.zeros((ch, cw), dtype=np.float32)
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    for tile, (x0, y0, x1, y1) in zip(tiles, boxes):
+        sx0, sy0 = round(x0 * scale), round(y0 * scale)
+        sx1, sy1 = max(sx0 + 1, round(x1 * scale)), max(sy0 + 1, round(y1 * scale))
+        resized = cv2.resize(np.asarray(tile, dtype=np.float32), (sx1 - sx0, sy1 - sy0), interpolation=interp)
+        cx1, cy1 = min(sx1, cw), min(sy1, ch)
+        acc[sy0:cy1, sx0:cx1] += resized[: cy1 - sy0, : cx1 - sx0]
+        hits[sy0:cy1, sx0:cx1] += 1.0
+    np.divide(acc, hits, out=acc, where=hits > 0)
+    return acc
