@@ -1,0 +1,45 @@
+"""Session fixtures shared by the test suite: a small demo dataset, its folds and a tile set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "hubmap2022"
+
+
+@pytest.fixture(scope="session")
+def real_fixtures() -> Path:
+    """Real competition files from ../shared; skipped where that folder is absent."""
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"real competition fixtures not found at {SHARED_FIXTURES} (../shared is absent)")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo dataset in competition layout: 10 train images (2 per organ), 6 test images."""
+    from data_prep.make_demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo_data"), seed=0, n_train=10, n_test=6)
+
+
+@pytest.fixture(scope="session")
+def demo_folds(demo_data: Path) -> Path:
+    """Organ-stratified 5-fold split of the demo train ids."""
+    from data_prep.make_folds import ids_from_train_csv, make_folds
+
+    path = demo_data / "folds.csv"
+    make_folds(ids_from_train_csv(demo_data / "train.csv"), n_folds=5, seed=42).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_tiles(demo_data: Path, demo_folds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 128 px tile set (whole image and 2x2 split) of the demo train images."""
+    from data_prep.tiles import build_tiles
+
+    out = tmp_path_factory.mktemp("demo_tiles")
+    build_tiles(demo_data, demo_folds, out, size=128, splits=(1, 2), workers=1)
+    return out
