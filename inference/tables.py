@@ -48,7 +48,7 @@ def validate(df: pd.DataFrame, required: tuple[str, ...], name: str) -> pd.DataF
         if bad:
             raise TableError(f"{name}: unknown data_source(s) {bad}; expected {list(DATA_SOURCES)}")
     if "rle" in df.columns:
-        df["rle"] = df["rle"].fillna("").astype(str)
+        df["rle"] = df["rle"].astype(object).fillna("").astype(str)
     dup = df.loc[df["id"].duplicated(), "id"]
     if len(dup):
         raise TableError(f"{name}: duplicate id(s) {dup.head(5).tolist()}")
@@ -59,7 +59,8 @@ def _read(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"CSV not found: {path}")
-    return validate(pd.read_csv(path, keep_default_na=False, na_values=[""]), required, str(path))
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"rle": str})
+    return validate(df, required, str(path))
 
 
 def load_train(path: str | Path) -> pd.DataFrame:
