@@ -1,0 +1,1 @@
+"""Training: fastai and mmsegmentation trainers that write self-describing checkpoint folders."""
