@@ -38,17 +38,38 @@ def _write_tiles(out: Path, image_id: str, organ: str, image: np.ndarray, mask: 
         cv2.imwrite(str(out / f"masks/{tile_id}.png"), tile_mask)
         x0, y0, x1, y1 = box
         rows.append(
-            dict(tile_id=tile_id, image_id=image_id, organ=organ, data_source="HPA", fold=0, split=split,
-                 reduce=reduce, x0=x0, y0=y0, x1=x1, y1=y1, fg_fraction=float((tile_mask > 0).mean()),
-                 image_path=f"images/{tile_id}.png", mask_path=f"masks/{tile_id}.png", source="original",
-                 img_height=height, img_width=width, tile_pixel_size=0.4 * (x1 - x0) / SIZE)
+            dict(
+                tile_id=tile_id,
+                image_id=image_id,
+                organ=organ,
+                data_source="HPA",
+                fold=0,
+                split=split,
+                reduce=reduce,
+                x0=x0,
+                y0=y0,
+                x1=x1,
+                y1=y1,
+                fg_fraction=float((tile_mask > 0).mean()),
+                image_path=f"images/{tile_id}.png",
+                mask_path=f"masks/{tile_id}.png",
+                source="original",
+                img_height=height,
+                img_width=width,
+                tile_pixel_size=0.4 * (x1 - x0) / SIZE,
+            )
         )
 
     for n in splits:
         for x0, y0, x1, y1 in split_boxes(height, width, n):
             crop, crop_mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-            add(cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_AREA),
-                cv2.resize(crop_mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST), n, 0, (x0, y0, x1, y1))
+            add(
+                cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_AREA),
+                cv2.resize(crop_mask, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST),
+                n,
+                0,
+                (x0, y0, x1, y1),
+            )
     for r in reduces:
         small = cv2.resize(image, (width // r, height // r), interpolation=cv2.INTER_AREA)
         small_mask = cv2.resize(mask, (width // r, height // r), interpolation=cv2.INTER_NEAREST)
@@ -126,7 +147,9 @@ def test_predict_output_at_other_resolution_is_resized(tiles) -> None:
     out, index = tiles
 
     def half_res(batch: np.ndarray) -> np.ndarray:
-        return np.stack([cv2.resize(p, (SIZE // 2, SIZE // 2), interpolation=cv2.INTER_NEAREST) for p in _perfect(batch)])
+        return np.stack(
+            [cv2.resize(p, (SIZE // 2, SIZE // 2), interpolation=cv2.INTER_NEAREST) for p in _perfect(batch)]
+        )
 
     assert full_image_dice(half_res, index, out, split=2, progress=False)["dice"] > 0.9
 
