@@ -1,0 +1,429 @@
+"""Multi-scale tile sets (whole image, 2x2, 3x3 splits and reduce-R sliding tiles) with class-index masks.
+
+    python -m data_prep.tiles --data-dir DATA --folds folds.csv --out TILES --size 768 [--splits 1,2,3]
+        [--reduce 4 --reduce 6] [--overlap 0.25] [--target-pixel-size 0.4] [--tissue-threshold 0.05]
+        [--workers 2] [--overwrite]
+
+Split tiles: each image is cut into n x n equal parts and every part is resized to size x size (area
+interpolation for images, nearest for masks), so splits 1,2,3 give 14 tiles per image. Reduce tiles: the
+image is downscaled by R (after rescaling to --target-pixel-size um/px when given), then cut into size x size
+windows with the --overlap stride, reflection-padded where the image is smaller than a tile; windows with
+less tissue than --tissue-threshold and no FTU pixel are dropped. --target-pixel-size only changes reduce
+tiles: a split part is resized to size x size whatever the image scale, so its scale is recorded instead.
+
+Writes TILES/images/<tile_id>.png (RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class)
+and TILES/index.csv (INDEX_COLUMNS; boxes in original image pixels). Each finished image leaves
+TILES/parts/<image_id>.csv, so a re-run skips it; --overwrite clears the tile set (LPB tiles included) and
+redoes everything. TILES/tiles.json records the build settings; re-running with other settings needs
+--overwrite or another --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from inference.io import ImageReadError, read_image
+from inference.organs import class_index
+from inference.rle import decode
+from inference.tables import TableError, load_train
+from inference.tiling import Box, grid_boxes, split_boxes, stride_for
+
+# The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
+INDEX_COLUMNS: tuple[str, ...] = tuple(
+    "tile_id,image_id,organ,data_source,fold,split,reduce,x0,y0,x1,y1,fg_fraction,image_path,mask_path,source,"
+    "img_height,img_width,tile_pixel_size,tissue_fraction,parents".split(",")
+)
+DEFAULT_TISSUE_THRESHOLD = 0.05
+# Saturation cut-off for "tissue" is Otsu's threshold clamped to this range: the floor keeps a blank slide
+# from being split in two by Otsu, the ceiling keeps an all-tissue image from losing its paler half.
+_SATURATION_CLAMP = (20, 60)
+_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # level 1: several times faster than 6, files ~10% larger
+
+
+class ImageSizeError(ValueError):
+    """An image's pixel size disagrees with img_height/img_width in train.csv."""
+
+
+class TileSetError(ValueError):
+    """A tile folder or its inputs are inconsistent (missing folds, other build settings)."""
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    size: int
+    splits: tuple[int, ...]
+    reduces: tuple[int, ...]
+    overlap: float
+    target_pixel_size: float | None
+    tissue_threshold: float
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    image_id: int
+    path: str
+    organ: str
+    data_source: str
+    fold: int
+    height: int
+    width: int
+    pixel_size: float
+    rle: str
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    """Write an RGB uint8 image or a 2-D uint8 mask as a fast-compressed PNG."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array, _PNG):
+        raise OSError(f"cannot write {path}")
+
+
+def read_png(path: Path, mask: bool = False) -> np.ndarray:
+    """Read a tile PNG as (h, w, 3) RGB uint8, or as a 2-D uint8 class mask when mask=True."""
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if mask else cv2.IMREAD_COLOR)
+    if array is None:
+        raise OSError(f"cannot read tile {path}")
+    return array if mask else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def read_tile(tiles_dir: Path, row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Read one index row's image (RGB uint8) and class-index mask (uint8)."""
+    return read_png(Path(tiles_dir) / row["image_path"]), read_png(Path(tiles_dir) / row["mask_path"], mask=True)
+
+
+def load_index(tiles_dir: Path) -> pd.DataFrame:
+    """Read TILES/index.csv, checking its columns."""
+    path = Path(tiles_dir) / "index.csv"
+    if not path.is_file():
+        raise TileSetError(f"{path} not found; build the tile set with python -m data_prep.tiles")
+    df = _read_rows(path)
+    missing = [c for c in INDEX_COLUMNS if c not in df.columns]
+    if missing:
+        raise TileSetError(f"{path}: missing column(s) {missing}; rebuild it with python -m data_prep.tiles")
+    return df
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, dtype={"parents": str, "tile_id": str})
+
+
+def write_index(tiles_dir: Path, df: pd.DataFrame) -> None:
+    """Write TILES/index.csv atomically (a crash never leaves half an index)."""
+    path = Path(tiles_dir) / "index.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    df.loc[:, list(INDEX_COLUMNS)].to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+
+
+def tissue_cutoff(image: np.ndarray) -> int:
+    """Saturation level separating tissue from background: Otsu on a <=1024 px copy, clamped."""
+    scale = 1024 / max(image.shape[:2])
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    saturation = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1]
+    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return int(np.clip(otsu, *_SATURATION_CLAMP))
+
+
+def tissue_fraction(tile: np.ndarray, cutoff: int) -> float:
+    """Fraction of a tile's pixels whose saturation exceeds the image's tissue cut-off."""
+    return float((cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)[..., 1] > cutoff).mean())
+
+
+def resize_to(array: np.ndarray, width: int, height: int, nearest: bool) -> np.ndarray:
+    """Resize with area interpolation (images) or nearest (masks); a same-size call returns the input."""
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    return cv2.resize(array, (width, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflection-pad bottom/right up to (height, width); no-op when already large enough."""
+    dh, dw = max(0, height - array.shape[0]), max(0, width - array.shape[1])
+    if not dh and not dw:
+        return array
+    border = cv2.BORDER_REFLECT_101 if min(array.shape[:2]) > 1 else cv2.BORDER_REPLICATE
+    return cv2.copyMakeBorder(array, 0, dh, 0, dw, border)
+
+
+def reduce_factor(reduce: int, pixel_size: float, target_pixel_size: float | None) -> float:
+    """Total downscale of a reduce-R tile: R, times target/native pixel size when rescaling first."""
+    return reduce if target_pixel_size is None else reduce * target_pixel_size / pixel_size
+
+
+def load_image(job: ImageJob) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and its class-index mask, checking the size against train.csv."""
+    image = read_image(job.path)
+    if image.shape[:2] != (job.height, job.width):
+        raise ImageSizeError(
+            f"{job.path}: image is {image.shape[0]}x{image.shape[1]} (h x w) but train.csv says "
+            f"img_height={job.height}, img_width={job.width} for id {job.image_id}; fix the CSV row or the file"
+        )
+    mask = decode(job.rle, job.height, job.width)
+    mask *= np.uint8(class_index(job.organ))
+    return image, mask
+
+
+class Tile(NamedTuple):
+    tile_id: str
+    split: int
+    reduce: int
+    box: Box  # footprint in original image pixels
+    image: np.ndarray
+    mask: np.ndarray
+    pixel_size: float  # um per tile pixel
+
+
+def cut_tiles(image: np.ndarray, mask: np.ndarray, job: ImageJob, settings: TileSettings) -> Iterator[Tile]:
+    """Yield the split tiles, then the reduce tiles, of one image (nothing dropped yet)."""
+    size, h, w = settings.size, job.height, job.width
+    for n in settings.splits:
+        for k, (x0, y0, x1, y1) in enumerate(split_boxes(h, w, n)):
+            yield Tile(
+                f"{job.image_id}_s{n}_{k}",
+                n,
+                0,
+                (x0, y0, x1, y1),
+                resize_to(image[y0:y1, x0:x1], size, size, nearest=False),
+                resize_to(mask[y0:y1, x0:x1], size, size, nearest=True),
+                job.pixel_size * ((x1 - x0) + (y1 - y0)) / (2 * size),
+            )
+    stride = stride_for(size, settings.overlap)
+    for reduce in settings.reduces:
+        factor = reduce_factor(reduce, job.pixel_size, settings.target_pixel_size)
+        rh, rw = max(1, round(h / factor)), max(1, round(w / factor))
+        interp = cv2.INTER_AREA if factor >= 1 else cv2.INTER_LINEAR
+        small = pad_to(cv2.resize(image, (rw, rh), interpolation=interp), size, size)
+        small_mask = pad_to(cv2.resize(mask, (rw, rh), interpolation=cv2.INTER_NEAREST), size, size)
+        sx, sy = w / rw, h / rh
+        for k, (tx0, ty0, tx1, ty1) in enumerate(grid_boxes(rh, rw, size, stride)):
+            yield Tile(
+                f"{job.image_id}_r{reduce}_{k}",
+                0,
+                reduce,
+                (round(tx0 * sx), round(ty0 * sy), round(tx1 * sx), round(ty1 * sy)),
+                small[ty0:ty1, tx0:tx1],
+                small_mask[ty0:ty1, tx0:tx1],
+                job.pixel_size * factor,
+            )
+
+
+def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame:
+    """Cut one image into tiles, write them and its part index (the image's done marker); return its rows."""
+    image, mask = load_image(job)
+    cutoff = tissue_cutoff(image)
+    rows = []
+    for tile in cut_tiles(image, mask, job, settings):
+        fg = float((tile.mask > 0).mean())
+        tissue = tissue_fraction(tile.image, cutoff)
+        if tile.split == 0 and fg == 0.0 and tissue < settings.tissue_threshold:
+            continue
+        write_png(out / "images" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.image))
+        write_png(out / "masks" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.mask))
+        x0, y0, x1, y1 = tile.box
+        rows.append(
+            {
+                "tile_id": tile.tile_id,
+                "image_id": job.image_id,
+                "organ": job.organ,
+                "data_source": job.data_source,
+                "fold": job.fold,
+                "split": tile.split,
+                "reduce": tile.reduce,
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "fg_fraction": round(fg, 6),
+                "image_path": f"images/{tile.tile_id}.png",
+                "mask_path": f"masks/{tile.tile_id}.png",
+                "source": "original",
+                "img_height": job.height,
+                "img_width": job.width,
+                "tile_pixel_size": round(tile.pixel_size, 6),
+                "tissue_fraction": round(tissue, 6),
+                "parents": "",
+            }
+        )
+    part = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    path = out / "parts" / f"{job.image_id}.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    part.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)  # written last: its presence means every tile of the image is on disk
+    return part
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one image per process; OpenCV threads would only contend for the same cores
+
+
+def _jobs(data_dir: Path, folds_csv: Path) -> list[ImageJob]:
+    train = load_train(data_dir / "train.csv")
+    folds = pd.read_csv(folds_csv)
+    if not {"id", "fold"} <= set(folds.columns):
+        raise TileSetError(f"{folds_csv}: needs columns id, fold; found {list(folds.columns)}")
+    fold_of = dict(zip(folds["id"].astype(int), folds["fold"].astype(int), strict=True))
+    missing = [int(i) for i in train["id"] if int(i) not in fold_of]
+    if missing:
+        raise TileSetError(
+            f"{len(missing)} image(s) of {data_dir / 'train.csv'} have no fold in {folds_csv} (e.g. {missing[:5]}); "
+            f"regenerate it: python -m data_prep.make_folds --train-csv {data_dir / 'train.csv'} --out {folds_csv}"
+        )
+    return [
+        ImageJob(
+            int(r.id),
+            str(data_dir / "train_images" / f"{r.id}.tiff"),
+            r.organ,
+            r.data_source,
+            fold_of[int(r.id)],
+            int(r.img_height),
+            int(r.img_width),
+            float(r.pixel_size),
+            r.rle,
+        )
+        for r in train.itertuples(index=False)
+    ]
+
+
+def _prepare_out(out: Path, settings: TileSettings, overwrite: bool) -> pd.DataFrame:
+    """Create the folders, check the recorded settings; return LPB rows to keep (none on overwrite)."""
+    record = out / "tiles.json"
+    if overwrite:
+        for sub in ("images", "masks", "parts"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        for name in ("index.csv", "tiles.json", "lpb.json"):
+            (out / name).unlink(missing_ok=True)
+    elif record.is_file():
+        before = json.loads(record.read_text())
+        now = json.loads(json.dumps(asdict(settings)))
+        if before != now:
+            raise TileSetError(
+                f"{out} was built with {before}, not {now}; pass --overwrite to rebuild it or choose another --out"
+            )
+    for sub in ("images", "masks", "parts"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    if (out / "index.csv").is_file():
+        index = load_index(out)
+        return index[index["source"] == "lpb"]
+    return pd.DataFrame(columns=list(INDEX_COLUMNS))
+
+
+def build_tiles(
+    data_dir: Path,
+    folds_csv: Path,
+    out: Path,
+    size: int,
+    splits: Sequence[int] = (1, 2, 3),
+    reduces: Sequence[int] = (),
+    overlap: float = 0.0,
+    target_pixel_size: float | None = None,
+    tissue_threshold: float = DEFAULT_TISSUE_THRESHOLD,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Tile every train image (skipping finished ones unless overwrite) and write TILES/index.csv; return it."""
+    data_dir, folds_csv, out = Path(data_dir), Path(folds_csv), Path(out)
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if not splits and not reduces:
+        raise ValueError("nothing to do: give at least one split or one reduce factor")
+    if any(n < 1 for n in splits) or any(r < 1 for r in reduces):
+        raise ValueError(f"splits must be >= 1 and reduce factors >= 1, got splits={splits}, reduces={reduces}")
+    stride_for(size, overlap)  # validates overlap before any work
+    settings = TileSettings(
+        size,
+        tuple(int(n) for n in splits),
+        tuple(int(r) for r in reduces),
+        float(overlap),
+        None if target_pixel_size is None else float(target_pixel_size),
+        float(tissue_threshold),
+    )
+    jobs = _jobs(data_dir, folds_csv)
+    lpb_rows = _prepare_out(out, settings, overwrite)
+    todo = [j for j in jobs if not (out / "parts" / f"{j.image_id}.csv").is_file()]
+    print(f"tiles: {len(jobs)} images, {len(jobs) - len(todo)} already done, {len(todo)} to tile into {out}")
+    if todo and workers <= 1:
+        for job in tqdm(todo, desc="tiles", unit="img"):
+            tile_image(job, settings, out)
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks from the parent
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker) as pool:
+            futures = [pool.submit(tile_image, job, settings, out) for job in todo]
+            with tqdm(total=len(futures), desc="tiles", unit="img") as bar:
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    bar.update(len(done))
+                    for future in done:
+                        if future.exception() is not None:
+                            pool.shutdown(cancel_futures=True)
+                            raise future.exception()
+    parts = [_read_rows(out / "parts" / f"{j.image_id}.csv") for j in jobs]
+    index = pd.concat([p for p in [*parts, lpb_rows] if len(p)], ignore_index=True)
+    write_index(out, index)
+    return load_index(out)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, required=True, help="competition layout: train.csv, train_images/")
+    ap.add_argument("--folds", type=Path, required=True, help="folds.csv (id, organ, fold)")
+    ap.add_argument("--out", type=Path, required=True, help="tile set folder")
+    ap.add_argument("--size", type=int, default=768, help="tile side in pixels")
+    ap.add_argument("--splits", default="1,2,3", help="comma-separated n for n x n splits; '' for none")
+    ap.add_argument("--reduce", type=int, action="append", default=[], help="reduce factor R (repeatable)")
+    ap.add_argument("--overlap", type=float, default=0.0, help="overlap fraction of reduce tiles, in [0, 1)")
+    ap.add_argument("--target-pixel-size", type=float, default=None, help="um/px to rescale to before reducing")
+    ap.add_argument(
+        "--tissue-threshold",
+        type=float,
+        default=DEFAULT_TISSUE_THRESHOLD,
+        help="drop reduce tiles with a smaller tissue fraction and no FTU (0 keeps all)",
+    )
+    ap.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    ap.add_argument("--overwrite", action="store_true", help="delete the tile set and redo every image")
+    args = ap.parse_args(argv)
+    try:
+        index = build_tiles(
+            args.data_dir,
+            args.folds,
+            args.out,
+            args.size,
+            _ints(args.splits),
+            args.reduce,
+            args.overlap,
+            args.target_pixel_size,
+            args.tissue_threshold,
+            args.workers,
+            args.overwrite,
+        )
+    except (TileSetError, ImageSizeError, ImageReadError, TableError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    counts = index.groupby(["source", "split", "reduce"]).size().rename("tiles")
+    print(
+        f"wrote {args.out / 'index.csv'}: {len(index)} tiles of {index['image_id'].nunique()} images\n"
+        f"{counts.to_string()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
