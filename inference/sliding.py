@@ -1,0 +1,135 @@
+"""Strided sliding-window prediction with blending weights, reflection padding and flip TTA.
+
+One image is cut into tile x tile windows (inference.tiling.window_starts: the last window is shifted
+back to end at the border), windows run through the model in batches, and each window's output is
+added into one accumulator with a weight map that fades towards the window border, so overlaps
+blend without seams. Nothing is stacked: memory is one (channels, H, W) accumulator plus a batch.
+An image smaller than a tile is padded by reflection up to one tile and never tiled.
+
+The Gaussian weights are MONAI's (`monai.data.utils.compute_importance_map`, sigma = 0.125 * tile,
+floor 1e-3), so benchmarks/sliding.py can check we agree with `sliding_window_inference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from inference.tiling import window_starts
+
+BLENDS = ("gaussian", "linear", "constant")
+TTA_SIZES = (0, 2, 4, 8)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def blend_weights(tile: int, mode: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
+    """(tile, tile) float32 weights: separable Gaussian or linear (pyramid) fall-off, or constant."""
+    if mode not in BLENDS:
+        raise ValueError(f"blend mode {mode!r} not in {BLENDS}")
+    centre = (tile - 1) / 2.0
+    x = torch.arange(tile, dtype=torch.float32) - centre
+    if mode == "gaussian":
+        line = torch.exp(x**2 / (-2 * (sigma_scale * tile) ** 2))
+    elif mode == "linear":
+        line = 1.0 - x.abs() / (tile / 2.0)
+    else:
+        line = torch.ones(tile)
+    weights = line[:, None] * line[None, :]
+    # A positive floor keeps every pixel covered by at least one window (corners of the image).
+    return weights.clamp_(min=max(float(weights.min()), 1e-3))
+
+
+def reflect_indices(length: int, before: int, after: int) -> np.ndarray:
+    """Indices into [0, length) that pad an axis by symmetric reflection, repeated as often as needed."""
+    idx = np.arange(-before, length + after) % (2 * length)
+    return np.where(idx < length, idx, 2 * length - 1 - idx)
+
+
+def pad_to_tile(image: torch.Tensor, tile: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad a (C, H, W) image, centred, so both sides are at least `tile`; return it and (top, left)."""
+    _, h, w = image.shape
+    dy, dx = max(tile - h, 0), max(tile - w, 0)
+    if not dy and not dx:
+        return image, (0, 0)
+    top, left = dy // 2, dx // 2
+    ys = torch.from_numpy(reflect_indices(h, top, dy - top))
+    xs = torch.from_numpy(reflect_indices(w, left, dx - left))
+    return image.index_select(1, ys).index_select(2, xs), (top, left)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th (0..7) of the 8 flips/transposes of the last two axes."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x
+
+
+def inverse_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo dihedral(x, k)."""
+    if k & 2:
+        x = x.flip(-2)
+    if k & 1:
+        x = x.flip(-1)
+    if k & 4:
+        x = x.transpose(-1, -2)
+    return x
+
+
+def tta_forward(forward: Forward, batch: torch.Tensor, tta: int = 0) -> torch.Tensor:
+    """Mean of forward() over 0 (identity), 2 (h-flip), 4 (h/v flips) or 8 (dihedral) views, mapped back."""
+    if tta not in TTA_SIZES:
+        raise ValueError(f"tta must be one of {TTA_SIZES}, got {tta}")
+    views = max(tta, 1)
+    out = forward(batch)
+    for k in range(1, views):
+        out = out + inverse_dihedral(forward(dihedral(batch, k)), k)
+    return out / views if views > 1 else out
+
+
+def sliding_window(
+    image: torch.Tensor,
+    forward: Forward,
+    tile: int,
+    stride: int,
+    out_channels: int,
+    batch_size: int = 4,
+    weights: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Blend forward() over strided windows of a (C, H, W) image into (out_channels, H, W) float32 on CPU.
+
+    forward takes an (N, C, tile, tile) batch on `device` (same dtype as `image`) and returns
+    (N, out_channels, tile, tile) probabilities; `weights` defaults to blend_weights(tile, "gaussian").
+    """
+    if image.ndim != 3:
+        raise ValueError(f"sliding_window expects a (C, H, W) image, got shape {tuple(image.shape)}")
+    device = torch.device(device)
+    _, h, w = image.shape
+    padded, (top, left) = pad_to_tile(image, tile)
+    ph, pw = padded.shape[1:]
+    weights = (blend_weights(tile) if weights is None else weights).to(device=device, dtype=torch.float32)
+    acc = torch.zeros((out_channels, ph, pw), dtype=torch.float32, device=device)
+    wsum = torch.zeros((ph, pw), dtype=torch.float32, device=device)
+    starts = [(y, x) for y in window_starts(ph, tile, stride) for x in window_starts(pw, tile, stride)]
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
+        out = forward(batch.to(device, non_blocking=True))
+        if out.shape[1:] != (out_channels, tile, tile):
+            raise ValueError(
+                f"model output {tuple(out.shape)} for a {tuple(batch.shape)} batch; "
+                f"expected (N, {out_channels}, {tile}, {tile})"
+            )
+        out = out.float() * weights
+        for (y, x), o in zip(chunk, out, strict=True):
+            acc[:, y : y + tile, x : x + tile] += o
+            wsum[y : y + tile, x : x + tile] += weights
+    acc /= wsum
+    return acc[:, top : top + h, left : left + w].cpu()
