@@ -1,0 +1,146 @@
+"""Per-organ thresholds from out-of-fold FTU probabilities, printing mean Dice before and after.
+
+    python -m inference.tune_thresholds --oof PROBS [PROBS ...] --solution train.csv --out organs.json
+        [--base 0.5] [--grid-step 0.01] [--min-images 1]
+
+Input format: every PROBS argument is a folder of <id>.npy files, each a 2-D float (float16 or
+float32) FTU probability map of image <id> at any resolution (it is resized bilinearly to
+img_height x img_width, as inference.predict does before thresholding). A folder with no .npy files
+of its own is searched for fold*/oof/<id>.npy, the layout a trainer writes under outputs/<run>/.
+`inference.predict --split train --save-probs DIR` writes exactly this format. --solution is a CSV
+with id, organ, img_height, img_width, rle (train.csv or a test_solution.csv); ids without a
+probability map are skipped and counted. An id found twice (two folders) is an error.
+
+Each organ gets the threshold on the grid that maximises its mean per-image Dice; organs with fewer
+than --min-images images keep --base. The JSON written is what --thresholds of inference.predict reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from inference.metric import dice
+from inference.organs import ORGANS
+from inference.rle import decode
+from inference.tables import TableError, load_solution
+
+BINS = 1000  # histogram resolution of the threshold search
+
+
+def find_oof(paths: list[Path]) -> dict[int, Path]:
+    """Map image id -> .npy path over folders of <id>.npy (or their fold*/oof/ subfolders)."""
+    found: dict[int, Path] = {}
+    for root in paths:
+        files = sorted(root.glob("*.npy")) or sorted(root.glob("fold*/oof/*.npy"))
+        if not files:
+            raise FileNotFoundError(f"{root}: no <id>.npy files here or in fold*/oof/")
+        for f in files:
+            if not f.stem.isdigit():
+                raise ValueError(f"{f}: OOF files must be named <image id>.npy")
+            if int(f.stem) in found:
+                raise ValueError(f"image {f.stem} has two probability maps: {found[int(f.stem)]} and {f}")
+            found[int(f.stem)] = f
+    return found
+
+
+def load_probability(path: Path, height: int, width: int) -> np.ndarray:
+    """Read one map and resize it to (height, width) float32, as inference.predict does."""
+    prob = np.load(path)
+    if prob.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D probability map, got shape {prob.shape}")
+    prob = prob.astype(np.float32)
+    if prob.shape != (height, width):
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+    return prob
+
+
+def dice_curve(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice of (prob > k / BINS) against truth for k = 0..BINS-1, from two histograms."""
+    bins = np.clip((prob * BINS).astype(np.int64), 0, BINS - 1)
+    # prob > k / BINS  <=>  bin >= k (up to values exactly on a bin edge)
+    all_hist = np.bincount(bins.ravel(), minlength=BINS)
+    fg_hist = np.bincount(bins[truth], minlength=BINS)
+    pred = np.cumsum(all_hist[::-1])[::-1]
+    tp = np.cumsum(fg_hist[::-1])[::-1]
+    denom = pred + int(truth.sum())
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
+
+
+def tune(
+    oof: dict[int, Path], solution: pd.DataFrame, base: float = 0.5, grid_step: float = 0.01, min_images: int = 1
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Best threshold per organ and a per-image table with Dice at base and at the organ threshold."""
+    rows = solution[solution["id"].isin(oof)].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError("no solution id has a probability map; check --oof and --solution")
+    grid = np.arange(round(grid_step * BINS), BINS, round(grid_step * BINS))
+    curves = []
+    for r in tqdm(rows.itertuples(index=False), total=len(rows), desc="dice curves", unit="img"):
+        prob = load_probability(oof[int(r.id)], int(r.img_height), int(r.img_width))
+        curves.append(dice_curve(prob, decode(r.rle, int(r.img_height), int(r.img_width)).astype(bool))[grid])
+    curves = np.stack(curves)
+    thresholds = {}
+    for organ in ORGANS:
+        sel = (rows["organ"] == organ).to_numpy()
+        if sel.sum() >= min_images and sel.any():
+            thresholds[organ] = round(float(grid[np.argmax(curves[sel].mean(0))]) / BINS, 6)
+    per_image = []
+    for r in tqdm(rows.itertuples(index=False), total=len(rows), desc="exact dice", unit="img"):
+        h, w = int(r.img_height), int(r.img_width)
+        prob, truth = load_probability(oof[int(r.id)], h, w), decode(r.rle, h, w)
+        cut = thresholds.get(r.organ, base)
+        per_image.append({"id": int(r.id), "organ": r.organ, "threshold": cut,
+                          "dice_base": dice(prob > base, truth), "dice_tuned": dice(prob > cut, truth)})
+    return thresholds, pd.DataFrame(per_image)
+
+
+def report(per_image: pd.DataFrame, base: float) -> str:
+    """Table of Dice at the base threshold and at the tuned thresholds, per organ and overall."""
+    lines = [f"{'organ':<15s} {'n':>4s} {'dice@' + format(base, 'g'):>10s} {'threshold':>9s} {'dice':>7s}"]
+    for organ, g in per_image.groupby("organ"):
+        lines.append(f"{organ:<15s} {len(g):4d} {g['dice_base'].mean():10.4f} {g['threshold'].iloc[0]:9.3f} "
+                     f"{g['dice_tuned'].mean():7.4f}")
+    lines.append(f"{'all':<15s} {len(per_image):4d} {per_image['dice_base'].mean():10.4f} {'':9s} "
+                 f"{per_image['dice_tuned'].mean():7.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m inference.tune_thresholds", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--oof", type=Path, nargs="+", required=True, help="folder(s) of <id>.npy probability maps")
+    ap.add_argument("--solution", type=Path, required=True, help="CSV with id,organ,img_height,img_width,rle")
+    ap.add_argument("--out", type=Path, required=True, help="thresholds JSON to write")
+    ap.add_argument("--base", type=float, default=0.5, help="threshold to compare against (and for skipped organs)")
+    ap.add_argument("--grid-step", type=float, default=0.01, help="threshold grid spacing (multiple of 0.001)")
+    ap.add_argument("--min-images", type=int, default=1, help="organs with fewer images keep --base")
+    args = ap.parse_args(argv)
+    try:
+        oof = find_oof(args.oof)
+        solution = load_solution(args.solution)
+        thresholds, per_image = tune(oof, solution, args.base, args.grid_step, args.min_images)
+    except (TableError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    skipped = len(set(solution["id"]) - set(oof))
+    print(report(per_image, args.base))
+    if skipped:
+        print(f"{skipped} solution id(s) without a probability map were skipped")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(thresholds, indent=2) + "\n")
+    print(f"wrote {args.out}: {thresholds}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
