@@ -1,0 +1,1 @@
+"""Kaggle packaging: build offline datasets and the submission notebook from checkpoints."""

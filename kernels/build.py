@@ -1,0 +1,256 @@
+"""Pack inference for an offline Kaggle notebook: code, weights and wheels datasets plus the kernel.
+
+    python -m kernels.build --models outputs/RUN [outputs/RUN2 ...] --out dist/kaggle
+        [--user KAGGLE_USER] [--competition hubmap-organ-segmentation] [--prefix hubmap-ftu]
+        [--wheels download|none|DIR] [--python-version 3.11] [--thresholds organs.json]
+        [--predict-args "--tta 4 --ensemble mean"]
+
+Writes, each with the metadata file the kaggle CLI reads:
+    OUT/code/      the inference package                            (dataset USER/PREFIX-code)
+    OUT/weights/   RUN/fold<k>/ checkpoint folders (+ thresholds)   (dataset USER/PREFIX-weights)
+    OUT/wheels/    wheels of what a Kaggle GPU image may lack        (dataset USER/PREFIX-wheels)
+    OUT/kernel/    submission.ipynb + kernel-metadata.json           (kernel USER/PREFIX-submission)
+--predict-args are checked against inference.predict's parser now, so a typo fails here, not on Kaggle.
+Re-running rewrites code/, weights/ and kernel/; downloaded wheels are kept and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+from inference.checkpoint import CheckpointConfig
+from inference.predict import build_parser
+from inference.predictor import resolve_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = Path(__file__).with_name("submission.tmpl")
+COMPETITION = "hubmap-organ-segmentation"
+# Kaggle's GPU image has torch, torchvision, numpy, pandas, scipy, opencv, tifffile, tqdm and the
+# pure-Python dependencies of these two; we ship them pinned so smp/timm encoders match training.
+KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm")
+
+
+def pinned(packages: tuple[str, ...], requirements: Path = REPO / "requirements.txt") -> list[str]:
+    """'name==version' for each package as requirements.txt pins it (bare name where it is not pinned)."""
+    pins = {}
+    if requirements.is_file():
+        for line in requirements.read_text().splitlines():
+            m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
+            if m:
+                pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return [f"{p}=={pins[p]}" if p in pins else p for p in packages]
+
+
+def dataset_metadata(folder: Path, user: str, slug: str, title: str) -> None:
+    """Write the dataset-metadata.json `kaggle datasets create -p folder` reads."""
+    meta = {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
+    (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def fresh(folder: Path) -> Path:
+    """Empty a folder this builder owns (or create it)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def copy_code(out: Path) -> None:
+    """Copy the inference package (sources only) into the code dataset."""
+    shutil.copytree(REPO / "inference", out / "inference", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def copy_weights(models: list[Path], out: Path) -> list[str]:
+    """Copy each --models entry to out/<name>/ (a run keeps its fold*/ folders); return the names.
+
+    A run folder outputs/RUN keeps the name RUN; a single checkpoint folder outputs/RUN/fold2
+    becomes RUN-fold2, so inference.predict reads either the same way it does locally.
+    """
+    runs = []
+    for model in models:
+        folders = resolve_checkpoints(model)
+        single = folders == [model]
+        run = f"{model.resolve().parent.name}-{model.name}" if single else model.name
+        if run in runs:
+            raise ValueError(f"two --models entries map to the same weights folder {run!r}; rename one run folder")
+        runs.append(run)
+        for folder in folders:
+            config = CheckpointConfig.load(folder)
+            dest = out / run if single else out / run / folder.name
+            dest.mkdir(parents=True)
+            for name in ("config.json", config.weights, "metrics.json"):
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, dest / name)
+    return runs
+
+
+def fetch_wheels(spec: str, out: Path, python_version: str, platform: str) -> list[Path]:
+    """'none' -> no wheels; 'download' -> pip download the pinned KERNEL_PACKAGES; DIR -> copy DIR/*.whl."""
+    if spec == "none":
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    if spec == "download":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--python-version", python_version, "--platform", platform, "-d", str(out), *pinned(KERNEL_PACKAGES)]
+        print("$", shlex.join(cmd))
+        subprocess.run(cmd, check=True)
+    else:
+        source = Path(spec)
+        found = sorted(source.glob("*.whl"))
+        if not found:
+            raise FileNotFoundError(f"--wheels {spec}: no .whl files there (use 'download' or 'none')")
+        for whl in found:
+            shutil.copy2(whl, out / whl.name)
+    return sorted(out.glob("*.whl"))
+
+
+def write_notebook(path: Path, cells_source: str) -> None:
+    """Turn '# %%' / '# %% [markdown]' percent-format text into an nbformat 4 notebook."""
+    cells = []
+    for block in re.split(r"^# %%", cells_source, flags=re.M)[1:]:
+        header, _, body = block.partition("\n")
+        body = body.strip("\n")
+        if header.strip() == "[markdown]":
+            text = "\n".join(line.removeprefix("# ").removeprefix("#") for line in body.splitlines())
+            cells.append({"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)})
+        else:
+            cells.append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                          "source": body.splitlines(keepends=True)})
+    notebook = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook, indent=1) + "\n")
+
+
+def code_cells(notebook: Path) -> str:
+    """The code cells of a notebook joined into one script (what the kernel test executes)."""
+    nb = json.loads(notebook.read_text())
+    return "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code") + "\n"
+
+
+def build(
+    models: list[Path],
+    out: Path,
+    user: str,
+    competition: str = COMPETITION,
+    prefix: str = "hubmap-ftu",
+    wheels: str = "download",
+    python_version: str = "3.11",
+    platform: str = "manylinux2014_x86_64",
+    thresholds: Path | None = None,
+    predict_args: list[str] | None = None,
+) -> dict[str, Path]:
+    """Write the three datasets and the kernel folder; return their paths by name."""
+    predict_args = list(predict_args or [])
+    if thresholds is not None:
+        if not thresholds.is_file():
+            raise FileNotFoundError(f"--thresholds {thresholds} not found")
+        if "--thresholds" in predict_args:
+            raise ValueError("give thresholds with --thresholds FILE, not inside --predict-args")
+    build_parser().parse_args(["--data-dir", "x", "--models", "x", *predict_args])  # fail now on a typo
+
+    slugs = {name: f"{prefix}-{name}" for name in ("code", "weights", "wheels")}
+    paths = {name: out / name for name in ("code", "weights", "wheels", "kernel")}
+
+    fresh(paths["code"])
+    copy_code(paths["code"])
+    dataset_metadata(paths["code"], user, slugs["code"], f"{prefix} inference code")
+
+    fresh(paths["weights"])
+    runs = copy_weights(models, paths["weights"])
+    if thresholds is not None:
+        shutil.copy2(thresholds, paths["weights"] / "thresholds.json")
+        predict_args += ["--thresholds", "@WEIGHTS/thresholds.json"]
+    dataset_metadata(paths["weights"], user, slugs["weights"], f"{prefix} weights")
+
+    wheel_files = fetch_wheels(wheels, paths["wheels"], python_version, platform)
+    if wheel_files:
+        dataset_metadata(paths["wheels"], user, slugs["wheels"], f"{prefix} wheels")
+
+    fresh(paths["kernel"])
+    source = Template(TEMPLATE.read_text()).substitute(
+        built_from=" ".join(str(m) for m in models),
+        code_slug=repr(slugs["code"]),
+        weights_slug=repr(slugs["weights"]),
+        wheels_slug=repr(slugs["wheels"]),
+        competition=repr(competition),
+        runs=repr(runs),
+        predict_args=_predict_args_literal(predict_args),
+    )
+    write_notebook(paths["kernel"] / "submission.ipynb", source)
+    sources = [f"{user}/{slugs['code']}", f"{user}/{slugs['weights']}"]
+    if wheel_files:
+        sources.append(f"{user}/{slugs['wheels']}")
+    kernel_meta = {
+        "id": f"{user}/{prefix}-submission",
+        "title": f"{prefix}-submission",
+        "code_file": "submission.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": sources,
+        "competition_sources": [competition],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+    (paths["kernel"] / "kernel-metadata.json").write_text(json.dumps(kernel_meta, indent=2) + "\n")
+    if not wheel_files:
+        paths.pop("wheels")
+    return paths
+
+
+def _predict_args_literal(args: list[str]) -> str:
+    """Python list literal of predict arguments; '@WEIGHTS/x' becomes str(WEIGHTS / 'x') in the notebook."""
+    items = [f"str(WEIGHTS / {a.removeprefix('@WEIGHTS/')!r})" if a.startswith("@WEIGHTS/") else repr(a) for a in args]
+    return "[" + ", ".join(items) + "]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m kernels.build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
+    ap.add_argument("--out", type=Path, default=Path("dist/kaggle"))
+    ap.add_argument("--user", default=os.environ.get("KAGGLE_USERNAME"),
+                    help="Kaggle user owning the datasets and kernel (default $KAGGLE_USERNAME)")
+    ap.add_argument("--competition", default=COMPETITION)
+    ap.add_argument("--prefix", default="hubmap-ftu", help="slug prefix of the datasets and the kernel")
+    ap.add_argument("--wheels", default="download", help="download | none | DIR with .whl files")
+    ap.add_argument("--python-version", default="3.11", help="Python of the Kaggle image, for pip download")
+    ap.add_argument("--platform", default="manylinux2014_x86_64", help="platform tag for pip download")
+    ap.add_argument("--thresholds", type=Path, help="per-organ thresholds JSON shipped with the weights")
+    ap.add_argument("--predict-args", default="", help='extra inference.predict options, e.g. "--tta 4"')
+    args = ap.parse_args(argv)
+    if not args.user:
+        ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")
+    try:
+        paths = build(args.models, args.out, args.user, args.competition, args.prefix, args.wheels,
+                      args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args))
+    except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print(f"{name:8s} {path}")
+    print("next: kaggle datasets create -p DIR --dir-mode zip for each dataset, then kaggle kernels push -p "
+          f"{paths['kernel']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
