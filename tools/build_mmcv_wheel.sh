@@ -6,6 +6,8 @@
 # About 10 minutes on 2 idle cores; later installs take seconds from the cache.
 set -euo pipefail
 PY=${1:?usage: build_mmcv_wheel.sh PYTHON CACHE_DIR}
+# absolute, but not resolved: a venv python is a symlink to the base interpreter
+[[ "$PY" = /* ]] || PY="$PWD/$PY"
 CACHE=${2:?usage: build_mmcv_wheel.sh PYTHON CACHE_DIR}
 VERSION=${MMCV_VERSION:-2.1.0}
 mkdir -p "$CACHE"
@@ -16,7 +18,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "Building mmcv $VERSION from source (about 10 minutes on 2 cores; cached in $CACHE afterwards)"
-"$PY" -m pip download --no-deps --no-binary :all: "mmcv==$VERSION" -d "$work"
+"$PY" -m pip download --no-deps --no-build-isolation --no-binary :all: "mmcv==$VERSION" -d "$work"
 tar -xzf "$work"/mmcv-"$VERSION".tar.gz -C "$work"
 src="$work/mmcv-$VERSION"
 grep -q -- "-std=c++17" "$src/setup.py" || { echo "mmcv setup.py no longer sets -std=c++17; check the patch" >&2; exit 1; }
