@@ -1,0 +1,128 @@
+"""kernels.build: the datasets and notebook it writes, and the notebook run offline over a fake /kaggle tree."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from checkpoints import make_smp_checkpoint, make_torchscript_checkpoint
+
+from inference import predict
+from kernels.build import build, code_cells, pinned
+
+PREDICT_ARGS = ["--tta", "2", "--fill-holes"]
+
+
+def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -> Path:
+    """A minimal valid pure-Python wheel, so the notebook's offline pip install runs for real."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 1\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+              for p, d in files.items()]
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for p, d in files.items():
+            zf.writestr(p, d)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("kernel")
+    for fold in (0, 1):
+        make_smp_checkpoint(root / "outputs" / "unet" / f"fold{fold}", tile=64, seed=fold, fold=fold)
+    make_torchscript_checkpoint(root / "outputs" / "tiny" / "fold0", tile=64)
+    thresholds = root / "organs.json"
+    thresholds.write_text(json.dumps({"kidney": 0.4, "lung": 0.2}))
+    models = [root / "outputs" / "unet", root / "outputs" / "tiny" / "fold0"]
+    paths = build(models, root / "dist", user="tester", wheels=str(make_wheel(root / "localwheels").parent),
+                  thresholds=thresholds, predict_args=PREDICT_ARGS)
+    return {"root": root, "thresholds": thresholds, **paths, "models": models}
+
+
+def test_datasets_and_metadata(kernel: dict[str, Path]) -> None:
+    assert (kernel["code"] / "inference" / "predict.py").is_file()
+    assert not list(kernel["code"].rglob("__pycache__"))
+    assert not (kernel["code"] / "train").exists()
+    assert sorted(p.relative_to(kernel["weights"]).as_posix() for p in kernel["weights"].rglob("config.json")) == [
+        "tiny-fold0/config.json", "unet/fold0/config.json", "unet/fold1/config.json"]
+    assert (kernel["weights"] / "thresholds.json").is_file()
+    assert [p.name for p in kernel["wheels"].glob("*.whl")] == ["kernel_probe-0.1-py3-none-any.whl"]
+    for name in ("code", "weights", "wheels"):
+        meta = json.loads((kernel[name] / "dataset-metadata.json").read_text())
+        assert meta["id"] == f"tester/hubmap-ftu-{name}" and 6 <= len(meta["title"]) <= 50
+    meta = json.loads((kernel["kernel"] / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == ["hubmap-organ-segmentation"]
+    assert meta["dataset_sources"] == [f"tester/hubmap-ftu-{n}" for n in ("code", "weights", "wheels")]
+    assert meta["code_file"] == "submission.ipynb"
+    nb = json.loads((kernel["kernel"] / "submission.ipynb").read_text())
+    assert nb["nbformat"] == 4 and any(c["cell_type"] == "markdown" for c in nb["cells"])
+    assert "--no-index" in code_cells(kernel["kernel"] / "submission.ipynb")
+
+
+def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    working.mkdir()
+    for name in ("code", "weights", "wheels"):
+        shutil.copytree(kernel[name], inputs / f"hubmap-ftu-{name}")
+    competition = inputs / "hubmap-organ-segmentation"
+    competition.mkdir()
+    for name in ("test.csv", "sample_submission.csv"):
+        shutil.copy(demo_data / name, competition / name)
+    shutil.copytree(demo_data / "test_images", competition / "test_images")
+    script = tmp_path / "notebook.py"
+    script.write_text(code_cells(kernel["kernel"] / "submission.ipynb"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+    env.update(KAGGLE_INPUT=str(inputs), KAGGLE_WORKING=str(working), PIP_TARGET=str(tmp_path / "site"),
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    # cwd outside the repo: `inference` must come from the code dataset, as on Kaggle
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"inference package: {inputs / 'hubmap-ftu-code' / 'inference' / '__init__.py'}" in run.stdout
+    assert (tmp_path / "site" / "kernel_probe" / "__init__.py").is_file()
+
+    direct = tmp_path / "direct.csv"
+    assert predict.main(["--data-dir", str(demo_data), "--out", str(direct), "--models",
+                         *map(str, kernel["models"]), "--thresholds", str(kernel["thresholds"]),
+                         *PREDICT_ARGS]) == 0
+    assert (working / "submission.csv").read_bytes() == direct.read_bytes()
+
+
+def test_notebook_imports_inference_from_the_code_dataset(kernel: dict[str, Path]) -> None:
+    source = code_cells(kernel["kernel"] / "submission.ipynb")
+    assert "sys.path.insert(0, str(CODE))" in source and "from inference.predict import main" in source
+
+
+def test_build_rejects_bad_predict_args(kernel: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", predict_args=["--tta", "3"])
+
+
+def test_build_without_wheels_lists_two_datasets(kernel: dict[str, Path], tmp_path: Path) -> None:
+    paths = build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none")
+    assert "wheels" not in paths
+    meta = json.loads((paths["kernel"] / "kernel-metadata.json").read_text())
+    assert meta["dataset_sources"] == ["tester/hubmap-ftu-code", "tester/hubmap-ftu-weights"]
+
+
+def test_wheel_pins_come_from_requirements(tmp_path: Path) -> None:
+    req = tmp_path / "requirements.txt"
+    req.write_text("# pins\nsegmentation-models-pytorch==0.6.0\ntimm==1.0.31  # encoders\n")
+    assert pinned(("segmentation-models-pytorch", "timm", "other"), req) == [
+        "segmentation-models-pytorch==0.6.0", "timm==1.0.31", "other"]
