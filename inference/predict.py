@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from inference.ensemble import ENSEMBLE_MODES, Member, load_thresholds, predict_image
+from inference.ensemble import ENSEMBLE_MODES, Decision, Member, load_thresholds, predict_image
 from inference.io import read_image
 from inference.postprocess import load_min_area, postprocess
 from inference.predictor import SCALE_MODES, load_predictor, resolve_checkpoints, resolve_device
@@ -102,6 +102,19 @@ def _images(table: pd.DataFrame, image_dir: Path) -> Iterator[tuple[object, np.n
             yield row, image
 
 
+def predict_one(
+    image: np.ndarray, organ: str, pixel_size: float, members: list[Member], options: Options
+) -> tuple[str, Decision]:
+    """RLE of one image's post-processed mask, and the ensemble decision it came from."""
+    decision = predict_image(
+        image, members, organ=organ, pixel_size=pixel_size, scale_mode=options.scale_mode, tta=options.tta,
+        mode=options.ensemble, organ_thresholds=options.organ_thresholds, threshold=options.threshold,
+        use_organ=options.use_organ,
+    )
+    mask = postprocess(decision.mask, organ, pixel_size, options.fill_holes, options.min_area_um2)
+    return encode(mask), decision
+
+
 def predict_table(
     table: pd.DataFrame, image_dir: Path, members: list[Member], options: Options
 ) -> tuple[pd.DataFrame, list[int]]:
@@ -119,13 +132,7 @@ def predict_table(
                     raise ValueError(
                         f"image is {image.shape[0]}x{image.shape[1]} but the CSV says {row.img_height}x{row.img_width}"
                     )
-                decision = predict_image(
-                    image, members, organ=row.organ, pixel_size=row.pixel_size, scale_mode=options.scale_mode,
-                    tta=options.tta, mode=options.ensemble, organ_thresholds=options.organ_thresholds,
-                    threshold=options.threshold, use_organ=options.use_organ,
-                )
-                mask = postprocess(decision.mask, row.organ, row.pixel_size, options.fill_holes, options.min_area_um2)
-                rle = encode(mask)
+                rle, decision = predict_one(image, row.organ, row.pixel_size, members, options)
                 if options.save_probs is not None:
                     save_probability(options.save_probs / f"{row.id}.npy", decision.probability,
                                      options.save_probs_max_side)
