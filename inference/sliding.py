@@ -113,6 +113,7 @@ def sliding_window(
     device = torch.device(device)
     _, h, w = image.shape
     padded, (top, left) = pad_to_tile(image, tile)
+    padded = padded.to(device)  # the working image is small: one copy instead of one per batch
     ph, pw = padded.shape[1:]
     weights = (blend_weights(tile) if weights is None else weights).to(device=device, dtype=torch.float32)
     acc = torch.zeros((out_channels, ph, pw), dtype=torch.float32, device=device)
@@ -121,7 +122,7 @@ def sliding_window(
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
-        out = forward(batch.to(device, non_blocking=True))
+        out = forward(batch)
         if out.shape[1:] != (out_channels, tile, tile):
             raise ValueError(
                 f"model output {tuple(out.shape)} for a {tuple(batch.shape)} batch; "

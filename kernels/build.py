@@ -2,7 +2,7 @@
 
     python -m kernels.build --models outputs/RUN [outputs/RUN2 ...] --out dist/kaggle
         [--user KAGGLE_USER] [--competition hubmap-organ-segmentation] [--prefix hubmap-ftu]
-        [--wheels download|none|DIR] [--python-version 3.11] [--thresholds organs.json]
+        [--wheels download|none|DIR] [--packages PKG ...] [--python-version 3.11] [--thresholds organs.json]
         [--predict-args "--tta 4 --ensemble mean"]
 
 Writes, each with the metadata file the kaggle CLI reads:
@@ -93,14 +93,16 @@ def copy_weights(models: list[Path], out: Path) -> list[str]:
     return runs
 
 
-def fetch_wheels(spec: str, out: Path, python_version: str, platform: str) -> list[Path]:
-    """'none' -> no wheels; 'download' -> pip download the pinned KERNEL_PACKAGES; DIR -> copy DIR/*.whl."""
+def fetch_wheels(
+    spec: str, out: Path, python_version: str, platform: str, packages: tuple[str, ...] = KERNEL_PACKAGES
+) -> list[Path]:
+    """'none' -> no wheels; 'download' -> pip download the packages (pinned as requirements.txt); DIR -> copy."""
     if spec == "none":
         return []
     out.mkdir(parents=True, exist_ok=True)
     if spec == "download":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--python-version", python_version, "--platform", platform, "-d", str(out), *pinned(KERNEL_PACKAGES)]
+               "--python-version", python_version, "--platform", platform, "-d", str(out), *pinned(packages)]
         print("$", shlex.join(cmd))
         subprocess.run(cmd, check=True)
     else:
@@ -152,6 +154,7 @@ def build(
     platform: str = "manylinux2014_x86_64",
     thresholds: Path | None = None,
     predict_args: list[str] | None = None,
+    packages: tuple[str, ...] = KERNEL_PACKAGES,
 ) -> dict[str, Path]:
     """Write the three datasets and the kernel folder; return their paths by name."""
     predict_args = list(predict_args or [])
@@ -176,7 +179,7 @@ def build(
         predict_args += ["--thresholds", "@WEIGHTS/thresholds.json"]
     dataset_metadata(paths["weights"], user, slugs["weights"], f"{prefix} weights")
 
-    wheel_files = fetch_wheels(wheels, paths["wheels"], python_version, platform)
+    wheel_files = fetch_wheels(wheels, paths["wheels"], python_version, platform, packages)
     if wheel_files:
         dataset_metadata(paths["wheels"], user, slugs["wheels"], f"{prefix} wheels")
 
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--competition", default=COMPETITION)
     ap.add_argument("--prefix", default="hubmap-ftu", help="slug prefix of the datasets and the kernel")
     ap.add_argument("--wheels", default="download", help="download | none | DIR with .whl files")
+    ap.add_argument("--packages", nargs="+", default=list(KERNEL_PACKAGES),
+                    help="packages for --wheels download (pinned from requirements.txt when listed there)")
     ap.add_argument("--python-version", default="3.11", help="Python of the Kaggle image, for pip download")
     ap.add_argument("--platform", default="manylinux2014_x86_64", help="platform tag for pip download")
     ap.add_argument("--thresholds", type=Path, help="per-organ thresholds JSON shipped with the weights")
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")
     try:
         paths = build(args.models, args.out, args.user, args.competition, args.prefix, args.wheels,
-                      args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args))
+                      args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args),
+                      tuple(args.packages))
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
