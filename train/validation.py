@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from data_prep.tiles import read_png
 from inference.metric import dice
 from inference.tiling import reassemble
 
@@ -35,35 +35,33 @@ class FullImage:
     truth: np.ndarray  # (h, w) bool FTU mask
 
 
-def read_tile_image(path: str | Path) -> np.ndarray:
-    """Read a tile PNG as (h, w, 3) uint8 RGB."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read tile image {path}: is the tile set complete (python -m data_prep.tiles)?")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def read_tile_mask(path: str | Path) -> np.ndarray:
-    """Read a tile mask PNG as (h, w) uint8 class indices (0 background, 1..5 organ)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise FileNotFoundError(f"cannot read tile mask {path}: is the tile set complete (python -m data_prep.tiles)?")
-    if mask.ndim != 2:
-        raise ValueError(f"tile mask {path} has shape {mask.shape}; expected a single-channel class-index PNG")
-    return mask
-
-
 def _level_rows(rows: pd.DataFrame, split: int | None) -> pd.DataFrame:
     """Rows of one image at one tile level: `split` n>0, 0 = the finest reduce tiles, None = the finest split."""
     splits = rows.loc[rows["split"] > 0, "split"]
-    if split is None:
-        split = int(splits.max()) if len(splits) else 0
-    if split > 0:
-        return rows[rows["split"] == split]
-    reduced = rows[rows["split"] == 0]
-    if reduced.empty:
-        return reduced
-    return reduced[reduced["reduce"] == reduced["reduce"].min()]
+    level = split if split is not None else (int(splits.max()) if len(splits) else 0)
+    chosen = rows[rows["split"] == level]
+    if level == 0 and not chosen.empty:
+        chosen = chosen[chosen["reduce"] == chosen["reduce"].min()]
+    if chosen.empty:
+        raise ValueError(
+            f"full_image_dice: image {rows['image_id'].iloc[0]} has no tiles at split={split}; "
+            f"pass split=None (finest present) or rebuild the tiles with that split"
+        )
+    return chosen
+
+
+def _original(valid_index: pd.DataFrame) -> pd.DataFrame:
+    rows = valid_index[valid_index["source"] == "original"] if "source" in valid_index else valid_index
+    if rows.empty:
+        raise ValueError("full_image_dice: no validation tiles (source == 'original') in the index given")
+    return rows
+
+
+def validation_tiles(valid_index: pd.DataFrame, split: int | None = None) -> pd.DataFrame:
+    """The validation rows full_image_dice predicts: each image's tiles at one level (see iter_full_images)."""
+    rows = _original(valid_index)
+    parts = [_level_rows(group, split) for _, group in rows.groupby("image_id", sort=False)]
+    return pd.concat(parts).reset_index(drop=True)
 
 
 def iter_full_images(
@@ -80,19 +78,12 @@ def iter_full_images(
     prediction is upsampled beyond what the model saw. `predict` may return maps at any resolution.
     """
     tiles_dir = Path(tiles_dir)
-    rows = valid_index[valid_index["source"] == "original"] if "source" in valid_index else valid_index
-    if rows.empty:
-        raise ValueError("full_image_dice: no validation tiles (source == 'original') in the index given")
+    rows = _original(valid_index)
     image_ids = list(dict.fromkeys(rows["image_id"]))
     for image_id in tqdm(image_ids, desc="full-image validation", leave=False, disable=not progress):
         level = _level_rows(rows[rows["image_id"] == image_id], split)
-        if level.empty:
-            raise ValueError(
-                f"full_image_dice: image {image_id} has no tiles at split={split}; "
-                f"pass split=None (finest present) or rebuild the tiles with that split"
-            )
-        images = [read_tile_image(tiles_dir / p) for p in level["image_path"]]
-        masks = [(read_tile_mask(tiles_dir / p) > 0).astype(np.float32) for p in level["mask_path"]]
+        images = [read_png(tiles_dir / p) for p in level["image_path"]]
+        masks = [(read_png(tiles_dir / p, mask=True) > 0).astype(np.float32) for p in level["mask_path"]]
         probs: list[np.ndarray] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack(images[start : start + batch_size])

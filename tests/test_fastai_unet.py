@@ -1,0 +1,259 @@
+"""fastai binary UNet trainer: configs build, schedules resume exactly, one fold trains, resumes and reloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from fastai.callback.schedule import ParamScheduler
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from torch import nn
+
+from data_prep.tiles import load_index
+from inference.checkpoint import CheckpointConfig
+from inference.predictor import build_model as inference_model
+from train import fastai_unet
+from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
+from train.fastai_data import split_rows
+from train.fastai_model import SegmentationLoss, build_model
+from train.fastai_unet import ResumeCheckpoint, make_predict, schedule, train, write_oof
+from train.validation import full_image_dice
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0)
+
+
+def tiny_config(**changes) -> FastaiConfig:
+    """The demo config shrunk to seconds per epoch on CPU."""
+    return replace(load_config("unet_r18_demo")[1], **{**TINY, **changes})
+
+
+def test_required_experiments_exist() -> None:
+    assert {"unet_effb7_768", "unet_resnest269_768", "unet_resnest101_256x4", "unet_r18_demo"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_config_builds_its_model(name: str) -> None:
+    stem, cfg = load_config(CONFIG_DIR / f"{name}.py")
+    assert stem == name
+    with torch.device("meta"):  # smp/timm build the real architecture (a typo in an encoder name fails) without memory
+        model = build_model(cfg, weights=False)
+    assert model.segmentation_head[0].out_channels == 1
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_demo_config_forward_keeps_shape() -> None:
+    cfg = load_config("unet_r18_demo")[1]
+    assert cfg.encoder_weights is None
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, cfg.tile_size, cfg.tile_size))
+    assert out.shape == (2, 1, cfg.tile_size, cfg.tile_size)
+
+
+def test_config_errors_are_actionable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of 32"):
+        FastaiConfig(tile_size=100)
+    with pytest.raises(ValueError, match="unknown config field"):
+        FastaiConfig().override(epoch=3)
+    with pytest.raises(FileNotFoundError, match="unet_r18_demo"):
+        load_config("no_such_experiment")
+    assert FastaiConfig().override(epochs=None, bs=3).bs == 3
+
+
+def test_encoder_weights_from_local_file_load_offline(tmp_path: Path) -> None:
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)  # a plain timm classifier checkpoint, head included
+    model = build_model(FastaiConfig(encoder="tu-resnet18", encoder_weights=str(path), tile_size=64))
+    assert torch.equal(model.encoder.model.conv1.weight, reference.conv1.weight)
+    assert torch.equal(model.encoder.model.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), tmp_path / "resnet34.pth")
+    with pytest.raises(ValueError, match="does not fit encoder"):
+        build_model(FastaiConfig(encoder="tu-resnet18", encoder_weights=str(tmp_path / "resnet34.pth")))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_model(FastaiConfig(encoder="tu-resnet18", encoder_weights=str(tmp_path / "missing.pth")))
+
+
+@pytest.mark.parametrize("name", ["bce_dice", "bce_lovasz", "lovasz"])
+def test_losses_reward_the_right_answer(name: str) -> None:
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:10, 4:10] = 1.0
+    loss = SegmentationLoss(name)
+    assert loss(10 * (2 * target - 1), target) < loss(torch.zeros_like(target), target)
+
+
+def _toy_learner() -> Learner:
+    items = [(torch.randn(2), torch.randn(1)) for _ in range(16)]
+    dls = DataLoaders(DataLoader(items, bs=4, shuffle=True), DataLoader(items, bs=4))
+    return Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+
+
+@pytest.mark.parametrize("kind", ["one_cycle", "flat_cos"])
+def test_schedule_matches_fastai_and_resumes_on_its_tail(kind: str) -> None:
+    cfg = FastaiConfig(epochs=4, lr=1e-2, schedule=kind, tile_size=64)
+    reference = _toy_learner()
+    fit = reference.fit_one_cycle if kind == "one_cycle" else reference.fit_flat_cos
+    fit(4, 1e-2)
+    ours = _toy_learner()
+    ours.fit(4, cbs=ParamScheduler(schedule(cfg, ours.moms)))
+    resumed = _toy_learner()
+    resumed.fit(2, cbs=ParamScheduler(schedule(cfg, resumed.moms, start_epoch=2)))
+    for hp in reference.recorder.hps:
+        full = np.array(reference.recorder.hps[hp])
+        assert np.allclose(ours.recorder.hps[hp], full)
+        assert np.allclose(resumed.recorder.hps[hp], full[len(full) // 2 :])
+
+
+def test_split_rows_keeps_folds_apart(demo_tiles: Path) -> None:
+    index = load_index(demo_tiles)
+    cfg = tiny_config()
+    train_rows, valid_rows = split_rows(index, 0, cfg)
+    assert (train_rows["fold"] != 0).all() and (valid_rows["fold"] == 0).all()
+    assert set(valid_rows["source"]) == {"original"}
+    assert len(train_rows) + len(valid_rows) == len(index[index["source"] == "original"])
+    only_split2, _ = split_rows(index, 0, replace(cfg, train_splits=(2,)))
+    assert set(only_split2["split"]) == {2}
+    everything, none = split_rows(index, -1, cfg)
+    assert len(everything) == len(index) and none.empty
+    with pytest.raises(ValueError, match="fold 9 is not in the tile set"):
+        split_rows(index, 9, cfg)
+    with pytest.raises(ValueError, match="no training tiles"):
+        split_rows(index, 0, replace(cfg, train_splits=(), train_reduces=(8,)))
+
+
+def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
+    """The checkpoint folder holds everything inference and threshold tuning read, and no resume leftovers."""
+    config = CheckpointConfig.load(folder)
+    assert (config.framework, config.task, config.classes, config.tile_size) == ("smp", "binary", ["ftu"], 64)
+    assert config.pixel_size is not None and config.pixel_size > 0
+    assert config.train["epochs"] == cfg.epochs
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0 and metrics["n"] == n_valid
+    history = pd.read_csv(folder / "history.csv")
+    assert list(history["epoch"]) == list(range(cfg.epochs))
+    assert {"train_loss", "valid_loss", "dice"} <= set(history.columns)
+    oof = pd.read_csv(folder / "oof" / "index.csv")
+    assert len(oof) == n_valid
+    for row in oof.itertuples():
+        prob = np.load(folder / "oof" / row.prob_path)
+        assert prob.dtype == np.float16 and prob.shape == (row.height, row.width)
+        assert 0.0 <= float(prob.min()) and float(prob.max()) <= 1.0
+    assert not (folder / "checkpoints").exists()
+    return metrics
+
+
+@pytest.mark.slow
+def test_short_training_writes_a_complete_checkpoint_that_reloads(demo_tiles: Path, tmp_path: Path, capsys) -> None:
+    cfg = tiny_config()
+    metrics = train(cfg, "tiny", 0, demo_tiles, tmp_path)
+    folder = tmp_path / "tiny" / "fold0"
+    assert "full-image validation Dice" in capsys.readouterr().out
+    _, valid_rows = split_rows(load_index(demo_tiles), 0, cfg)
+    n_valid = valid_rows["image_id"].nunique()
+    assert _assert_complete(folder, cfg, n_valid)["dice"] == metrics["dice"]
+    history = pd.read_csv(folder / "history.csv")
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+    # the inference engine's loader rebuilds the model: same probabilities, same Dice as the trainer saved
+    model = inference_model(CheckpointConfig.load(folder), folder, torch.device("cpu"))
+    again = tmp_path / "again"
+    again.mkdir()
+    rows: list[dict] = []
+    result = full_image_dice(
+        make_predict(model, cfg, torch.device("cpu")),
+        valid_rows,
+        demo_tiles,
+        cfg.threshold,
+        on_image=lambda image: rows.append(write_oof(image, again, cfg.oof_max_side)),
+        progress=False,
+    )
+    assert result["dice"] == metrics["dice"]
+    for row in rows:
+        assert np.array_equal(np.load(again / row["prob_path"]), np.load(folder / "oof" / row["prob_path"]))
+
+    assert train(cfg, "tiny", 0, demo_tiles, tmp_path) == metrics
+    assert "already trained" in capsys.readouterr().out
+
+
+class Interrupted(RuntimeError):
+    """Stands in for a killed job."""
+
+
+@pytest.mark.slow
+def test_rerun_resumes_after_the_last_saved_epoch(demo_tiles: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    cfg = tiny_config()
+    folder = tmp_path / "tiny" / "fold0"
+    save_epoch = ResumeCheckpoint.after_epoch
+
+    def save_then_die(self: ResumeCheckpoint) -> None:
+        save_epoch(self)
+        raise Interrupted("killed after saving epoch 0")
+
+    monkeypatch.setattr(ResumeCheckpoint, "after_epoch", save_then_die)
+    with pytest.raises(Interrupted):
+        train(cfg, "tiny", 0, demo_tiles, tmp_path)
+    monkeypatch.setattr(ResumeCheckpoint, "after_epoch", save_epoch)
+    state = json.loads((folder / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and state["best"] is not None
+    assert (folder / "checkpoints" / "last.pth").is_file() and not (folder / "metrics.json").exists()
+
+    with pytest.raises(ValueError, match="unfinished run with other settings"):
+        train(replace(cfg, lr=1e-2), "tiny", 0, demo_tiles, tmp_path)
+    train(cfg, "tiny", 0, demo_tiles, tmp_path)
+    assert "resuming tiny fold 0 after epoch 1 of 2" in capsys.readouterr().out
+    _, valid_rows = split_rows(load_index(demo_tiles), 0, cfg)
+    _assert_complete(folder, cfg, valid_rows["image_id"].nunique())
+
+
+@pytest.mark.slow
+def test_fold_minus_one_trains_on_everything(demo_tiles: Path, tmp_path: Path) -> None:
+    metrics = train(tiny_config(epochs=1, batches_per_epoch=2), "tiny", -1, demo_tiles, tmp_path)
+    folder = tmp_path / "tiny" / "fold-1"
+    assert metrics["dice"] is None and metrics["n_train_tiles"] == len(load_index(demo_tiles))
+    assert (folder / "model.pth").is_file() and CheckpointConfig.load(folder).fold == -1
+    assert not (folder / "oof").exists()
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny_ddp.py"
+    config.write_text(
+        "from dataclasses import replace\n\n"
+        "from train.configs.fastai.unet_r18_demo import config as demo\n\n"
+        "config = replace(demo, tile_size=64, batches_per_epoch=2, num_workers=0)\n"
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "train.fastai_unet", "--config", str(config), "--fold", "0", "--tiles", str(demo_tiles)]
+    command += ["--out", str(tmp_path / "out"), "--epochs", "1", "--bs", "4", "--encoder-weights", "none"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "distributed training: 2 processes, backend gloo" in done.stdout
+    folder = tmp_path / "out" / "tiny_ddp" / "fold0"
+    assert json.loads((folder / "metrics.json").read_text())["dice"] is not None
+    assert CheckpointConfig.load(folder).train["bs"] == 4
+
+
+def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
+    seen = {}
+    monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out: seen.update(cfg=cfg, name=name))
+    fastai_unet.main(
+        ["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--epochs", "3", "--bs", "2"]
+        + ["--lr", "0.01", "--encoder-weights", "none"]
+    )
+    cfg = seen["cfg"]
+    assert (seen["name"], cfg.epochs, cfg.bs, cfg.lr, cfg.encoder_weights) == ("unet_effb7_768", 3, 2, 0.01, None)
+    assert cfg.encoder == "tu-tf_efficientnet_b7"

@@ -1,0 +1,1 @@
+"""Experiment configs: fastai/ holds typed dataclass configs, mmseg/ holds mmengine configs."""

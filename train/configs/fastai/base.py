@@ -1,0 +1,103 @@
+"""Typed defaults of the fastai binary UNet trainer, and loading an experiment file by path.
+
+An experiment file (e.g. unet_effb7_768.py) defines `config = FastaiConfig(...)` with only the fields it
+changes; its stem names the run and the output folder outputs/<stem>/fold<k>/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+SCHEDULES = ("one_cycle", "flat_cos")
+LOSSES = ("bce_dice", "bce_lovasz", "lovasz")
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class FastaiConfig:
+    # model: smp.create_model(arch, encoder_name=encoder, encoder_weights=..., classes=1)
+    arch: str = "Unet"
+    encoder: str = "tu-resnet18"
+    encoder_weights: str | None = "imagenet"  # "imagenet" (downloaded by timm), None (random init) or a local file
+    # data
+    tile_size: int = 768  # model input side; tiles of another size are resized on load
+    train_splits: tuple[int, ...] | None = None  # split levels to train on (None: every split in the tile set)
+    train_reduces: tuple[int, ...] | None = None  # reduce levels to train on (None: every reduce in the tile set)
+    use_lpb: bool = True  # add the tile set's Laplacian-pyramid blends (source == "lpb") to training
+    augment: str = "seed10"  # data_prep.augment preset
+    valid_split: int | None = None  # tile level of the full-image Dice (None: finest split, 0: finest reduce)
+    # optimisation
+    epochs: int = 20
+    bs: int = 8
+    lr: float = 1e-3
+    wd: float = 1e-2
+    schedule: str = "one_cycle"  # fit_one_cycle or fit_flat_cos
+    pct_start: float | None = None  # warm-up share (one_cycle) or flat share (flat_cos); None: fastai's 0.25 / 0.75
+    loss: str = "bce_dice"
+    grad_accum: int = 1  # batches per optimizer step
+    batches_per_epoch: int | None = None  # draw this many random batches per epoch (None: every tile once)
+    mixed_precision: bool = True  # CUDA only; ignored on CPU
+    channels_last: bool = False
+    num_workers: int = 4
+    seed: int = 42
+    # inference settings written to config.json
+    overlap: float = 0.5
+    reduce: int | None = None  # fixed downscale at inference (None: adaptive, see reduce_k)
+    reduce_k: float = 1.0
+    threshold: float = 0.5
+    oof_max_side: int = 512  # longest side of the saved out-of-fold probability maps
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r} not in {LOSSES}")
+        if self.tile_size % 32:
+            raise ValueError(f"tile_size {self.tile_size} must be a multiple of 32 (the UNet downsamples 5 times)")
+        if self.epochs < 1 or self.bs < 1 or self.grad_accum < 1:
+            raise ValueError(f"epochs, bs and grad_accum must be >= 1, got {self.epochs}, {self.bs}, {self.grad_accum}")
+        from data_prep.augment import PRESETS
+
+        if self.augment not in PRESETS:
+            raise ValueError(f"augment {self.augment!r} not in {PRESETS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def override(self, **changes: Any) -> FastaiConfig:
+        """A copy with some fields changed (None values are ignored, so CLI defaults pass through)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; FastaiConfig has {sorted(known)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A config file path, or a bare experiment name looked up in train/configs/fastai/."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{path.stem}.py"
+    if path.suffix in ("", ".py") and path.parent == Path(".") and named.is_file():
+        return named
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+    raise FileNotFoundError(f"config {config} not found; experiments in {CONFIG_DIR}: {', '.join(available)}")
+
+
+def load_config(config: str | Path) -> tuple[str, FastaiConfig]:
+    """Import an experiment file and return (its stem, its `config` object)."""
+    path = resolve_config_path(config)
+    spec = importlib.util.spec_from_file_location(f"fastai_config_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = getattr(module, "config", None)
+    if not isinstance(cfg, FastaiConfig):
+        raise TypeError(f"{path} must define `config = FastaiConfig(...)`, found {type(cfg).__name__}")
+    return path.stem, cfg

@@ -1,0 +1,409 @@
+"""fastai binary UNet trainer: one fold of one experiment config -> a self-describing checkpoint folder.
+
+    python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
+        [--out outputs] [--epochs E] [--bs B] [--lr LR] [--encoder-weights imagenet|none|FILE]
+    torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
+
+Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by full-image Dice), config.json
+(inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
+history.csv (one row per epoch) and oof/ (out-of-fold probabilities, see write_oof). While training,
+checkpoints/last.pth (model + optimizer) and checkpoints/state.json are saved every epoch, so re-running the
+same command after an interruption continues from the last finished epoch on the same LR schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.progress import CSVLogger
+from fastai.callback.schedule import ParamScheduler, combined_cos
+from fastai.callback.tracker import SaveModelCallback
+from fastai.callback.training import GradientAccumulation
+from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
+from fastai.learner import Learner, Metric, Recorder
+from fastai.optimizer import Adam
+from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib, set_seed
+
+from data_prep.tiles import load_index, read_png
+from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
+from train.configs.fastai.base import FastaiConfig, load_config
+from train.fastai_data import CPUDistributedDL, make_dataloaders, normalise, resize_tile, split_rows
+from train.fastai_model import SegmentationLoss, build_model
+from train.validation import FullImage, Predict, full_image_dice
+
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+
+
+def training_device() -> torch.device:
+    """This process's device: its LOCAL_RANK GPU under a launcher, else cuda:0, else CPU."""
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join the process group a launcher (torchrun / accelerate launch) set up: nccl on GPU, gloo on CPU."""
+    if num_distrib() <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def make_predict(model: torch.nn.Module, cfg: FastaiConfig, device: torch.device) -> Predict:
+    """uint8 tiles (N, H, W, 3) -> FTU probabilities (N, S, S) at the model input size S; model must be in eval()."""
+    amp = device.type == "cuda" and cfg.mixed_precision
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(normalise(np.stack([resize_tile(im, cfg.tile_size) for im in batch]))).to(device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            logits = model(x)
+        return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
+
+    return predict
+
+
+class FullImageDice(Metric):
+    """The monitored metric: full-image Dice of the validation fold (train.validation), once per validation."""
+
+    def __init__(self, valid: pd.DataFrame, tiles_dir: Path, cfg: FastaiConfig, device: torch.device) -> None:
+        self.valid, self.tiles_dir, self.cfg, self.device = valid, tiles_dir, cfg, device
+        self.learn: Learner | None = None
+        self.result: dict | None = None
+
+    def reset(self) -> None:
+        self.result = None
+
+    def accumulate(self, learn: Learner) -> None:
+        self.learn = learn  # the tiles are predicted again whole-image-wise in `value`, not batch by batch
+
+    @property
+    def value(self) -> float | None:
+        if self.result is None and self.learn is not None:
+            predict = make_predict(get_model(self.learn.model), self.cfg, self.device)
+            self.result = full_image_dice(
+                predict, self.valid, self.tiles_dir, self.cfg.threshold, self.cfg.valid_split, progress=False
+            )
+        return None if self.result is None else self.result["dice"]
+
+    @property
+    def name(self) -> str:
+        return "dice"
+
+
+class EpochOffset(Callback):
+    """Number the epochs of a resumed fit from where the interrupted one stopped (history.csv, progress table)."""
+
+    order = Recorder.order + 1
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def before_epoch(self) -> None:
+        self.recorder.log[0] = self.epoch + self.offset
+
+
+class ResumeCheckpoint(Callback):
+    """After every epoch: save model + optimizer as checkpoints/last.pth and the progress in checkpoints/state.json."""
+
+    order = SaveModelCallback.order + 1
+
+    def __init__(self, folder: Path, offset: int, record: dict, tracker: SaveModelCallback | None) -> None:
+        self.folder, self.offset, self.record, self.tracker = folder, offset, record, tracker
+
+    def after_epoch(self) -> None:
+        saved = self.learn.save("last_tmp", with_opt=True)
+        if rank_distrib() == 0:
+            os.replace(saved, self.folder / CHECKPOINTS / "last.pth")  # never leave a half-written last.pth
+            best = None if self.tracker is None else float(self.tracker.best)
+            state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best)
+            _write_json(self.folder / CHECKPOINTS / STATE, state)
+        distrib_barrier()  # other ranks may load best.pth next: wait until rank 0 has written it
+
+
+class SkipValidation(Callback):
+    """fold -1 has no validation tiles: skip fastai's validation pass instead of iterating an empty loader."""
+
+    order = Recorder.order + 5
+
+    def before_validate(self) -> None:
+        raise CancelValidException
+
+
+class AppendingCSVLogger(CSVLogger):
+    """fastai's CSVLogger that writes the header only into a new file, so a resumed run continues history.csv."""
+
+    def before_fit(self) -> None:
+        path = self.path / self.fname
+        if not (self.append and path.is_file() and path.stat().st_size > 0):
+            super().before_fit()
+            return
+        self.file = path.open("a")
+        self.old_logger, self.learn.logger = self.logger, self._write_line
+
+
+def schedule(cfg: FastaiConfig, moms: tuple[float, ...], start_epoch: int = 0) -> dict:
+    """fit_one_cycle's / fit_flat_cos's hyper-parameter curves, cut to the epochs left after start_epoch.
+
+    fastai's own start_epoch skips epochs with a CancelEpochException that breaks SaveModelCallback and
+    CSVLogger, so a resumed run fits the remaining epochs on the tail of the full curve instead.
+    """
+    if cfg.schedule == "one_cycle":
+        pct = 0.25 if cfg.pct_start is None else cfg.pct_start
+        curves = {"lr": combined_cos(pct, cfg.lr / 25.0, cfg.lr, cfg.lr / 1e5), "mom": combined_cos(pct, *moms)}
+    else:
+        pct = 0.75 if cfg.pct_start is None else cfg.pct_start
+        curves = {"lr": combined_cos(pct, cfg.lr, cfg.lr, cfg.lr / 1e5)}
+    done = start_epoch / cfg.epochs
+    if done == 0:
+        return curves
+    return {name: (lambda pos, f=f: f(done + pos * (1.0 - done))) for name, f in curves.items()}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_oof(image: FullImage, folder: Path, max_side: int) -> dict:
+    """Save one validation image's probability (float16 .npy) and truth (0/255 PNG) at <= max_side px."""
+    prob, truth = image.prob, image.truth.astype(np.uint8)
+    shrink = min(1.0, max_side / max(prob.shape))
+    if shrink < 1.0:
+        size = (max(1, round(prob.shape[1] * shrink)), max(1, round(prob.shape[0] * shrink)))
+        prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
+        truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+    np.save(folder / f"{image.image_id}.npy", prob.astype(np.float16))
+    if not cv2.imwrite(str(folder / f"{image.image_id}_mask.png"), truth * 255):
+        raise OSError(f"cannot write {folder / f'{image.image_id}_mask.png'}")
+    return dict(
+        image_id=image.image_id,
+        organ=image.organ,
+        data_source=image.data_source,
+        img_height=image.img_height,
+        img_width=image.img_width,
+        height=prob.shape[0],
+        width=prob.shape[1],
+        prob_path=f"{image.image_id}.npy",
+        mask_path=f"{image.image_id}_mask.png",
+    )
+
+
+def _training_pixel_size(train: pd.DataFrame, tiles_dir: Path, tile_size: int) -> float:
+    """Median um/px of the training tiles as the model sees them (after resizing to tile_size)."""
+    original = train[train["source"] == "original"]
+    rows = original if len(original) else train
+    side = read_png(Path(tiles_dir) / rows["image_path"].iloc[0]).shape[0]
+    return float(np.median(rows["tile_pixel_size"])) * side / tile_size
+
+
+def _check_resume(state: dict, record: dict, folder: Path) -> None:
+    changed = {k: (state.get(k), v) for k, v in record.items() if state.get(k) != v}
+    if changed:
+        raise ValueError(
+            f"{folder} holds an unfinished run with other settings {changed} (saved, now); "
+            f"re-run with the same settings to resume, or delete {folder} to start over"
+        )
+
+
+def _trim_history(path: Path, epochs_done: int) -> None:
+    """Drop history rows of epochs that finished after the last saved checkpoint (they are redone)."""
+    if path.is_file() and path.stat().st_size > 0:
+        history = pd.read_csv(path)
+        history[history["epoch"] < epochs_done].to_csv(path, index=False)
+
+
+def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Path = Path("outputs")) -> dict:
+    """Train (or resume, or skip when finished) one fold and write its checkpoint folder; return metrics."""
+    tiles_dir = Path(tiles_dir)
+    folder = Path(out_root) / name / f"fold{fold}"
+    if (folder / "metrics.json").is_file():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        print(f"{folder} is already trained (validation Dice {metrics['dice']}); delete it to train again")
+        return metrics
+    device = training_device()
+    distributed = init_distributed(device)
+    if distributed and rank_distrib() == 0:
+        print(f"distributed training: {num_distrib()} processes, backend {torch.distributed.get_backend()}")
+    set_seed(cfg.seed + rank_distrib())
+    index = load_index(tiles_dir)
+    train_rows, valid_rows = split_rows(index, fold, cfg)
+    record = {"config": cfg.to_dict(), "name": name, "fold": fold, "tiles": str(tiles_dir.resolve())}
+
+    (folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    state_path = folder / CHECKPOINTS / STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if state is not None:
+        _check_resume(state, record, folder)
+    start = 0 if state is None else int(state["epochs_done"])
+
+    dls = make_dataloaders(train_rows, valid_rows, tiles_dir, cfg, device)
+    if distributed and device.type != "cuda":
+        dls.loaders = [CPUDistributedDL(dl) for dl in dls.loaders]
+    model = build_model(cfg, weights=start == 0).to(device)
+    validating = fold != -1
+    metrics = [FullImageDice(valid_rows, tiles_dir, cfg, device)] if validating else []
+    learn = Learner(
+        dls,
+        model,
+        loss_func=SegmentationLoss(cfg.loss),
+        opt_func=Adam,
+        lr=cfg.lr,
+        wd=cfg.wd,
+        metrics=metrics,
+        path=folder,
+        model_dir=CHECKPOINTS,
+    )
+    if not validating:
+        learn.recorder.valid_metrics = False
+        learn.add_cb(SkipValidation())
+    if device.type == "cuda" and cfg.mixed_precision:
+        learn.add_cb(MixedPrecision())
+    if cfg.channels_last:
+        learn.add_cb(ChannelsLast())
+
+    tracker = None
+    if validating:
+        tracker = SaveModelCallback(monitor="dice", comp=np.greater, fname="best", reset_on_fit=False)
+        tracker.best = None if state is None or state["best"] is None else state["best"]
+    if start:
+        learn.load("last", with_opt=True)
+        _trim_history(folder / "history.csv", start)
+        print(
+            f"resuming {name} fold {fold} after epoch {start} of {cfg.epochs} (best Dice so far {tracker and tracker.best})"
+        )
+    if start < cfg.epochs:
+        cbs = [
+            ParamScheduler(schedule(cfg, learn.moms, start)),
+            AppendingCSVLogger("history.csv", append=start > 0),
+            EpochOffset(start),
+            ResumeCheckpoint(folder, start, record, tracker),
+        ]
+        if tracker is not None:
+            cbs.append(tracker)
+        if cfg.grad_accum > 1:
+            cbs.append(GradientAccumulation(n_acc=cfg.bs * cfg.grad_accum))
+        with learn.distrib_ctx(sync_bn=device.type == "cuda", cpu=device.type == "cpu"):
+            learn.fit(cfg.epochs - start, wd=cfg.wd, cbs=cbs)
+    elif validating:
+        learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
+    if rank_distrib() != 0:
+        distrib_barrier()
+        return {}
+    result = _write_outputs(learn, cfg, name, fold, folder, tiles_dir, train_rows, valid_rows, device, tracker)
+    distrib_barrier()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _write_outputs(
+    learn: Learner,
+    cfg: FastaiConfig,
+    name: str,
+    fold: int,
+    folder: Path,
+    tiles_dir: Path,
+    train_rows: pd.DataFrame,
+    valid_rows: pd.DataFrame,
+    device: torch.device,
+    tracker: SaveModelCallback | None,
+) -> dict:
+    """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
+    model = get_model(learn.model).eval()
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state_dict, folder / "model.pth")
+    CheckpointConfig(
+        name=name,
+        fold=fold,
+        framework="smp",
+        task="binary",
+        classes=["ftu"],
+        tile_size=cfg.tile_size,
+        weights="model.pth",
+        arch=cfg.arch,
+        encoder=cfg.encoder,
+        overlap=cfg.overlap,
+        reduce=cfg.reduce,
+        reduce_k=cfg.reduce_k,
+        pixel_size=_training_pixel_size(train_rows, tiles_dir, cfg.tile_size),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        threshold=cfg.threshold,
+        train=dict(cfg.to_dict(), tiles=str(tiles_dir), trainer="train.fastai_unet"),
+    ).save(folder)
+    history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
+    metrics: dict = {"dice": None, "epochs": cfg.epochs, "n_train_tiles": len(train_rows)}
+    if fold == -1:
+        metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
+        print(f"{name} fold -1: trained on all folds, saved {folder}")
+    else:
+        oof = folder / "oof"
+        oof.mkdir(exist_ok=True)
+        rows: list[dict] = []
+        start = time.time()
+        result = full_image_dice(
+            make_predict(model, cfg, device),
+            valid_rows,
+            tiles_dir,
+            cfg.threshold,
+            cfg.valid_split,
+            on_image=lambda image: rows.append(write_oof(image, oof, cfg.oof_max_side)),
+        )
+        pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+        best_epoch = int(history.loc[history["dice"].idxmax(), "epoch"]) if "dice" in history and len(history) else None
+        metrics.update(result, best_epoch=best_epoch, valid_seconds=round(time.time() - start, 1))
+        print(
+            f"{name} fold {fold}: full-image validation Dice {result['dice']:.4f} over {result['n']} images "
+            f"(best epoch {best_epoch}; an empty prediction scores 0.0000) -> {folder}"
+        )
+    _write_json(folder / "metrics.json", metrics)
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+    return metrics
+
+
+def _weights_arg(text: str) -> str | None:
+    return None if text.lower() in ("none", "null", "random") else text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment file (or its name) under train/configs/fastai")
+    parser.add_argument("--fold", type=int, required=True, help="validation fold k; -1 trains on all folds")
+    parser.add_argument("--tiles", type=Path, required=True, help="tile set folder (data_prep.tiles)")
+    parser.add_argument("--out", type=Path, default=Path("outputs"), help="runs go to OUT/<config-stem>/fold<k>")
+    parser.add_argument("--epochs", type=int, help="override config epochs")
+    parser.add_argument("--bs", type=int, help="override config batch size (per process)")
+    parser.add_argument("--lr", type=float, help="override config peak learning rate")
+    parser.add_argument(
+        "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
+    )
+    args = parser.parse_args(argv)
+    name, cfg = load_config(args.config)
+    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr)
+    if args.encoder_weights != "keep":
+        cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
+    train(cfg, name, args.fold, args.tiles, args.out)
+
+
+if __name__ == "__main__":
+    main()
