@@ -139,6 +139,7 @@ def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
     config = CheckpointConfig.load(folder)
     assert (config.framework, config.task, config.classes, config.tile_size) == ("smp", "binary", ["ftu"], 64)
     assert config.pixel_size is not None and config.pixel_size > 0
+    assert config.reduce_k == 2.0  # the finest split of demo_tiles: inference sees the validation scale
     assert config.train["epochs"] == cfg.epochs
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0 and metrics["n"] == n_valid

@@ -46,7 +46,7 @@ class FastaiConfig:
     # inference settings written to config.json
     overlap: float = 0.5
     reduce: int | None = None  # fixed downscale at inference (None: adaptive, see reduce_k)
-    reduce_k: float = 1.0
+    reduce_k: float | None = None  # adaptive rule's k; None: the finest split trained on (the validation scale)
     threshold: float = 0.5
     oof_max_side: int = 512  # longest side of the saved out-of-fold probability maps
 
