@@ -6,7 +6,9 @@
 
 Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by full-image Dice), config.json
 (inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
-history.csv (one row per epoch) and oof/ (out-of-fold probabilities, see write_oof). While training,
+history.csv (one row per epoch) and oof/ (out-of-fold probabilities of the validation images: <id>.npy float16
+FTU probability, <id>_mask.png 0/255 truth at the same size, longest side <= oof_max_side, and index.csv with
+image_id, organ, data_source, img_height, img_width, height, width, prob_path, mask_path). While training,
 checkpoints/last.pth (model + optimizer) and checkpoints/state.json are saved every epoch, so re-running the
 same command after an interruption continues from the last finished epoch on the same LR schedule.
 """
@@ -318,10 +320,9 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
             learn.fit(cfg.epochs - start, wd=cfg.wd, cbs=cbs)
     elif validating:
         learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
-    if rank_distrib() != 0:
-        distrib_barrier()
-        return {}
-    result = _write_outputs(learn, cfg, name, fold, folder, tiles_dir, train_rows, valid_rows, device, tracker)
+    result = {}
+    if rank_distrib() == 0:  # the other ranks wait: one process evaluates and writes the folder
+        result = _write_outputs(learn, cfg, name, fold, folder, tiles_dir, train_rows, valid_rows, device)
     distrib_barrier()
     if distributed:
         torch.distributed.destroy_process_group()
@@ -338,7 +339,6 @@ def _write_outputs(
     train_rows: pd.DataFrame,
     valid_rows: pd.DataFrame,
     device: torch.device,
-    tracker: SaveModelCallback | None,
 ) -> dict:
     """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
     model = get_model(learn.model).eval()
