@@ -7,6 +7,9 @@ WHEEL_CACHE ?= $(HOME)/.cache/hubmap-ftu/wheels
 MMCV_VERSION ?= 2.1.0
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
+# torch's OpenMP threads busy-wait by default: on a loaded 2-core machine one training step
+# runs 10-18x slower (benchmarks/train_fastai.py). Passive waiting costs little on free cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test lint bench clean-demo
 
