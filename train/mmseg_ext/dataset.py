@@ -1,0 +1,63 @@
+"""mmseg dataset over our tile index: RGB tiles with class-index masks, filtered to one fold's train or validation rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from mmseg.datasets import BaseSegDataset
+from mmseg.registry import DATASETS
+
+from data_prep.tiles import load_index
+from inference.organs import CLASSES
+
+SUBSETS = ("train", "val")
+# background black, then one colour per organ (only used by mmseg's visualiser)
+PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48]]
+
+
+def fold_rows(index: pd.DataFrame, fold: int, subset: str) -> pd.DataFrame:
+    """Rows of one fold's subset: train = fold != k (all sources), val = fold == k and source original; fold -1 = all."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset {subset!r} not in {SUBSETS}")
+    if subset == "train":
+        rows = index if fold == -1 else index[index["fold"] != fold]
+    elif fold == -1:
+        raise ValueError("fold -1 trains on every fold, so it has no validation rows")
+    else:
+        rows = index[(index["fold"] == fold) & (index["source"] == "original")]
+    if rows.empty:
+        folds = sorted(index["fold"].unique().tolist())
+        raise ValueError(f"fold {fold} has no {subset} tiles; the tile index holds folds {folds}")
+    return rows.reset_index(drop=True)
+
+
+@DATASETS.register_module()
+class HubmapTileDataset(BaseSegDataset):
+    """Tiles of TILES/index.csv for one fold; `rows` keeps the selected index rows for full-image validation."""
+
+    METAINFO = dict(classes=CLASSES, palette=PALETTE)
+
+    def __init__(self, tiles_dir: str, fold: int, subset: str, **kwargs) -> None:
+        if tiles_dir is None or fold is None:
+            raise ValueError("HubmapTileDataset needs tiles_dir and fold: run through `python -m train.mmseg_upernet`")
+        self.tiles_dir = Path(tiles_dir)
+        self.fold = int(fold)
+        self.subset = subset
+        self.rows = fold_rows(load_index(self.tiles_dir), self.fold, subset)
+        super().__init__(data_root=str(self.tiles_dir), reduce_zero_label=False, **kwargs)
+
+    def load_data_list(self) -> list[dict]:
+        """One mmseg sample per selected tile, with absolute image and mask paths."""
+        return [
+            dict(
+                img_path=str(self.tiles_dir / row.image_path),
+                seg_map_path=str(self.tiles_dir / row.mask_path),
+                label_map=self.label_map,
+                reduce_zero_label=False,
+                seg_fields=[],
+                tile_id=row.tile_id,
+                image_id=str(row.image_id),
+            )
+            for row in self.rows.itertuples(index=False)
+        ]
