@@ -107,6 +107,7 @@ def prepare_config(cfg: Config, tiles: Path, fold: int, run_dir: Path, resume: b
     cfg.launcher = launcher
     cfg.resume = resume
     cfg.load_from = None
+    fit_schedule(cfg)
     cfg.train_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
     if fold == -1:  # nothing held out: no validation, the last checkpoint is the result
         cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
@@ -115,6 +116,21 @@ def prepare_config(cfg: Config, tiles: Path, fold: int, run_dir: Path, resume: b
     else:
         cfg.val_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
     return cfg
+
+
+def fit_schedule(cfg: Config) -> None:
+    """Scale the param_scheduler boundaries to train_cfg.max_iters (configs write them for their own max_iters).
+
+    So `--cfg-options train_cfg.max_iters=N` alone gives a complete warm-up and decay over N iterations.
+    """
+    max_iters = int(cfg.train_cfg.max_iters)
+    last = max(int(s.end) for s in cfg.param_scheduler)
+    if last == max_iters:
+        return
+    for s in cfg.param_scheduler:
+        s.begin = round(s.begin * max_iters / last)
+        s.end = max(s.begin + 1, round(s.end * max_iters / last))
+    print(f"param_scheduler rescaled from {last} to {max_iters} iterations")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -179,6 +195,7 @@ def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float) -> C
 
 def finish(runner: Runner, cfg: Config, run_dir: Path, name: str, fold: int, tiles: Path, pixel_size: float) -> dict:
     """Load the best checkpoint, measure it, and write the checkpoint folder (main process writes)."""
+    barrier()  # rank 0 writes the checkpoints: the last one must be on disk before other ranks look for it
     if fold == -1:
         best = find_latest_checkpoint(cfg.work_dir)
     else:
@@ -186,7 +203,7 @@ def finish(runner: Runner, cfg: Config, run_dir: Path, name: str, fold: int, til
     if best is None:
         raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first validation?")
     runner.load_checkpoint(best)
-    metrics = {"dice": None, "mIoU": None, "aAcc": None, "per_organ": {}, "per_image": {}}
+    metrics = {"dice": None, "dice_foreground": None, "mIoU": None, "aAcc": None, "per_organ": {}, "per_image": {}}
     if fold != -1:
         metrics.update(evaluate(runner))
     segmentor = unwrap(runner.model)
@@ -234,7 +251,7 @@ def train(args: argparse.Namespace) -> dict:
             + summary(name, args.fold, metrics, run_dir)
         )
         return metrics
-    if not args.resume and find_latest_checkpoint(str(run_dir / "work")) is not None:
+    if not args.resume and (run_dir / "work" / "last_checkpoint").is_file():
         raise FileExistsError(
             f"{run_dir} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
         )

@@ -10,7 +10,8 @@ env_cfg = dict(
 sync_bn = 'torch'
 randomness = dict(seed=0)
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+# no fixed name: each run (and each Runner in one process, as in the tests) gets its own, logging into its own folder
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends)
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None
