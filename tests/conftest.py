@@ -26,11 +26,11 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_folds(demo_data: Path) -> Path:
-    """Organ-stratified 5-fold split of the demo train ids."""
+def demo_folds(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Organ-stratified 5-fold split of the demo train ids (kept outside the dataset folder)."""
     from data_prep.make_folds import ids_from_train_csv, make_folds
 
-    path = demo_data / "folds.csv"
+    path = tmp_path_factory.mktemp("demo_folds") / "folds.csv"
     make_folds(ids_from_train_csv(demo_data / "train.csv"), n_folds=5, seed=42).to_csv(path, index=False)
     return path
 
