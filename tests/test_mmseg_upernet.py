@@ -7,6 +7,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -31,6 +32,7 @@ from inference.organs import CLASSES  # noqa: E402
 from train.export import SegmentorLogits, export_torchscript, max_abs_difference  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
+from train.mmseg_ext.dice import ftu_predictor, segmentor_dice  # noqa: E402
 from train.mmseg_upernet import ARTIFACTS, check_config, main  # noqa: E402
 
 pytestmark = pytest.mark.mmseg
@@ -106,6 +108,33 @@ def test_export_matches_eager(tmp_path: Path) -> None:
     path = export_torchscript(model, 64, tmp_path / "model.ts")
     x = torch.randn(3, 3, 64, 64)
     assert max_abs_difference(SegmentorLogits(model).eval(), torch.jit.load(str(path)), x) < 1e-4
+
+
+def test_ftu_predictor_rules() -> None:
+    torch.manual_seed(0)
+    model = build_segmentor(Config.fromfile(str(DEMO))).eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    x = (
+        torch.from_numpy(images).permute(0, 3, 1, 2).float() - model.data_preprocessor.mean
+    ) / model.data_preprocessor.std
+    with torch.no_grad():
+        probs = SegmentorLogits(model)(x).softmax(1).numpy()
+    counts = np.bincount(probs.argmax(1).ravel(), minlength=len(CLASSES))[1:]
+    majority = 1 + int(np.argmax(counts))  # the tiles' most frequent non-background argmax class
+    np.testing.assert_allclose(ftu_predictor(model, batch_size=2)(images), probs[:, majority], atol=1e-5)
+    np.testing.assert_allclose(ftu_predictor(model, rule="foreground")(images), 1 - probs[:, 0], atol=1e-5)
+
+
+def test_segmentor_dice_applies_the_rule(demo_tiles: Path) -> None:
+    torch.manual_seed(0)
+    model = build_segmentor(Config.fromfile(str(DEMO)))
+    rows = fold_rows(load_index(demo_tiles), 0, "val")
+    majority = segmentor_dice(model, rows, demo_tiles)
+    foreground = segmentor_dice(model, rows, demo_tiles, rule="foreground")
+    # an untrained model spreads probability over 6 classes: the two rules threshold different maps
+    assert majority["dice"] != foreground["dice"]
+    assert set(majority["per_image"]) == set(rows["image_id"].astype(str))
+    assert model.training  # mode restored
 
 
 def test_fold_rows(demo_tiles: Path) -> None:

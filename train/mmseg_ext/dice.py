@@ -60,7 +60,7 @@ def segmentor_dice(
         # full_image_dice predicts one image at a time in chunks of its batch_size: a chunk as large as the whole
         # index hands `predict` every tile of an image at once, which the majority class needs
         return full_image_dice(
-            ftu_predictor(segmentor, batch_size), valid_index, tiles_dir, batch_size=len(valid_index)
+            ftu_predictor(segmentor, batch_size, rule), valid_index, tiles_dir, batch_size=len(valid_index)
         )
     finally:
         segmentor.train(was_training)
