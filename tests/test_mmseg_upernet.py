@@ -30,6 +30,7 @@ from data_prep.tiles import load_index  # noqa: E402
 from inference.checkpoint import CheckpointConfig  # noqa: E402
 from inference.organs import CLASSES  # noqa: E402
 from train.export import SegmentorLogits, export_torchscript, max_abs_difference  # noqa: E402
+from train.export import main as export_main  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
 from train.mmseg_ext.dice import ftu_predictor, segmentor_dice  # noqa: E402
@@ -275,3 +276,29 @@ def test_fold_minus_one_trains_on_everything(demo_tiles: Path, tmp_path: Path) -
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dice"] is None and metrics["iter"] == 4
     assert CheckpointConfig.load(run).fold == -1
+
+
+@pytest.mark.slow
+def test_reexport_from_run_folder(demo_run: Path, tmp_path: Path) -> None:
+    for name in ("mmseg_config.py", "best.pth", "config.json"):
+        shutil.copy(demo_run / name, tmp_path / name)
+    export_main(["--run-dir", str(tmp_path)])
+    x = torch.randn(1, 3, 128, 128)
+    assert (
+        max_abs_difference(torch.jit.load(str(demo_run / "model.ts")), torch.jit.load(str(tmp_path / "model.ts")), x)
+        < 1e-5
+    )
+
+
+def test_backbone_loads_local_imagenet_weights(tmp_path: Path) -> None:
+    cfg = Config.fromfile(str(DEMO))
+    source = build_segmentor(cfg)
+    # mmpretrain classification checkpoints keep the backbone under "backbone." (the config's prefix strips it)
+    weights = {f"backbone.{k}": v for k, v in source.backbone.state_dict().items()}
+    torch.save({"meta": {"note": "classification checkpoint"}, "state_dict": weights}, tmp_path / "convnext.pth")
+    cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(tmp_path / "convnext.pth"), prefix="backbone.")
+    check_config(cfg, DEMO)
+    model = build_segmentor(cfg)
+    model.init_weights()
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
