@@ -96,3 +96,19 @@ def test_lpb_rerun_does_no_work_and_survives_tile_rerun(tmp_path: Path, demo_dat
     assert (third["source"] == "lpb").sum() == 5
     assert len(list((tiles / "images").glob("lpb_*.png"))) == 5
     assert (load_index(tiles)["source"] == "lpb").sum() == 5
+
+
+def test_preview_draws_one_row_per_organ(tmp_path: Path, demo_tiles: Path) -> None:
+    from data_prep.preview import outlined, preview
+
+    tiles = tmp_path / "tiles"
+    shutil.copytree(demo_tiles, tiles)
+    add_lpb(tiles, n_per_organ=1, levels=3, seed=0)
+    path = preview(tiles, tmp_path / "preview.png", preset="seed10+stain", n_aug=2)
+    picture = cv2.imread(str(path))
+    n_organs, n_cols = load_index(tiles)["organ"].nunique(), 2 + 1 + 2  # whole, 2x2 part, LPB, two augmented
+    assert picture.shape[:2] == (round(240 * n_organs), round(220 * n_cols))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 4
+    drawn = outlined(np.zeros((32, 32, 3), np.uint8), mask)
+    assert drawn[8, 8:24, 1].all() and not drawn[16, 16].any()  # the outline, not the filled region
