@@ -158,13 +158,15 @@ def iteration_of(checkpoint: str) -> int:
 
 
 def json_safe(value):
-    """A resolved config as plain JSON types (tuples become lists, anything else its repr)."""
+    """A config or metrics value as plain JSON types (tuples become lists, numpy scalars floats, the rest repr)."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, np.generic):
+        return value.item()
     return repr(value)
 
 
