@@ -17,9 +17,10 @@ fi
 stage "2/7 folds -> $DEMO/folds.csv"
 "$PY" -m data_prep.make_folds --train-csv "$DEMO/data/train.csv" --out "$DEMO/folds.csv" --n-folds 5 --seed 42
 
-stage "3/7 multi-scale tiles (1x1, 2x2, 3x3 at ${SIZE}px) + Laplacian pyramid blends -> $DEMO/tiles"
+stage "3/7 multi-scale tiles (1x1, 2x2, 3x3 at ${SIZE}px) + Laplacian pyramid blends -> $DEMO/tiles, look at them in $DEMO/preview.png"
 "$PY" -m data_prep.tiles --data-dir "$DEMO/data" --folds "$DEMO/folds.csv" --out "$DEMO/tiles" --size "$SIZE" --splits 1,2,3 --workers 2
 "$PY" -m data_prep.lpb --tiles "$DEMO/tiles" --n-per-organ 8 --seed 0
+"$PY" -m data_prep.preview --tiles "$DEMO/tiles" --out "$DEMO/preview.png"
 
 stage "4/7 fastai UNet (resnet18, random init), fold 0"
 "$PY" -m train.fastai_unet --config train/configs/fastai/unet_r18_demo.py --fold 0 --tiles "$DEMO/tiles" --out "$DEMO/outputs"
@@ -32,7 +33,9 @@ stage "6/7 predict the demo test set with both models -> $DEMO/submission.csv"
   --models "$DEMO/outputs/unet_r18_demo/fold0" "$DEMO/outputs/upernet_convnext-demo/fold0" \
   --ensemble union --out "$DEMO/submission.csv"
 
-stage "7/7 score against the demo ground truth"
+stage "7/7 score against the demo ground truth; predicted (cyan) and true (yellow) outlines in $DEMO/overlays"
 "$PY" -m inference.score --submission "$DEMO/submission.csv" --solution "$DEMO/data/test_solution.csv"
 printf '\n(an empty submission scores 0.0000: every image has at least one FTU)\n'
+"$PY" -m inference.overlay --data-dir "$DEMO/data" --submission "$DEMO/submission.csv" \
+  --solution "$DEMO/data/test_solution.csv" --out "$DEMO/overlays"
 stage "done"
