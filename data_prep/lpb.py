@@ -8,12 +8,13 @@ leak validation images into training) and the same scale (split/reduce) are blen
 switches sharply, and the masks are composited along the same split. The new tiles go to
 TILES/images|masks/lpb_<organ>_<k>.png and into TILES/index.csv with source=lpb. The pairs and splits are
 drawn from the seed up front, so a re-run skips tiles already written; TILES/lpb.json records the settings
-and --overwrite replaces the LPB tiles of other settings.
+and the original tiles drawn from, and --overwrite replaces LPB tiles made with other settings or tiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +143,12 @@ class LpbSettings:
     n_per_organ: int
     levels: int
     seed: int
+    originals: str  # fingerprint of the original tiles the pairs were drawn from
+
+
+def fingerprint(tile_ids: pd.Series) -> str:
+    """Short hash of a set of tile ids: LPB tiles drawn from another tile set are stale."""
+    return hashlib.sha1("\n".join(sorted(tile_ids)).encode()).hexdigest()[:16]
 
 
 def add_lpb(tiles_dir: Path, n_per_organ: int, levels: int = 5, seed: int = 0, overwrite: bool = False) -> pd.DataFrame:
@@ -154,7 +161,8 @@ def add_lpb(tiles_dir: Path, n_per_organ: int, levels: int = 5, seed: int = 0, o
         h, w = read_png(tiles_dir / index["mask_path"].iloc[0], mask=True).shape
         if not 0 <= levels <= max_levels(h, w):
             raise TileSetError(f"--levels {levels} is too many for {h}x{w} tiles; use 0 to {max_levels(h, w)}")
-    settings = asdict(LpbSettings(n_per_organ, levels, seed))
+    originals = index[index["source"] != "lpb"]
+    settings = asdict(LpbSettings(n_per_organ, levels, seed, fingerprint(originals["tile_id"])))
     record = tiles_dir / "lpb.json"
     previous = json.loads(record.read_text()) if record.is_file() else None
     if previous is not None and previous != settings and not overwrite:
@@ -165,7 +173,6 @@ def add_lpb(tiles_dir: Path, n_per_organ: int, levels: int = 5, seed: int = 0, o
         old = index[index["source"] == "lpb"]
         for path in [*old["image_path"], *old["mask_path"]]:
             (tiles_dir / path).unlink(missing_ok=True)
-    originals = index[index["source"] != "lpb"]
     plan = plan_pairs(originals, n_per_organ, seed)
     record.write_text(json.dumps(settings, indent=2) + "\n")
     rows, done = [], 0

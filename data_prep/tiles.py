@@ -381,7 +381,8 @@ def build_tiles(
                             pool.shutdown(cancel_futures=True)
                             raise future.exception()
     parts = [_read_rows(out / "parts" / f"{j.image_id}.csv") for j in jobs]
-    index = pd.concat([p for p in [*parts, lpb_rows] if len(p)], ignore_index=True)
+    frames = [p for p in [*parts, lpb_rows] if len(p)]
+    index = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(INDEX_COLUMNS))
     write_index(out, index)
     return load_index(out)
 
