@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 # torch's OpenMP threads busy-wait by default: on a loaded 2-core machine one training step
 # runs 10-18x slower (benchmarks/train_fastai.py). Passive waiting costs little on free cores.
 export OMP_WAIT_POLICY ?= PASSIVE
+# albumentations checks PyPI for a newer release on import: never at run time here.
+export NO_ALBUMENTATIONS_UPDATE ?= 1
 
 .PHONY: venv demo test lint bench clean-demo
 

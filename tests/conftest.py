@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# albumentations checks PyPI for a newer release on import; tests run offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
 
