@@ -61,7 +61,7 @@ class CheckpointConfig:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "CheckpointConfig":
+    def load(cls, folder: str | Path) -> CheckpointConfig:
         """Read config.json from a checkpoint folder, naming unknown or missing keys."""
         path = Path(folder) / "config.json"
         if not path.is_file():

@@ -22,7 +22,7 @@ def score(submission: pd.DataFrame, solution: pd.DataFrame) -> dict:
     unknown = sorted(set(submission["id"]) - set(solution["id"]))
     if unknown:
         raise TableError(f"submission has id(s) not in the solution: {unknown[:10]}")
-    predicted = dict(zip(submission["id"], submission["rle"]))
+    predicted = dict(zip(submission["id"], submission["rle"], strict=True))
     missing = sorted(set(solution["id"]) - set(predicted))
     rows = []
     for r in solution.itertuples(index=False):

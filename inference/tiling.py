@@ -81,7 +81,7 @@ def reassemble(
     acc = np.zeros((ch, cw), dtype=np.float32)
     hits = np.zeros((ch, cw), dtype=np.float32)
     interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    for tile, (x0, y0, x1, y1) in zip(tiles, boxes):
+    for tile, (x0, y0, x1, y1) in zip(tiles, boxes, strict=True):
         sx0, sy0 = round(x0 * scale), round(y0 * scale)
         sx1, sy1 = max(sx0 + 1, round(x1 * scale)), max(sy0 + 1, round(y1 * scale))
         resized = cv2.resize(np.asarray(tile, dtype=np.float32), (sx1 - sx0, sy1 - sy0), interpolation=interp)

@@ -164,9 +164,8 @@ def loss_curve(work_dir: Path) -> list[tuple[int, float]]:
     return sorted(points)
 
 
-@pytest.fixture(scope="module")
-def demo_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mmseg_outputs")
+def train_demo_fold0(tiles: Path, work_dir: Path) -> None:
+    """Train (or skip, when finished) fold 0 of the demo config with the short test schedule."""
     main(
         [
             "--config",
@@ -174,13 +173,19 @@ def demo_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
             "--fold",
             "0",
             "--tiles",
-            str(demo_tiles),
+            str(tiles),
             "--work-dir",
-            str(out),
+            str(work_dir),
             "--cfg-options",
             *FAST,
         ]
     )
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mmseg_outputs")
+    train_demo_fold0(demo_tiles, out)
     return out / DEMO.stem / "fold0"
 
 
@@ -210,20 +215,7 @@ def test_exported_model_matches_best_checkpoint(demo_run: Path) -> None:
 @pytest.mark.slow
 def test_finished_run_is_skipped(demo_run: Path, demo_tiles: Path) -> None:
     before = {name: (demo_run / name).stat().st_mtime for name in ARTIFACTS}
-    main(
-        [
-            "--config",
-            str(DEMO),
-            "--fold",
-            "0",
-            "--tiles",
-            str(demo_tiles),
-            "--work-dir",
-            str(demo_run.parents[1]),
-            "--cfg-options",
-            *FAST,
-        ]
-    )
+    train_demo_fold0(demo_tiles, demo_run.parents[1])
     assert {name: (demo_run / name).stat().st_mtime for name in ARTIFACTS} == before
 
 

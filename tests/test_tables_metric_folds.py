@@ -141,7 +141,7 @@ def test_score_cli_reports_duplicates(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_folds_balanced_and_seeded() -> None:
-    ids = {o: list(range(100 * i, 100 * i + n)) for i, (o, n) in enumerate(zip(ORGANS, [99, 93, 58, 53, 48]))}
+    ids = {o: list(range(100 * i, 100 * i + n)) for i, (o, n) in enumerate(zip(ORGANS, [99, 93, 58, 53, 48], strict=True))}
     folds = make_folds(ids, n_folds=5, seed=7)
     assert len(folds) == 351 and folds["id"].is_unique
     per_organ = folds.groupby(["organ", "fold"]).size().unstack()
