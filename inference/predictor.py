@@ -19,7 +19,7 @@ import torch
 
 from inference.checkpoint import CheckpointConfig
 from inference.sliding import BLENDS, blend_weights, sliding_window, tta_forward
-from inference.tiling import adaptive_reduce, stride_for
+from inference.tiling import adaptive_reduce, resize_image, stride_for
 
 SCALE_MODES = ("reduce", "pixel-size", "none")
 
@@ -55,14 +55,6 @@ def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
         for plane in probs
     ]
     return planes[0][None] if len(planes) == 1 else np.stack(planes)
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an (h, w, 3) uint8 image: area averaging when shrinking, bilinear when enlarging."""
-    if image.shape[:2] == (height, width):
-        return image
-    shrink = height * width < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def build_model(config: CheckpointConfig, folder: Path, device: torch.device) -> torch.nn.Module:

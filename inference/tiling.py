@@ -61,6 +61,20 @@ def adaptive_reduce(height: int, width: int, tile: int, k: float = 1.0) -> int:
     return max(1, math.ceil(max(height, width) / (tile * k)))
 
 
+def resize_image(array: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    """Resize an image to (height, width): area averaging when shrinking, bilinear when enlarging.
+
+    nearest=True keeps class-index masks class-valued. A same-size call returns the input.
+    """
+    if array.shape[:2] == (height, width):
+        return array
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if height * width < array.shape[0] * array.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=interp)
+
+
 def reassemble(
     tiles: Sequence[np.ndarray],
     boxes: Sequence[Box],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -21,20 +20,12 @@ from torch.utils.data import Dataset
 from data_prep.augment import train_transforms, valid_transforms
 from data_prep.tiles import read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig
 from train.validation import validation_tiles
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
-
-
-def resize_tile(array: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Resize a square tile (image or mask) to size x size; area interpolation when shrinking."""
-    if array.shape[0] == size and array.shape[1] == size:
-        return array
-    shrink = array.shape[0] > size
-    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.resize(array, (size, size), interpolation=interp)
 
 
 def normalise(images: np.ndarray) -> np.ndarray:
@@ -80,8 +71,8 @@ class TileDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = resize_tile(read_png(self.image_paths[i]), self.size)
-        mask = resize_tile(read_png(self.mask_paths[i], mask=True), self.size, nearest=True)
+        image = resize_image(read_png(self.image_paths[i]), self.size, self.size)
+        mask = resize_image(read_png(self.mask_paths[i], mask=True), self.size, self.size, nearest=True)
         out = self.transform(image=image, mask=mask)
         ftu = (out["mask"] > 0).astype(np.float32)[None]
         return torch.from_numpy(normalise(out["image"])), torch.from_numpy(ftu)

@@ -41,8 +41,9 @@ from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_dist
 
 from data_prep.tiles import load_index, read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
+from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig, load_config
-from train.fastai_data import CPUDistributedDL, make_dataloaders, normalise, resize_tile, split_rows
+from train.fastai_data import CPUDistributedDL, make_dataloaders, normalise, split_rows
 from train.fastai_model import SegmentationLoss, build_model
 from train.validation import FullImage, Predict, full_image_dice
 
@@ -73,7 +74,8 @@ def make_predict(model: torch.nn.Module, cfg: FastaiConfig, device: torch.device
     amp = device.type == "cuda" and cfg.mixed_precision
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(normalise(np.stack([resize_tile(im, cfg.tile_size) for im in batch]))).to(device)
+        tiles = np.stack([resize_image(im, cfg.tile_size, cfg.tile_size) for im in batch])
+        x = torch.from_numpy(normalise(tiles)).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(device.type, enabled=amp):
