@@ -57,6 +57,18 @@ def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
     return planes[0][None] if len(planes) == 1 else np.stack(planes)
 
 
+def smp_model(
+    arch: str, encoder: str, classes: int, decoder_norm: str = "batchnorm", encoder_weights: str | None = None
+) -> torch.nn.Module:
+    """smp.create_model with the decoder normalisation a checkpoint records (the one place both sides build it)."""
+    import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
+
+    extra = {} if decoder_norm == "batchnorm" else {"decoder_use_norm": decoder_norm}
+    return smp.create_model(
+        arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **extra
+    )
+
+
 def build_model(config: CheckpointConfig, folder: Path, device: torch.device) -> torch.nn.Module:
     """Instantiate the network of a checkpoint folder and load its weights (no network access)."""
     path = folder / config.weights
@@ -66,11 +78,7 @@ def build_model(config: CheckpointConfig, folder: Path, device: torch.device) ->
         with warnings.catch_warnings():  # torch marks jit deprecated; the checkpoint contract uses it on purpose
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location=device).eval()
-    import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
-
-    model = smp.create_model(
-        config.arch, encoder_name=config.encoder, encoder_weights=None, in_channels=3, classes=len(config.classes)
-    )
+    model = smp_model(config.arch, config.encoder, len(config.classes), config.decoder_norm)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
