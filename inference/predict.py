@@ -337,9 +337,11 @@ def write_submission(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """The CLI; kernels.build parses --predict-args with allow_abbrev=False so every option is spelled out."""
     ap = argparse.ArgumentParser(
-        prog="python -m inference.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m inference.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=allow_abbrev,
     )
     ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
