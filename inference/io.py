@@ -36,7 +36,10 @@ def to_rgb_uint8(arr: np.ndarray, name: str = "image", bits_per_sample: int | No
     bits_per_sample (the TIFF tag) is used when it is below the array dtype's width; otherwise deeper
     integers are scaled by effective_bits of their maximum (see the module docstring).
     """
-    arr = np.squeeze(arr)
+    while arr.ndim > 3 and arr.shape[0] == 1:  # (1, h, w, c) pages/series; never squeeze h or w (1x1 images)
+        arr = arr[0]
+    if arr.ndim > 3:
+        arr = np.squeeze(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
     elif arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):

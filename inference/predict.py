@@ -375,19 +375,24 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     return ap
 
 
+def options_from_args(args: argparse.Namespace) -> Options:
+    """Options of a parsed command line (no flags gives exactly Options())."""
+    return Options(
+        ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
+        organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
+        threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
+        min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
+        save_probs_max_side=args.save_probs_max_side, max_side=args.max_side or None,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         table, notes = load_test_lenient(args.data_dir / f"{args.split}.csv")
-        options = Options(
-            ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
-            organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-            threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
-            min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
-            save_probs_max_side=args.save_probs_max_side, max_side=args.max_side or None,
-        )
+        options = options_from_args(args)
         folds = load_folds(args.folds) if args.folds else None
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
         if folds is not None:

@@ -136,7 +136,8 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
     values = pd.to_numeric(raw, errors="coerce")
     for i, value in values.items():
         if not valid_pixel_size(value):
-            notes.append((df.at[i, "id"], f"pixel_size {raw[i]!r} unusable: the organ's pixel size is used"))
+            shown = "missing" if pd.isna(raw[i]) else f"{raw[i]!r} unusable"
+            notes.append((df.at[i, "id"], f"pixel_size {shown}: the organ's pixel size is used"))
             values[i] = np.nan
     df["pixel_size"] = values.astype("float64")
     for col in ("img_height", "img_width"):
@@ -144,6 +145,7 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
         values = pd.to_numeric(raw, errors="coerce")
         bad = values.isna() | (values <= 0) | (values != values.round())
         for i in df.index[bad]:
-            notes.append((df.at[i, "id"], f"{col} {raw[i]!r} unusable: the image's own size is used"))
+            shown = "missing" if pd.isna(raw[i]) else f"{raw[i]!r} unusable"
+            notes.append((df.at[i, "id"], f"{col} {shown}: the image's own size is used"))
         df[col] = values.where(~bad, 0).astype("int64")
     return df, notes
