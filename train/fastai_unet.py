@@ -499,7 +499,7 @@ def _write_outputs(
         )
     _write_json(folder / "metrics.json", metrics)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-    return metrics
+    return json.loads(json.dumps(metrics))  # as a re-run reads it back (image ids become strings)
 
 
 def _weights_arg(text: str) -> str | None:

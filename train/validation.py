@@ -181,7 +181,9 @@ def kernel_validation(
         h, w = int(row.img_height), int(row.img_width)
         if image.shape[:2] != (h, w):
             raise ValueError(f"validation image {row.id} is {image.shape[:2]}, train.csv says {(h, w)}")
-        rle, decision = predict_one(image, row.organ, float(row.pixel_size), members, options)
+        rle, decision = predict_one(
+            image, row.organ, float(row.pixel_size), members, options, data_source=row.data_source, image_id=row.id
+        )
         truth = decode(row.rle, h, w).astype(bool)
         score = dice(decode(rle, h, w), truth)
         scores.append({"id": int(row.id), "organ": row.organ, "data_source": row.data_source, "dice": score})
