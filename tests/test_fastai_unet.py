@@ -33,7 +33,7 @@ from train.fastai_unet import ResumeCheckpoint, schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
-TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0)
+TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0, minutes=None)
 
 
 def tiny_config(**changes) -> FastaiConfig:
