@@ -88,6 +88,11 @@ def reseed_for_worker(compose: A.BaseCompose, last_seed: int | None) -> int:
     return seed
 
 
+def optical_density(image: np.ndarray) -> np.ndarray:
+    """Per-channel optical density (float32) of a uint8 image, by lookup table."""
+    return cv2.LUT(image, _OPTICAL_DENSITY.reshape(256, 1))
+
+
 def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Scale and shift an RGB uint8 image's H, E and DAB stain densities (3 values each), vectorised.
 
@@ -98,7 +103,7 @@ def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.nd
     matrix = HED_FROM_RGB @ np.diag(scale) @ RGB_FROM_HED
     offset = np.asarray(shift) @ RGB_FROM_HED
     affine = np.hstack([matrix.T, offset[:, None]]).astype(np.float32)  # cv2.transform: dst = M @ [src; 1]
-    density = cv2.transform(_OPTICAL_DENSITY[image], affine)
+    density = cv2.transform(optical_density(image), affine)
     np.clip(density, 0.0, _MAX_DENSITY, out=density)  # keeps 256 * exp(-od) - 1 within [0, 255]
     return cv2.convertScaleAbs(cv2.exp(-density), alpha=256.0, beta=-1.0)  # rounds to uint8
 
@@ -156,13 +161,18 @@ def stain_transfer(image: np.ndarray, stain_matrix: np.ndarray, background: np.n
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise TypeError(f"stain transfer needs an (h, w, 3) uint8 RGB image, got {image.dtype} {image.shape}")
-    od = _OPTICAL_DENSITY[image]
+    od = optical_density(image)
     matrix = (HED_FROM_RGB @ np.asarray(stain_matrix)).T.astype(np.float32)  # cv2.transform: dst = M @ src
-    density = cv2.transform(od, matrix)
     background = np.asarray(background, np.float32)
     if background.any():
-        tissue = np.clip((od.sum(-1) - TISSUE_OD[0]) / (TISSUE_OD[1] - TISSUE_OD[0]), 0.0, 1.0)
-        density += tissue[..., None] * background
+        # A fourth channel, the tissue weight, carries the background stain through the same cv2.transform.
+        low, high = TISSUE_OD
+        ramp = np.array([[1, 1, 1, -low]], np.float32) / (high - low)
+        tissue = cv2.transform(od, ramp)
+        np.clip(tissue, 0.0, 1.0, out=tissue)
+        od = cv2.merge([od, tissue])
+        matrix = np.hstack([matrix, background[:, None]])
+    density = cv2.transform(od, matrix)
     np.clip(density, 0.0, _MAX_DENSITY, out=density)
     return cv2.convertScaleAbs(cv2.exp(-density), alpha=256.0, beta=-1.0)
 

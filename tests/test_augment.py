@@ -104,7 +104,6 @@ def test_hed_jitter_transform_is_seeded() -> None:
     assert not np.array_equal(a, IMAGE)
 
 
-
 # --- independent draws -------------------------------------------------------------------------------------------
 
 ASYMMETRIC = np.arange(64, dtype=np.uint8).reshape(8, 8)[..., None].repeat(3, -1)  # every symmetry moves it
