@@ -277,8 +277,8 @@ def piecewise_affine_maps(shape: tuple[int, int], displacement: np.ndarray) -> t
     triangle the displacement is the barycentric (affine) mix of its three corners'. Every pixel's offset is a
     convex combination of control offsets, so it is never longer than the longest of them, and zero offsets are
     the identity. (albumentations 2.0.8's PiecewiseAffine instead mixes the jittered control *positions* by
-    inverse-distance weights, which pulls every pixel toward the nearest control point: a pinch of 37 px on
-    average on a 768 px tile even with zero jitter.)
+    inverse-distance weights, which pulls every pixel toward the nearest control point: with zero jitter and a
+    4x4 grid, pixels of a 768 px tile still move 58 px on average, up to 118 px.)
     """
     height, width = shape
     rows, cols = displacement.shape[:2]
