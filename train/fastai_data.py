@@ -23,7 +23,7 @@ from fastai.distributed import DistributedDL
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from data_prep.augment import train_transforms, valid_transforms
+from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
 from data_prep.tiles import read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from inference.tiling import resize_image
@@ -114,8 +114,8 @@ def _sample(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Te
 class CropDataset(Dataset):
     """n random crops (train.crops) per epoch, augmented; the item index is ignored.
 
-    Draws come from a generator seeded with torch.initial_seed(), which differs per DataLoader worker and per
-    epoch, so workers never repeat each other and epochs never repeat the previous one.
+    Crops and augmentations draw from generators seeded with torch's worker seed (data_prep.augment.worker_seed),
+    which differs per DataLoader worker and per epoch, so workers never repeat each other and epochs never repeat.
     """
 
     def __init__(self, sampler: CropSampler, n: int, augment: str | None) -> None:
@@ -128,10 +128,12 @@ class CropDataset(Dataset):
         return self.n
 
     def generator(self) -> np.random.Generator:
-        """This worker's generator, re-seeded when torch's seed changes (a new worker or epoch)."""
-        seed = torch.initial_seed()
+        """This worker's generator, re-seeded with the augmentations when torch's worker seed changes."""
+        seed = worker_seed()
         if seed != self._seed:
             self._seed, self._rng = seed, np.random.default_rng(seed)
+            if self.transform is not None:
+                reseed(self.transform, seed)
         return self._rng
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,11 +166,13 @@ class TileDataset(Dataset):
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
         self.transform = train_transforms(augment) if augment else valid_transforms()
+        self._aug_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._aug_seed = reseed_for_worker(self.transform, self._aug_seed)
         image = resize_image(read_png(self.image_paths[i]), self.size, self.size)
         mask = resize_image(read_png(self.mask_paths[i], mask=True), self.size, self.size, nearest=True)
         out = self.transform(image=image, mask=mask)
