@@ -174,7 +174,7 @@ def kernel_validation(
     """
     options = Options() if options is None else options
     scores = []
-    images = _images(rows, Path(image_dir))
+    images = _images(rows, Path(image_dir), options.stain_reference)
     for row, image in tqdm(images, total=len(rows), desc="validation", unit="img", leave=False, disable=not progress):
         if isinstance(image, Exception):
             raise image
