@@ -23,6 +23,7 @@ from torch import nn
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
 from inference.predict import main as predict_main
+from inference.predictor import build_model as inference_model
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet

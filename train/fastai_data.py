@@ -12,6 +12,8 @@ Either way the monitored Dice is measured on whole validation images by the subm
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -185,13 +187,23 @@ class SampledDataLoader(DataLoader):
     fastai's own `n` keeps the first n items; short demo epochs must still see every tile over time.
     """
 
-    def get_idxs(self) -> list[int]:
+    def get_idxs(self) -> Iterable[int]:
         if not self.shuffle or self.n == len(self.dataset):
             return super().get_idxs()
-        idxs: list[int] = []
-        while len(idxs) < self.n:  # more items than tiles (a time-budget epoch): whole shuffled passes
-            idxs += self.rng.sample(range(len(self.dataset)), min(self.n - len(idxs), len(self.dataset)))
-        return idxs
+        return itertools.islice(self._passes(), self.n)
+
+    def _passes(self) -> Iterator[int]:
+        """Shuffled passes over the tiles, lazily: a time-budget epoch asks for far more items than it uses."""
+        while True:
+            yield from self.rng.sample(range(len(self.dataset)), len(self.dataset))
+
+
+class CropDataLoader(DataLoader):
+    """A fastai DataLoader over a CropDataset: the indices are a lazy range (items are random anyway), so a long
+    time-budget epoch costs nothing up front."""
+
+    def get_idxs(self) -> range:
+        return range(self.n)
 
 
 class CPUDistributedDL(DistributedDL):
@@ -220,7 +232,7 @@ def make_dataloaders(
         settings = crop_settings(cfg)
         sampler = CropSampler(load_scaled_images(train, tiles_dir, cfg.seed), settings)
         n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(train) // cfg.bs)) * cfg.bs
-        train_dl = DataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
+        train_dl = CropDataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
         if len(valid):
             valid_sampler = CropSampler(load_scaled_images(valid, tiles_dir, cfg.seed), settings)
             valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed)
