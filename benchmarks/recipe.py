@@ -1,13 +1,14 @@
 """The repo's training recipe against a plain training loop at equal wall time, per organ and per data source.
 
-    python benchmarks/recipe.py [--work benchmarks_out/recipe] [--config unet_r18_cpu] [--minutes 20] [--seeds 3]
-        [--data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667] [--mmseg] [--skip-train]
+    python benchmarks/recipe.py [--work benchmarks_out/recipe] [--config unet_r18_cpu [--also CFG ...]] [--minutes 20]
+        [--seeds 3] [--data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667] [--mmseg]
 
-For each seed, side by side and one thread each (so both get the same share of the machine):
+For each seed, side by side and one thread each (so every model gets the same share of the machine):
   ours   python -m train.fastai_unet --config C --fold -1 --tiles T --minutes M --seed S
   plain  python benchmarks/plain_loop.py --minutes M --seed S   (benchmarks/plain_loop.py: the 100-line loop)
+  --also more fastai configs (ablations), each as another process alongside
   mmseg  (--mmseg) python -m train.mmseg_upernet --config train/configs/mmseg/upernet_convnext-cpu.py --fold -1
-         --minutes M, as a third process alongside
+         --minutes M, as another process alongside
 then every model predicts the same test set with `python -m inference.predict` (default settings) and is scored
 with inference.score. Without --data-dir the benchmark writes demo data (data_prep.make_demo, HPA train images,
 HPA + Hubmap test images at the Hubmap pixel sizes and stains). Prints mean +- std over seeds of the Dice overall,
@@ -109,7 +110,8 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("benchmarks_out/recipe"))
-    ap.add_argument("--config", default="unet_r18_cpu", help="fastai experiment (name or file)")
+    ap.add_argument("--config", default="unet_r18_cpu", help="fastai experiment (name or file): 'ours'")
+    ap.add_argument("--also", nargs="*", default=[], help="more fastai experiments trained alongside (ablations)")
     ap.add_argument("--minutes", type=float, default=20.0, help="training minutes per model and seed")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--data-dir", type=Path, help="competition-layout data with test_solution.csv (default: demo)")
@@ -123,34 +125,36 @@ def main(argv: list[str] | None = None) -> None:
     name, cfg = load_config(args.config)
     data, tiles = prepare(args, float(cfg.pixel_size))
     py, rows = sys.executable, []
-    threads = 1
+    fastai_runs = {"ours": args.config, **{load_config(c)[0]: c for c in args.also}}
     for seed in range(args.seeds):
         base = args.work / f"seed{seed}"
-        ours = base / "ours" / name / "fold-1"
-        plain = base / "plain" / "fold-1"
-        mmseg = base / "mmseg" / MMSEG_CONFIG.stem / "fold-1"
-        procs = {}
+        folders = {recipe: base / recipe / load_config(c)[0] / "fold-1" for recipe, c in fastai_runs.items()}
+        folders["plain"] = base / "plain" / "fold-1"
+        if args.mmseg:
+            folders["mmseg"] = base / "mmseg" / MMSEG_CONFIG.stem / "fold-1"
+        commands = {
+            recipe: [py, "-m", "train.fastai_unet", "--config", c, "--fold", "-1", "--tiles", str(tiles), "--out",
+                     str(base / recipe), "--minutes", str(args.minutes), "--seed", str(seed)]
+            for recipe, c in fastai_runs.items()
+        }
+        commands["plain"] = [py, str(REPO / "benchmarks/plain_loop.py"), "--data-dir", str(data), "--out",
+                             str(folders["plain"]), "--minutes", str(args.minutes), "--seed", str(seed),
+                             "--pixel-size", f"{cfg.pixel_size:g}", "--tile", str(cfg.tile_size)]
+        if args.mmseg:
+            commands["mmseg"] = [py, "-m", "train.mmseg_upernet", "--config", str(MMSEG_CONFIG), "--fold", "-1",
+                                 "--tiles", str(tiles), "--work-dir", str(base / "mmseg"), "--minutes",
+                                 str(args.minutes), "--cfg-options", f"randomness.seed={seed}"]
+        procs = {
+            recipe: (run(command, base / f"{recipe}.log", threads=1), base / f"{recipe}.log")
+            for recipe, command in commands.items()
+            if not (folders[recipe] / ("config.json" if recipe == "plain" else "metrics.json")).is_file()
+        }
         start = time.perf_counter()
-        if not (ours / "metrics.json").is_file():
-            procs["ours"] = (run([py, "-m", "train.fastai_unet", "--config", args.config, "--fold", "-1", "--tiles",
-                                  str(tiles), "--out", str(base / "ours"), "--minutes", str(args.minutes), "--seed",
-                                  str(seed)], base / "ours.log", threads), base / "ours.log")
-        if not (plain / "model.pth").is_file():
-            procs["plain"] = (run([py, str(REPO / "benchmarks/plain_loop.py"), "--data-dir", str(data), "--out",
-                                   str(plain), "--minutes", str(args.minutes), "--seed", str(seed), "--pixel-size",
-                                   f"{cfg.pixel_size:g}", "--tile", str(cfg.tile_size)], base / "plain.log", threads),
-                              base / "plain.log")
-        if args.mmseg and not (mmseg / "metrics.json").is_file():
-            procs["mmseg"] = (run([py, "-m", "train.mmseg_upernet", "--config", str(MMSEG_CONFIG), "--fold", "-1",
-                                   "--tiles", str(tiles), "--work-dir", str(base / "mmseg"), "--minutes",
-                                   str(args.minutes), "--cfg-options", f"randomness.seed={seed}"],
-                                  base / "mmseg.log", threads), base / "mmseg.log")
         if procs:
             print(f"seed {seed}: training {', '.join(procs)} side by side for {args.minutes} min each", flush=True)
             wait_all(procs)
             print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
-        runs = {"ours": ours, "plain": plain, **({"mmseg": mmseg} if args.mmseg else {})}
-        for recipe, folder in runs.items():
+        for recipe, folder in folders.items():
             result = predict_and_score([folder], data, base / f"{recipe}_submission.csv")
             rows.append({"recipe": recipe, "seed": seed, **columns(result)})
             print(f"seed {seed} {recipe}: Dice {result['dice']:.4f}", flush=True)

@@ -43,6 +43,7 @@ from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.training import GradientAccumulation
+from fastai.data.load import DataLoader
 from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
 from fastai.learner import Learner, Metric, Recorder
 from fastai.optimizer import Adam
@@ -126,7 +127,9 @@ class TimeBudget(Callback):
     """Training time budget: epoch e trains until (e + 1) / E of the budget is spent; validation is not counted.
 
     The epoch's training ends with fastai's CancelTrainException; the Recorder would then drop the epoch's
-    train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train.
+    train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train. The first
+    epoch's loader is effectively endless; later ones are sized from the previous epoch (for the progress bar),
+    and one that runs out before its share of time simply hands the rest to the next epoch.
     """
 
     order = Recorder.order + 1
@@ -142,6 +145,7 @@ class TimeBudget(Callback):
 
     def before_train(self) -> None:
         self._last = time.perf_counter()
+        self._batches = 0
 
     def after_batch(self) -> None:
         if not self.training:
@@ -149,8 +153,15 @@ class TimeBudget(Callback):
         now = time.perf_counter()
         self.spent += now - self._last
         self._last = now
+        self._batches += 1
         if self.spent >= self.budget * (self.epoch + self.offset + 1) / self.epochs:
             raise CancelTrainException
+
+    def after_epoch(self) -> None:
+        """Size the next epoch's loader at twice this epoch's batches, so its progress bar shows a real total."""
+        loader = self.dls.train
+        if isinstance(loader, DataLoader) and not hasattr(loader, "dl") and self._batches:  # not DistributedDL
+            loader.n = 2 * self._batches * loader.bs
 
     def after_cancel_train(self) -> None:
         self.recorder.cancel_train = False
