@@ -146,14 +146,14 @@ class TimeBudgetHook(Hook):
     def _apply(self, runner, done: int, new_max: int) -> None:
         loop = runner.train_loop
         if new_max == done:
-            runner.logger.info(f"time budget of {self.budget / 60:.1f} min spent: stopping after iteration {done}")
+            runner.logger.info(f"time budget of {self.budget / 60:g} min spent: stopping after iteration {done}")
             loop._max_iters = done
             return
         self._rebuild_schedulers(runner, done, new_max)
         self._apply_intervals(runner, new_max)
         runner.message_hub.update_info("max_iters", new_max)
         runner.logger.info(
-            f"time budget {self.budget / 60:.1f} min: {self.elapsed():.0f} s for {done} iterations, "
+            f"time budget {self.budget / 60:g} min: {self.elapsed():.0f} s for {done} iterations, "
             f"planning {new_max} iterations (LR schedule and intervals rescaled)"
         )
 
