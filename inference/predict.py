@@ -78,6 +78,7 @@ class Options:
     save_probs_max_side: int = 1024
     max_side: int | None = DEFAULT_MAX_SIDE  # cap on every working side (None: no cap)
     coarsen: float = 1.0  # extra factor on every working scale (the time budget's last resort)
+    stain_reference: str | None = None  # Macenko-normalise images to this reference JSON, or "macenko"
 
 
 def load_members(
@@ -107,11 +108,23 @@ def save_probability(path: Path, probability: np.ndarray, max_side: int) -> None
     tmp.replace(path)
 
 
-def _images(table: pd.DataFrame, image_dir: Path) -> Iterator[tuple[object, np.ndarray | Exception]]:
-    """Yield (row, image or the read error), reading the next image in a thread while one is predicted."""
+def _images(
+    table: pd.DataFrame, image_dir: Path, stain_reference: str | None = None
+) -> Iterator[tuple[object, np.ndarray | Exception]]:
+    """Yield (row, image or the read error), reading the next image in a thread while one is predicted.
+
+    stain_reference (--stain-reference): Macenko-normalise each image to it in the reading thread.
+    """
+    reference = None
+    if stain_reference is not None:
+        from inference.stain import load_reference, normalise_stain  # only kernels that ask for it need torchstain
+
+        reference = load_reference(stain_reference)
+
     def read(row: object) -> np.ndarray | Exception:
         try:
-            return read_image(image_dir / f"{row.id}.tiff")
+            image = read_image(image_dir / f"{row.id}.tiff")
+            return image if reference is None else normalise_stain(image, reference)
         except Exception as exc:  # reported per image by the caller, never fatal
             return exc
 
@@ -275,7 +288,7 @@ def predict_table(
     rles = []
     last = time.perf_counter()  # per-image wall time includes waiting for the prefetched read
     with logging_redirect_tqdm():
-        rows = tqdm(_images(table, image_dir), total=len(table), desc="predict", unit="img")
+        rows = tqdm(_images(table, image_dir, options.stain_reference), total=len(table), desc="predict", unit="img")
         for n, (row, image) in enumerate(rows):
             rles.append("")
             image_id = str(row.id)
@@ -358,6 +371,9 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
                          "ceil(max(h,w)/(tile*reduce_k)); none: as is")
     ap.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
                     help="cap on the working side in pixels, with a warning naming the image (0: no cap)")
+    ap.add_argument("--stain-reference",
+                    help="Macenko-normalise every image to this reference JSON (python -m inference.stain) or "
+                         "'macenko' (needs torchstain)")
     ap.add_argument("--use-organ", action="store_true", help="multiclass: use test.csv organ, not the majority class")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", help="drop components under this area in um^2 (number or organ JSON)")
@@ -383,6 +399,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
         min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
         save_probs_max_side=args.save_probs_max_side, max_side=args.max_side or None,
+        stain_reference=args.stain_reference,
     )
 
 

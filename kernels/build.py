@@ -43,10 +43,10 @@ TEMPLATE = Path(__file__).with_name("submission.tmpl")
 COMPETITION = "hubmap-organ-segmentation"
 # Kaggle's GPU image has torch, torchvision, numpy, pandas, scipy, opencv, tifffile, tqdm and the
 # pure-Python dependencies of these two; we ship them pinned so smp/timm encoders match training.
-KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm")
+KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm", "torchstain")
 # The notebook supplies these (or they would truncate / redirect the submission): never in --predict-args.
 FORBIDDEN_PREDICT_ARGS = ("--out", "--models", "--data-dir", "--split", "--limit", "--folds")
-FILE_PREDICT_ARGS = ("--thresholds", "--min-area")  # options whose value may name a file to ship
+FILE_PREDICT_ARGS = ("--thresholds", "--min-area", "--stain-reference")  # options whose value may name a file to ship
 TIME_BUDGET_HOURS = 8.5
 HIDDEN_IMAGES = 550
 
@@ -147,7 +147,7 @@ def ship_files(predict_args: list[str], weights: Path) -> list[str]:
                     n += 1
                 shutil.copy2(path, dest)
                 value = f"@WEIGHTS/files/{dest.name}"
-            elif name == "--thresholds" or not _is_number(value):
+            elif not _literal_value(name, value):
                 raise FileNotFoundError(f"--predict-args {name} {value}: file not found (it is shipped with the "
                                         "weights, so it must exist at build time)")
             out += [name, value]
@@ -155,6 +155,11 @@ def ship_files(predict_args: list[str], weights: Path) -> list[str]:
             out.append(token)
         i += 1
     return out
+
+
+def _literal_value(name: str, value: str) -> bool:
+    """A value of a file option that is not a file: a --min-area number, or --stain-reference macenko."""
+    return (name == "--min-area" and _is_number(value)) or (name == "--stain-reference" and value == "macenko")
 
 
 def _is_number(text: str) -> bool:

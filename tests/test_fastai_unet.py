@@ -23,6 +23,7 @@ from torch import nn
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
 from inference.predict import main as predict_main
+from inference.predictor import build_model as inference_model
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
@@ -33,7 +34,7 @@ from train.fastai_unet import ResumeCheckpoint, schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
-TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0)
+TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0, minutes=None)
 
 
 def tiny_config(**changes) -> FastaiConfig:
@@ -280,3 +281,27 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     cfg = seen["cfg"]
     assert (seen["name"], cfg.epochs, cfg.bs, cfg.lr, cfg.encoder_weights) == ("unet_effb7_768", 3, 2, 0.01, None)
     assert cfg.encoder == "tu-tf_efficientnet_b7"
+
+
+def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from train.fastai_model import FreezeEncoderBN
+
+    cfg = tiny_config(decoder_norm="layernorm", freeze_encoder_bn=True)
+    model = build_model(cfg)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    CheckpointConfig(name="ln", fold=0, framework="smp", task="binary", classes=["ftu"], tile_size=64,
+                     encoder=cfg.encoder, decoder_norm="layernorm", pixel_size=0.8).save(tmp_path)
+    reloaded = inference_model(CheckpointConfig.load(tmp_path), tmp_path, torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(reloaded(x), model.eval()(x))
+
+    model.train()
+    callback = FreezeEncoderBN()
+    callback.learn = SimpleNamespace(model=model)
+    callback.before_train()
+    encoder_bn = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert encoder_bn and not any(m.training for m in encoder_bn)
+    assert all(m.training for m in model.decoder.modules())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from inference.sliding import reflect_indices
 from inference.tiling import resize_image
 
 POINTS_PER_FTU = 64  # pixels remembered per FTU component: enough to vary the centre, little memory
@@ -62,20 +63,21 @@ def ftu_points(mask: np.ndarray, rng: np.random.Generator, per_ftu: int = POINTS
     return points
 
 
+def _window(length: int, start: int, side: int) -> slice | np.ndarray:
+    """Indices of [start, start + side) along an axis of `length`, reflected at the borders where it leaves."""
+    before, after = max(0, -start), max(0, start + side - length)
+    if not before and not after:
+        return slice(start, start + side)
+    return reflect_indices(length, before, after)[start + before : start + before + side]
+
+
 def crop_reflect(array: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
-    """array[y0:y0+side, x0:x0+side], reflection-padded (BORDER_REFLECT_101) where it leaves the array."""
-    h, w = array.shape[:2]
-    cy0, cx0, cy1, cx1 = max(0, y0), max(0, x0), min(h, y0 + side), min(w, x0 + side)
-    if cy0 >= cy1 or cx0 >= cx1:  # entirely outside: reflect from the nearest edge strip
-        cy0, cy1 = min(max(0, y0), h - 1), min(max(0, y0), h - 1) + 1
-        cx0, cx1 = min(max(0, x0), w - 1), min(max(0, x0), w - 1) + 1
-    part = array[cy0:cy1, cx0:cx1]
-    top, left = cy0 - y0, cx0 - x0
-    bottom, right = side - top - part.shape[0], side - left - part.shape[1]
-    if top or left or bottom or right:
-        border = cv2.BORDER_REFLECT_101 if min(part.shape[:2]) > 1 else cv2.BORDER_REPLICATE
-        part = cv2.copyMakeBorder(part, top, bottom, left, right, border)
-    return part
+    """array[y0:y0+side, x0:x0+side], padded by symmetric reflection where it leaves the array.
+
+    The same reflection (inference.sliding.reflect_indices) as the sliding-window predictor pads images with.
+    """
+    rows, cols = _window(array.shape[0], y0, side), _window(array.shape[1], x0, side)
+    return array[rows][:, cols]
 
 
 @dataclass

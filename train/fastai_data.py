@@ -12,6 +12,8 @@ Either way the monitored Dice is measured on whole validation images by the subm
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from fastai.distributed import DistributedDL
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from data_prep.augment import train_transforms, valid_transforms
+from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
 from data_prep.tiles import read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from inference.tiling import resize_image
@@ -114,8 +116,8 @@ def _sample(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Te
 class CropDataset(Dataset):
     """n random crops (train.crops) per epoch, augmented; the item index is ignored.
 
-    Draws come from a generator seeded with torch.initial_seed(), which differs per DataLoader worker and per
-    epoch, so workers never repeat each other and epochs never repeat the previous one.
+    Crops and augmentations draw from generators seeded with torch's worker seed (data_prep.augment.worker_seed),
+    which differs per DataLoader worker and per epoch, so workers never repeat each other and epochs never repeat.
     """
 
     def __init__(self, sampler: CropSampler, n: int, augment: str | None) -> None:
@@ -128,10 +130,12 @@ class CropDataset(Dataset):
         return self.n
 
     def generator(self) -> np.random.Generator:
-        """This worker's generator, re-seeded when torch's seed changes (a new worker or epoch)."""
-        seed = torch.initial_seed()
+        """This worker's generator, re-seeded with the augmentations when torch's worker seed changes."""
+        seed = worker_seed()
         if seed != self._seed:
             self._seed, self._rng = seed, np.random.default_rng(seed)
+            if self.transform is not None:
+                reseed(self.transform, seed)
         return self._rng
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,11 +168,13 @@ class TileDataset(Dataset):
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
         self.transform = train_transforms(augment) if augment else valid_transforms()
+        self._aug_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._aug_seed = reseed_for_worker(self.transform, self._aug_seed)
         image = resize_image(read_png(self.image_paths[i]), self.size, self.size)
         mask = resize_image(read_png(self.mask_paths[i], mask=True), self.size, self.size, nearest=True)
         out = self.transform(image=image, mask=mask)
@@ -181,13 +187,23 @@ class SampledDataLoader(DataLoader):
     fastai's own `n` keeps the first n items; short demo epochs must still see every tile over time.
     """
 
-    def get_idxs(self) -> list[int]:
+    def get_idxs(self) -> Iterable[int]:
         if not self.shuffle or self.n == len(self.dataset):
             return super().get_idxs()
-        idxs: list[int] = []
-        while len(idxs) < self.n:  # more items than tiles (a time-budget epoch): whole shuffled passes
-            idxs += self.rng.sample(range(len(self.dataset)), min(self.n - len(idxs), len(self.dataset)))
-        return idxs
+        return itertools.islice(self._passes(), self.n)
+
+    def _passes(self) -> Iterator[int]:
+        """Shuffled passes over the tiles, lazily: a time-budget epoch asks for far more items than it uses."""
+        while True:
+            yield from self.rng.sample(range(len(self.dataset)), len(self.dataset))
+
+
+class CropDataLoader(DataLoader):
+    """A fastai DataLoader over a CropDataset: the indices are a lazy range (items are random anyway), so a long
+    time-budget epoch costs nothing up front."""
+
+    def get_idxs(self) -> range:
+        return range(self.n)
 
 
 class CPUDistributedDL(DistributedDL):
@@ -216,7 +232,7 @@ def make_dataloaders(
         settings = crop_settings(cfg)
         sampler = CropSampler(load_scaled_images(train, tiles_dir, cfg.seed), settings)
         n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(train) // cfg.bs)) * cfg.bs
-        train_dl = DataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
+        train_dl = CropDataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
         if len(valid):
             valid_sampler = CropSampler(load_scaled_images(valid, tiles_dir, cfg.seed), settings)
             valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed)

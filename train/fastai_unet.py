@@ -454,7 +454,13 @@ def _write_outputs(
     torch.save(state_dict, folder / "model.pth")
     config.save(folder)
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
-    metrics: dict = {"dice": None, "epochs": cfg.epochs, "n_train_rows": n_train, "seconds_trained": seconds_trained}
+    metrics: dict = {
+        "dice": None,
+        "epochs": cfg.epochs,
+        "n_train_rows": n_train,
+        "seconds_trained": seconds_trained,
+        "steps": int(getattr(learn, "train_iter", 0)),  # optimizer steps of the last (possibly resumed) fit
+    }
     if validation is None:
         metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
         print(f"{config.name} fold -1: trained on all folds, saved {folder}")
@@ -473,7 +479,7 @@ def _write_outputs(
         )
     _write_json(folder / "metrics.json", metrics)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-    return metrics
+    return json.loads(json.dumps(metrics))  # as a re-run reads it back (image ids become strings)
 
 
 def _weights_arg(text: str) -> str | None:

@@ -175,14 +175,16 @@ def kernel_validation(
     """
     options = Options() if options is None else options
     scores = []
-    images = _images(rows, Path(image_dir))
+    images = _images(rows, Path(image_dir), options.stain_reference)
     for row, image in tqdm(images, total=len(rows), desc="validation", unit="img", leave=False, disable=not progress):
         if isinstance(image, Exception):
             raise image
         h, w = int(row.img_height), int(row.img_width)
         if image.shape[:2] != (h, w):
             raise ValueError(f"validation image {row.id} is {image.shape[:2]}, train.csv says {(h, w)}")
-        rle, decision = predict_one(image, row.organ, float(row.pixel_size), members, options)
+        rle, decision = predict_one(
+            image, row.organ, float(row.pixel_size), members, options, data_source=row.data_source, image_id=row.id
+        )
         truth = decode(row.rle, h, w).astype(bool)
         score = dice(decode(rle, h, w), truth)
         scores.append({"id": int(row.id), "organ": row.organ, "data_source": row.data_source, "dice": score})
