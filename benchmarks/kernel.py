@@ -70,7 +70,9 @@ def trainer_geometry() -> dict[str, dict]:
                                       real_encoder="tu-tf_efficientnet_b7"),
         "mmseg upernet_convnext-b_768": dict(tile=int(mmseg["tile_size"]), overlap=mmseg["inference"]["overlap"],
                                              reduce=mmseg["inference"]["reduce"],
-                                             reduce_k=mmseg["inference"]["reduce_k"], pixel_size=pixel_size,
+                                             # None: the finest split, the fastai rule (train.mmseg_upernet)
+                                             reduce_k=mmseg["inference"]["reduce_k"] or inference_reduce_k(fastai, tiles),
+                                             pixel_size=pixel_size,
                                              real_encoder="tu-resnest269e"),
     }
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -194,3 +195,28 @@ def kernel_validation(
     result = summarise(pd.DataFrame(scores))
     result["threshold"] = options.threshold
     return result
+
+
+def write_oof(image: ValidationImage, folder: Path, max_side: int) -> dict:
+    """Save one validation image's probability (float16 .npy) and truth (0/255 PNG) at <= max_side px."""
+    prob, truth = image.probability, image.truth.astype(np.uint8)
+    height, width = prob.shape
+    shrink = min(1.0, max_side / max(prob.shape))
+    if shrink < 1.0:
+        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
+        truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+    np.save(folder / f"{image.image_id}.npy", prob.astype(np.float16))
+    if not cv2.imwrite(str(folder / f"{image.image_id}_mask.png"), truth * 255):
+        raise OSError(f"cannot write {folder / f'{image.image_id}_mask.png'}")
+    return dict(
+        image_id=image.image_id,
+        organ=image.organ,
+        data_source=image.data_source,
+        img_height=height,
+        img_width=width,
+        height=prob.shape[0],
+        width=prob.shape[1],
+        prob_path=f"{image.image_id}.npy",
+        mask_path=f"{image.image_id}_mask.png",
+    )
