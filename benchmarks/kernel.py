@@ -3,10 +3,10 @@
     python benchmarks/kernel.py [--sizes 160 3000 4500] [--folds 1] [--ensemble-folds 5] [--tta 4]
         [--encoder tu-resnet18] [--real] [--device auto] [--repeat 1]
 
-Checkpoint geometry is what the trainers write for the README's real recipe (768 px tiles of splits 1,2,3 of
-3000 px HPA images at 0.4 um/px): the fastai UNet (train/configs/fastai/unet_effb7_768.py: tile, overlap,
-reduce_k from train.fastai_unet.inference_reduce_k = the finest split, 3; pixel_size = the median tile's
-um/px = 0.52) and the mmseg UperNet (tile 768, overlap and reduce_k from its base config; the same pixel size).
+Checkpoint geometry is what the trainers write for the README's real recipe: the fastai UNet
+(train/configs/fastai/unet_effb7_768.py: 768 px crops at its pixel_size, 0.8 um/px, and its overlap) and the mmseg
+UperNet (768 px tiles of splits 1,2,3 of 3000 px HPA images at 0.4 um/px: reduce_k = the finest split, 3;
+pixel_size = the median tile's um/px, 0.52).
 On CPU the network is a small smp Unet (--encoder) at that geometry; with CUDA or --real the real encoders are
 timed too (EfficientNet-B7 UNet; ResNeSt-269e UNet standing in for UperNet-ConvNeXt, which needs mmseg).
 
@@ -56,24 +56,23 @@ def recipe_tiles(side: int = 3000, tile: int = 768, splits: tuple[int, ...] = (1
 
 
 def trainer_geometry() -> dict[str, dict]:
-    """config.json geometry of the fastai UNet and the mmseg UperNet, computed by the trainers' own rules."""
+    """config.json geometry of the fastai UNet and the mmseg UperNet, as the trainers write it."""
     from train.configs.fastai.base import load_config
-    from train.fastai_unet import inference_reduce_k
 
     _, fastai = load_config("unet_effb7_768")
-    tiles = recipe_tiles(tile=fastai.tile_size)
-    pixel_size = float(np.median(tiles["tile_pixel_size"]))  # both trainers: the median training tile's um/px
+    tiles = recipe_tiles(tile=768)
+    finest = float(tiles["split"].max())  # mmseg: reduce_k = the finest split trained on
+    tile_pixel_size = float(np.median(tiles["tile_pixel_size"]))  # mmseg: the median training tile's um/px
     mmseg = runpy.run_path(str(ROOT / "train/configs/mmseg/_base_/datasets/hubmap_tiles.py"))
     return {
+        # crops at the config's pixel_size; reduce_k = the working side of a 3000 px image / tile (reduce mode only)
         "fastai unet_effb7_768": dict(tile=fastai.tile_size, overlap=fastai.overlap, reduce=fastai.reduce,
-                                      reduce_k=inference_reduce_k(fastai, tiles), pixel_size=pixel_size,
-                                      real_encoder="tu-tf_efficientnet_b7"),
+                                      reduce_k=3000 * 0.4 / fastai.pixel_size / fastai.tile_size,
+                                      pixel_size=fastai.pixel_size, real_encoder="tu-tf_efficientnet_b7"),
         "mmseg upernet_convnext-b_768": dict(tile=int(mmseg["tile_size"]), overlap=mmseg["inference"]["overlap"],
                                              reduce=mmseg["inference"]["reduce"],
-                                             # None: the finest split, the fastai rule (train.mmseg_upernet)
-                                             reduce_k=mmseg["inference"]["reduce_k"] or inference_reduce_k(fastai, tiles),
-                                             pixel_size=pixel_size,
-                                             real_encoder="tu-resnest269e"),
+                                             reduce_k=mmseg["inference"]["reduce_k"] or finest,
+                                             pixel_size=tile_pixel_size, real_encoder="tu-resnest269e"),
     }
 
 
