@@ -1,7 +1,9 @@
 """The best recipe this repo knows for ~20 minutes on 2 CPU cores: ResNet-18 UNet from random weights.
 
 Random 256 px crops of whole images at 0.8 um/px (tile set built with --scaled 0.8), organ-balanced, half of
-them centred on an FTU, with physical scale jitter; benchmarks/recipe.py compares it with a plain loop.
+them centred on an FTU, with physical scale jitter and the blur of small coarse images upsampled (HuBMAP prostate
+is 6.263 um/px); the `hubmap` augmentation preset re-stains HPA crops as H&E / PAS. benchmarks/recipe.py compares
+it with a plain loop, benchmarks/domain.py with itself without stain transfer or without scale jitter.
 """
 
 from train.configs.fastai.base import FastaiConfig
@@ -11,6 +13,8 @@ config = FastaiConfig(
     encoder_weights=None,
     tile_size=256,
     pixel_size=0.8,
+    scale_range=(0.75, 1.33),
+    lowres_prob=0.2,
     augment="hubmap",
     epochs=10,
     bs=8,
