@@ -257,7 +257,7 @@ def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: P
     config.write_text(
         "from dataclasses import replace\n\n"
         "from train.configs.fastai.unet_r18_demo import config as demo\n\n"
-        "config = replace(demo, tile_size=64, batches_per_epoch=2, num_workers=0)\n"
+        "config = replace(demo, tile_size=64, bs=4, num_workers=0, minutes=0.05)  # ranks share rank 0 clock\n"
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "train.fastai_unet", "--config", str(config), "--fold", "0", "--tiles", str(demo_tiles)]

@@ -153,6 +153,10 @@ class TimeBudget(Callback):
         self.spent += now - self._last
         self._last = now
         self._batches += 1
+        if num_distrib() > 1:  # every rank follows rank 0's clock: the same LR and the same last batch
+            clock = torch.tensor([self.spent], dtype=torch.float64, device=next(self.learn.model.parameters()).device)
+            torch.distributed.broadcast(clock, 0)
+            self.spent = float(clock.item())
         if self.spent >= self.budget * (self.epoch + self.offset + 1) / self.epochs:
             raise CancelTrainException
 
