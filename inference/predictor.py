@@ -109,13 +109,31 @@ def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
 def smp_model(
     arch: str, encoder: str, classes: int, decoder_norm: str = "batchnorm", encoder_weights: str | None = None
 ) -> torch.nn.Module:
-    """smp.create_model with the decoder normalisation a checkpoint records (the one place both sides build it)."""
+    """smp.create_model with the decoder normalisation a checkpoint records (the one place both sides build it).
+
+    decoder_norm: smp's own decoder_use_norm values ("batchnorm", "instancenorm", "identity"), or "groupnorm":
+    smp's BatchNorm decoder with every BatchNorm2d replaced by GroupNorm (32 groups or fewer), which does not
+    depend on the batch size.
+    """
     import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
 
-    extra = {} if decoder_norm == "batchnorm" else {"decoder_use_norm": decoder_norm}
-    return smp.create_model(
+    extra = {} if decoder_norm in ("batchnorm", "groupnorm") else {"decoder_use_norm": decoder_norm}
+    model = smp.create_model(
         arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **extra
     )
+    if decoder_norm == "groupnorm":
+        _batch_to_group_norm(model.decoder)
+    return model
+
+
+def _batch_to_group_norm(module: torch.nn.Module) -> None:
+    """Replace every BatchNorm2d below module by a GroupNorm with as many groups (<= 32) as divide its channels."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            groups = math.gcd(32, child.num_features)
+            setattr(module, name, torch.nn.GroupNorm(groups, child.num_features, eps=child.eps))
+        else:
+            _batch_to_group_norm(child)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

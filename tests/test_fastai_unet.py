@@ -288,12 +288,12 @@ def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_pat
 
     from train.fastai_model import FreezeEncoderBN
 
-    cfg = tiny_config(decoder_norm="layernorm", freeze_encoder_bn=True)
+    cfg = tiny_config(decoder_norm="groupnorm", freeze_encoder_bn=True)
     model = build_model(cfg)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
     torch.save(model.state_dict(), tmp_path / "model.pth")
     CheckpointConfig(name="ln", fold=0, framework="smp", task="binary", classes=["ftu"], tile_size=64,
-                     encoder=cfg.encoder, decoder_norm="layernorm", pixel_size=0.8).save(tmp_path)
+                     encoder=cfg.encoder, decoder_norm="groupnorm", pixel_size=0.8).save(tmp_path)
     reloaded = inference_model(CheckpointConfig.load(tmp_path), tmp_path, torch.device("cpu"))
     x = torch.rand(1, 3, 64, 64)
     assert torch.allclose(reloaded(x), model.eval()(x))

@@ -84,7 +84,7 @@ class FreezeEncoderBN(Callback):
     """Keep the encoder's BatchNorm layers in eval mode (pretrained running statistics) while training.
 
     At 2-4 images per GPU, batch statistics are noise; the affine weights still train. Pairs with a
-    batch-independent decoder norm (decoder_norm="layernorm").
+    batch-independent decoder norm (decoder_norm="groupnorm").
     """
 
     def before_train(self) -> None:

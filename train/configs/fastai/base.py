@@ -14,7 +14,7 @@ from typing import Any
 SCHEDULES = ("one_cycle", "flat_cos")
 LOSSES = ("bce_dice", "bce_lovasz", "lovasz")
 SAMPLERS = ("crops", "tiles")
-DECODER_NORMS = ("batchnorm", "layernorm", "instancenorm", "identity")
+DECODER_NORMS = ("batchnorm", "groupnorm", "instancenorm", "identity")
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
@@ -24,9 +24,9 @@ class FastaiConfig:
     arch: str = "Unet"
     encoder: str = "tu-resnet18"
     encoder_weights: str | None = "imagenet"  # "imagenet" (downloaded by timm), None (random init) or a local file
-    # Normalisation for small batches: BatchNorm statistics of 2-4 images per GPU are noise. smp's
-    # decoder_use_norm ("layernorm" is batch-independent), and freezing the encoder's pretrained BN statistics
-    # (eval-mode BN, affine still trained). Several GPUs use SyncBN instead (fastai distrib_ctx sync_bn).
+    # Normalisation for small batches: BatchNorm statistics of 2-4 images per GPU are noise. The decoder's norm
+    # ("groupnorm" does not depend on the batch; inference.predictor.smp_model), and freezing the encoder's
+    # pretrained BN statistics (eval-mode BN, affine still trained). Several GPUs: fastai distrib_ctx's SyncBN.
     decoder_norm: str = "batchnorm"
     freeze_encoder_bn: bool = False
     # data

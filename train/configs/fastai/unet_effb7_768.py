@@ -1,7 +1,7 @@
 """UNet with an EfficientNet-B7 encoder on 768 px crops at 0.8 um/px (tile set built with --scaled 0.8).
 
 Batch 4 per GPU: BatchNorm statistics of 4 images are noise, so the encoder keeps its ImageNet BN statistics
-(freeze_encoder_bn) and the decoder uses LayerNorm, which does not depend on the batch (several GPUs: SyncBN).
+(freeze_encoder_bn) and the decoder uses GroupNorm, which does not depend on the batch (several GPUs: SyncBN).
 """
 
 from train.configs.fastai.base import FastaiConfig
@@ -12,7 +12,7 @@ config = FastaiConfig(
     pixel_size=0.8,
     augment="seed10+stain",
     lowres_prob=0.1,
-    decoder_norm="layernorm",
+    decoder_norm="groupnorm",
     freeze_encoder_bn=True,
     epochs=40,
     bs=4,
