@@ -29,6 +29,7 @@ import numpy as np
 
 from inference.organs import CLASSES, ORGANS, class_index
 from inference.predictor import Predictor, resize_probs
+from inference.sliding import WindowFilter
 
 ENSEMBLE_MODES = ("mean", "union")
 
@@ -110,8 +111,12 @@ def predict_image(
     organ_thresholds: dict[str, float] | None = None,
     threshold: float | None = None,
     use_organ: bool = False,
+    windows: WindowFilter | None = None,
 ) -> Decision:
-    """Run every member on one (H, W, 3) uint8 image and combine them into a Decision."""
+    """Run every member on one (H, W, 3) uint8 image and combine them into a Decision.
+
+    `windows` (optional) limits every member to the sliding windows over its kept pixels (whole slides).
+    """
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"ensemble mode {mode!r} not in {ENSEMBLE_MODES}")
     if not members:
@@ -125,7 +130,7 @@ def predict_image(
     outputs: list[np.ndarray] = []
     for m in members:
         size = m.predictor.working_size(h, w, scale_mode, pixel_size)
-        outputs.append(m.predictor.predict_working(image, size, tta))
+        outputs.append(m.predictor.predict_working(image, size, tta, windows))
 
     multi = [i for i, m in enumerate(members) if m.predictor.multiclass]
     selected = None

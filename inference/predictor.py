@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from inference.checkpoint import CheckpointConfig
-from inference.sliding import BLENDS, blend_weights, sliding_window, tta_forward
+from inference.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
 from inference.tiling import adaptive_reduce, resize_image, stride_for
 
 SCALE_MODES = ("reduce", "pixel-size", "none")
@@ -159,8 +159,13 @@ class Predictor:
         return logits.softmax(1) if self.multiclass else logits.sigmoid()
 
     @torch.inference_mode()
-    def predict_working(self, image: np.ndarray, size: tuple[int, int], tta: int = 0) -> np.ndarray:
-        """(C, h, w) float32 probabilities of an (H, W, 3) uint8 image resampled to size=(h, w)."""
+    def predict_working(
+        self, image: np.ndarray, size: tuple[int, int], tta: int = 0, windows: WindowFilter | None = None
+    ) -> np.ndarray:
+        """(C, h, w) float32 probabilities of an (H, W, 3) uint8 image resampled to size=(h, w).
+
+        `windows` runs only the sliding windows over its kept pixels (see inference.sliding.WindowFilter).
+        """
         working = resize_image(image, *size)
         tensor = torch.from_numpy(np.ascontiguousarray(working)).permute(2, 0, 1)
         probs = sliding_window(
@@ -172,6 +177,7 @@ class Predictor:
             batch_size=self.batch_size,
             weights=self.weights,
             device=self.device,
+            windows=windows,
         )
         return np.ascontiguousarray(probs.numpy())
 
