@@ -298,8 +298,8 @@ def write_pyramid(
                         raise ValueError(f"strip of shape {strip.shape}; expected width {expected[1]}, "
                                          f"channels {channels or 'none (mask)'}")
                     expected[0] -= len(strip)
-                    if expected[0] < 0:
-                        raise ValueError(f"level-0 strips gave more than the {lh} rows expected")
+                    if expected[0] < 0 or (expected[0] > 0 and len(strip) < tile):
+                        raise ValueError(f"level-0 strips gave {lh - expected[0]} rows; expected {lh}")
                     if sink is not None:  # halve pairs of rows; an odd last row is halved alone
                         rows = strip if carry is None else np.concatenate([carry, strip])
                         even = len(rows) - len(rows) % 2 if expected[0] else len(rows)
