@@ -10,6 +10,7 @@ pixel counts; coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-Ring = list[list[float]]
+Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
+log = logging.getLogger("inference.ftu_polygons")
+MAX_WINDOW = 8192 * 8192  # a component is not followed beyond a window this large (labels: 256 MiB)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Ftu:
 def shoelace(ring: Ring) -> float:
     """Absolute area of a closed ring."""
     xy = np.asarray(ring, dtype=np.float64)
+    if len(xy) < 3:
+        return 0.0
     x, y = xy[:, 0], xy[:, 1]
     return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
@@ -49,7 +54,7 @@ def polygon_area(polygons: list[list[Ring]]) -> float:
 
 def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, float]) -> list[list[Ring]]:
     """Pixel-edge rings of a bool crop: [[outer, holes...], ...], as (x, y) = (offset + edge coordinate) * scale."""
-    k = 4 if crop.size <= 4_000_000 else 2 if crop.size <= 16_000_000 else 1
+    k = 4 if crop.size <= 1_000_000 else 2 if crop.size <= 4_000_000 else 1  # upsampled crop <= 16M px
     up = cv2.resize(crop.view(np.uint8), None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
     up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
@@ -63,10 +68,8 @@ def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, f
         if len(pts) < 3:
             pts = contour[:, 0].astype(np.float64)
         # a sub-pixel centre of the upsampled, 1-padded crop sits at (p - 1 + 0.5) / k crop-pixel edges
-        xs = (ox + (pts[:, 0] - 0.5) / k) * sx
-        ys = (oy + (pts[:, 1] - 0.5) / k) * sy
-        coords = [[round(float(x), 2), round(float(y), 2)] for x, y in zip(xs, ys, strict=True)]
-        return coords + [coords[0]]
+        xy = np.stack([(ox + (pts[:, 0] - 0.5) / k) * sx, (oy + (pts[:, 1] - 0.5) / k) * sy], axis=1)
+        return np.round(np.concatenate([xy, xy[:1]]), 2)
 
     polygons: list[list[Ring]] = []
     index: dict[int, int] = {}
@@ -107,7 +110,10 @@ def _component(mask, seed: tuple[int, int], box: tuple[int, int, int, int], halo
         label = labels[seed[0] - win[0], seed[1] - win[1]]
         left, top, w, h = (int(v) for v in stats[label, :4])
         box = (win[0] + top, win[1] + left, win[0] + top + h, win[1] + left + w)
-        if not _touches(box, win, shape):
+        area = (win[2] - win[0]) * (win[3] - win[1])
+        if _touches(box, win, shape) and area > MAX_WINDOW:
+            log.warning("an FTU reaches beyond a %d px window at %s (level px); its outline is cut there", area, seed)
+        if not _touches(box, win, shape) or area > MAX_WINDOW:
             crop = labels[top : top + h, left : left + w] == label
             return crop, box
         halo *= 2
@@ -145,41 +151,56 @@ def iter_ftus(
 def _measure(crop: np.ndarray, box: tuple[int, int, int, int], scale: tuple[float, float], probability) -> Ftu:
     sx, sy = scale
     y0, x0, y1, x1 = box
-    ys, xs = np.nonzero(crop)
+    moments = cv2.moments(crop.view(np.uint8), binaryImage=True)  # no index arrays for huge components
+    count = moments["m00"]
     mean_p = None
     if probability is not None:
         mean_p = round(float(np.asarray(probability[y0:y1, x0:x1])[crop].mean()) / 255.0, 4)
     return Ftu(
         polygons=outline(crop, scale, (x0, y0)),
         x0=x0 * sx, y0=y0 * sy, x1=x1 * sx, y1=y1 * sy,
-        centroid_x=round(float((xs.mean() + x0 + 0.5) * sx), 2),
-        centroid_y=round(float((ys.mean() + y0 + 0.5) * sy), 2),
-        area_px=float(len(xs)) * sx * sy,
+        centroid_x=round(float((moments["m10"] / count + x0 + 0.5) * sx), 2),
+        centroid_y=round(float((moments["m01"] / count + y0 + 0.5) * sy), 2),
+        area_px=float(count) * sx * sy,
         mean_probability=mean_p,
     )
 
 
-def feature(ftu: Ftu, index: int, name: str, mpp: float | None) -> dict:
-    """A QuPath-importable GeoJSON annotation feature."""
-    coords = ftu.polygons
-    geometry = {"type": "Polygon", "coordinates": coords[0]} if len(coords) == 1 else {
-        "type": "MultiPolygon", "coordinates": coords}
+def _ring_json(ring: Ring, chunk: int = 20000) -> Iterator[str]:
+    """JSON text of one ring, a chunk of vertices at a time (huge outlines never become Python lists)."""
+    yield "["
+    for i in range(0, len(ring), chunk):
+        part = ring[i : i + chunk]
+        yield ("," if i else "") + ",".join(f"[{x:.2f},{y:.2f}]" for x, y in part)
+    yield "]"
+
+
+def write_feature(fh, ftu: Ftu, index: int, name: str, mpp: float | None) -> None:
+    """Write one QuPath-importable GeoJSON annotation feature (Polygon, or MultiPolygon if pinched apart)."""
     measurements = {"area_px": round(ftu.area_px, 2)}
     if mpp:
         measurements["area_um2"] = round(ftu.area_px * mpp * mpp, 2)
     if ftu.mean_probability is not None:
         measurements["mean_probability"] = ftu.mean_probability
-    return {
-        "type": "Feature",
-        "id": f"ftu-{index}",
-        "geometry": geometry,
-        "properties": {
-            "objectType": "annotation",
-            "name": f"FTU {index}",
-            "classification": {"name": name, "color": [255, 64, 64]},
-            "measurements": measurements,
-        },
+    properties = {
+        "objectType": "annotation",
+        "name": f"FTU {index}",
+        "classification": {"name": name, "color": [255, 64, 64]},
+        "measurements": measurements,
     }
+    multi = len(ftu.polygons) > 1
+    fh.write(f'{{"type": "Feature", "id": "ftu-{index}", "geometry": {{"type": '
+             f'"{"MultiPolygon" if multi else "Polygon"}", "coordinates": ')
+    fh.write("[" if multi else "")
+    for p, rings in enumerate(ftu.polygons):
+        fh.write(("," if p else "") + "[")
+        for r, ring in enumerate(rings):
+            fh.write("," if r else "")
+            for text in _ring_json(ring):
+                fh.write(text)
+        fh.write("]")
+    fh.write("]" if multi else "")
+    fh.write(f"}}, \"properties\": {json.dumps(properties)}}}")
 
 
 def write_ftus(
@@ -195,7 +216,8 @@ def write_ftus(
         for i, ftu in enumerate(ftus, start=1):
             if not ftu.polygons:
                 continue
-            fh.write((",\n" if rows else "") + json.dumps(feature(ftu, i, name, mpp)))
+            fh.write(",\n" if rows else "")
+            write_feature(fh, ftu, i, name, mpp)
             rows.append({
                 "ftu_id": i, "centroid_x": ftu.centroid_x, "centroid_y": ftu.centroid_y,
                 "x0": ftu.x0, "y0": ftu.y0, "x1": ftu.x1, "y1": ftu.y1,
