@@ -2,7 +2,7 @@
 
     python -m data_prep.wsi_tiles --slides slides.csv --out TILES [--size 256] [--mpp 1.0 --mpp 2.0]
         [--tiles-per-slide 60] [--ratio 2:1] [--centre 32] [--annotation mask|geojson] [--n-folds 5]
-        [--seed 0] [--overwrite]
+        [--context K] [--seed 0] [--overwrite]
 
 slides.csv (what `python -m data_prep.make_demo --slides N` writes): slide_id, slide (path, relative to the
 CSV), organ, data_source, and an annotation: `mask` (a 0/255 or class-index mask pyramid of the same level-0
@@ -15,6 +15,9 @@ positive tiles are centred on a random FTU pixel and kept when the centre square
 holds FTU (the tile's label is its centre); negative tiles are centred on random tissue pixels whose centre
 square holds none. --ratio P:N sets positives to negatives among --tiles-per-slide. Each tile is read from the
 pyramid level nearest its um/px and resized to --size; its mask is the class index of the slide's organ.
+
+--context K (MRN, train/mrn.py) also writes TILES/context/<tile_id>.png: the K x wider square around the same
+centre, resized to --size.
 
 Writes TILES/images, TILES/masks and TILES/index.csv in data_prep.tiles' INDEX_COLUMNS (split 0, reduce =
 round(tile um/px / slide um/px), boxes in level-0 pixels, image_id = slide_id), so both trainers read it
@@ -52,6 +55,7 @@ class WsiTileSettings:
     centre: int
     annotation: str
     seed: int
+    context: int = 1
 
 
 class Annotation:
@@ -171,6 +175,10 @@ def tile_slide(row: pd.Series, base: Path, out: Path, settings: WsiTileSettings)
                     tile_id = f"{row['slide_id']}_m{mpp:g}_{'p' if positive else 'n'}{got[positive]}"
                     write_png(out / "images" / f"{tile_id}.png", image)
                     write_png(out / "masks" / f"{tile_id}.png", ftu.astype(np.uint8) * organ_class)
+                    if settings.context > 1:
+                        k = settings.context
+                        wide = read_tile(slide, cx - k * side / 2, cy - k * side / 2, k * side, settings.size)
+                        write_png(out / "context" / f"{tile_id}.png", wide)
                     got[positive] += 1
                     bx0, by0 = round(x0), round(y0)
                     rows.append({
@@ -213,26 +221,28 @@ def load_slides(path: Path, n_folds: int, seed: int) -> pd.DataFrame:
 def build_wsi_tiles(
     slides_csv: Path, out: Path, size: int = 256, mpps: tuple[float, ...] = (1.0,), tiles_per_slide: int = 60,
     ratio: tuple[int, int] = (2, 1), centre: int = 32, annotation: str = "mask", n_folds: int = 5, seed: int = 0,
-    overwrite: bool = False,
+    overwrite: bool = False, context: int = 1,
 ) -> pd.DataFrame:
     """Tile every slide of a slides CSV (skipping finished ones) and write TILES/index.csv; return it."""
     slides_csv, out = Path(slides_csv), Path(out)
     if not 0 < centre <= size:
         raise ValueError(f"--centre must be in (0, --size]; got {centre} for size {size}")
+    if context < 1:
+        raise ValueError(f"--context must be >= 1, got {context}")
     settings = WsiTileSettings(size, tuple(float(m) for m in mpps), tiles_per_slide, tuple(ratio), centre,
-                               annotation, seed)
+                               annotation, seed, context)
     table = load_slides(slides_csv, n_folds, seed)
     if annotation not in table.columns:
         raise TileSetError(f"{slides_csv}: --annotation {annotation} needs a {annotation!r} column")
     record = out / "wsi_tiles.json"
     if overwrite:
-        for sub in ("images", "masks", "parts"):
+        for sub in ("images", "masks", "parts", "context"):
             shutil.rmtree(out / sub, ignore_errors=True)
         for name in ("index.csv", "wsi_tiles.json"):
             (out / name).unlink(missing_ok=True)
     elif record.is_file() and json.loads(record.read_text()) != json.loads(json.dumps(asdict(settings))):
         raise TileSetError(f"{out} was built with other settings; pass --overwrite or choose another --out")
-    for sub in ("images", "masks", "parts"):
+    for sub in ("images", "masks", "parts", *(("context",) if context > 1 else ())):
         (out / sub).mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(asdict(settings), indent=2) + "\n")
     todo = [r for _, r in table.iterrows() if not (out / "parts" / f"{r['slide_id']}.csv").is_file()]
@@ -265,12 +275,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--centre", type=int, default=32, help="side of the centre square that labels a tile (px)")
     ap.add_argument("--annotation", choices=("mask", "geojson"), default="mask", help="which truth column to use")
     ap.add_argument("--n-folds", type=int, default=5, help="folds by slide when the CSV has no fold column")
+    ap.add_argument("--context", type=int, default=1, help="also write a K x wider context view per tile (MRN)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="delete the tile set and redo every slide")
     args = ap.parse_args(argv)
     try:
         index = build_wsi_tiles(args.slides, args.out, args.size, tuple(args.mpp or (1.0,)), args.tiles_per_slide,
-                                args.ratio, args.centre, args.annotation, args.n_folds, args.seed, args.overwrite)
+                                args.ratio, args.centre, args.annotation, args.n_folds, args.seed, args.overwrite,
+                                args.context)
     except (TileSetError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     counts = index.assign(positive=index["tile_id"].str.contains(r"_p\d+$")).groupby(

@@ -105,8 +105,9 @@ class Predictor:
         self.name = name or f"{config.name}/fold{config.fold}"
         self.weights = blend_weights(config.tile_size, blend).to(self.device)
         self.stride = stride_for(config.tile_size, config.overlap)
-        self._mean = torch.tensor(config.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(config.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        views = 2 if config.context > 1 else 1  # MRN: fine tile + context view, normalised alike
+        self._mean = torch.tensor(config.mean * views, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self._std = torch.tensor(config.std * views, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
 
     @property
     def channels(self) -> int:
@@ -178,6 +179,7 @@ class Predictor:
             weights=self.weights,
             device=self.device,
             windows=windows,
+            context=self.config.context,
         )
         return np.ascontiguousarray(probs.numpy())
 

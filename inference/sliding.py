@@ -132,12 +132,15 @@ def sliding_window(
     weights: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     windows: WindowFilter | None = None,
+    context: int = 1,
 ) -> torch.Tensor:
     """Blend forward() over strided windows of a (C, H, W) image into (out_channels, H, W) float32 on CPU.
 
     forward takes an (N, C, tile, tile) batch on `device` (same dtype as `image`) and returns
     (N, out_channels, tile, tile) probabilities; `weights` defaults to blend_weights(tile, "gaussian");
-    `windows` (optional) runs only the windows over its kept pixels.
+    `windows` (optional) runs only the windows over its kept pixels. With context k > 1 (MRN checkpoints) each
+    window goes to forward() with a second view appended as channels: the k * tile square centred on the
+    window (reflection beyond the image), area-shrunk to tile x tile.
     """
     if image.ndim != 3:
         raise ValueError(f"sliding_window expects a (C, H, W) image, got shape {tuple(image.shape)}")
@@ -152,9 +155,17 @@ def sliding_window(
     starts = [(y, x) for y in window_starts(ph, tile, stride) for x in window_starts(pw, tile, stride)]
     if windows is not None:
         starts = windows.select(starts, h, w, tile, (top, left))
+    if context > 1:
+        m = (context - 1) * tile // 2
+        ys, xs = (torch.from_numpy(reflect_indices(n, m, context * tile)).to(device) for n in (ph, pw))
+        wide = padded.index_select(1, ys).index_select(2, xs)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
+        if context > 1:
+            views = torch.stack([wide[:, y : y + context * tile, x : x + context * tile] for y, x in chunk])
+            small = torch.nn.functional.avg_pool2d(views.float(), context).round().to(batch.dtype)
+            batch = torch.cat([batch, small], 1)
         out = forward(batch)
         if out.shape[1:] != (out_channels, tile, tile):
             raise ValueError(

@@ -157,7 +157,9 @@ def predict_blocks(
     lw, lh = slide.dimensions[level]
     level_mpp = slide.level_mpp(level)
     ds = slide.downsamples[level]
-    margin = max(math.ceil(m.predictor.config.tile_size * m.predictor.config.pixel_size / level_mpp) for m in members)
+    # one window on every side, plus half an MRN context view beyond it
+    margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
+                           * m.predictor.config.pixel_size / level_mpp) for m in members)
     blocks = _blocks(lh, lw, options.block)
     todo = [(i, b) for i, b in enumerate(blocks) if i not in work.done]
     state = work.state
