@@ -11,7 +11,8 @@ capsule, lobulated prostate glands with a lumen, rows of elongated crypts, white
 alveoli) on textured tissue with bare-slide gaps, rasterised at the image's pixel size and coloured by a
 Beer-Lambert stain model: hematoxylin + DAB for HPA, hematoxylin + eosin (PAS for kidney) for Hubmap.
 Train images are HPA and square; test images mix HPA and Hubmap, with non-square sizes, one tiny image
-(160 px) and one large one.
+(160 px) and one large one. Test images cover about the tissue extent of a train image, so Hubmap images
+have the pixel counts their pixel size implies (large intestine larger, prostate a few dozen pixels).
 
 --slides N writes N synthetic whole slides instead (organs round-robin, HuBMAP-like stain, --slide-mpp um/px):
 OUT/<slide_id>.ome.tif (tiled pyramidal OME-TIFF, SubIFD levels; every second slide is a generic tiled TIFF
@@ -478,7 +479,11 @@ def plan(seed: int, n_train: int, n_test: int, scale: float) -> pd.DataFrame:
         elif i == 1:
             h, w = round(1.5 * side), round(1.35 * side)
         else:
-            h, w = (round(side * f) for f in rng.uniform(0.6, 1.2, 2))
+            # about the tissue extent of a train image, so a Hubmap image has fewer pixels at a coarser pixel size
+            # (a prostate section at 6.263 um/px is a few dozen demo pixels, like the real 160 px ones)
+            source, name = ("Hubmap" if i % 2 == 0 else "HPA"), ORGANS[i % len(ORGANS)]
+            extent = organ(name).pixel_size["HPA"] / organ(name).pixel_size[source]
+            h, w = (max(24, round(side * extent * f)) for f in rng.uniform(0.6, 1.2, 2))
             w += w == h
         rows.append(("test", int(ids[n_train + i]), ORGANS[i % len(ORGANS)], "Hubmap" if i % 2 == 0 else "HPA", h, w))
     return pd.DataFrame(rows, columns=["split", "id", "organ", "data_source", "img_height", "img_width"])

@@ -3,13 +3,15 @@ models will see.
 
     python -m data_prep.preview --tiles TILES --out preview.png [--preset seed10+stain] [--n-aug 2] [--seed 0]
 
-Columns: the whole image, a part of the finest split, a reduce tile, an LPB tile (where the set has them)
-and --n-aug augmented variants of the split part under --preset. Titles give tile id, fold and FTU share.
+Columns: the whole image, a part of the finest split, a reduce tile, an LPB tile (where the set has them),
+the split part re-stained as H&E and as PAS by StainTransfer (full strength), and --n-aug augmented variants
+of the split part under --preset. Titles give tile id, fold and FTU share.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -17,10 +19,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from data_prep.augment import PRESETS, train_transforms
+from data_prep.augment import PRESETS, STAIN_VECTORS, StainTransfer, train_transforms
 from data_prep.tiles import TileSetError, load_index, read_tile
 from inference.organs import ORGANS
 
+STAIN_TITLES = {"he": "H&E", "pas": "PAS"}
 OUTLINE = (0, 255, 0)  # green reads well on brown/blue HPA and pink/purple H&E alike
 
 
@@ -45,6 +48,9 @@ def preview(tiles_dir: Path, out: Path, preset: str = "seed10+stain", n_aug: int
     index = load_index(tiles_dir)
     rng = np.random.default_rng(seed)
     transform = train_transforms(preset, seed=seed)
+    stains = {name: StainTransfer(strength=1.0, stains=(name,), p=1.0) for name in STAIN_VECTORS}
+    for k, stain in enumerate(stains.values()):
+        stain.set_random_seed(seed + k)  # one transform: its own seed is its own stream
     originals = index[index["source"] == "original"]
     finest = int(originals["split"].max()) if len(originals) else 0
     reduces = sorted(r for r in originals["reduce"].unique() if r > 0)
@@ -54,16 +60,17 @@ def preview(tiles_dir: Path, out: Path, preset: str = "seed10+stain", n_aug: int
     if reduces:
         columns.append((f"reduce {reduces[0]}", originals["reduce"] == reduces[0]))
     organs = [o for o in ORGANS if o in set(index["organ"])]
-    n_cols = len(columns) + 1 + n_aug
+    n_cols = len(columns) + 1 + len(stains) + n_aug
     fig = Figure(figsize=(2.2 * n_cols, 2.4 * len(organs)), dpi=100, layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(organs), n_cols, squeeze=False))
     for r, organ in enumerate(organs):
-        cells: list[tuple[str, pd.Series | None, bool]] = []
+        cells: list[tuple[str, pd.Series | None, Callable[..., dict] | None]] = []
         for name, selector in columns:
-            cells.append((name, _pick(originals[selector & (originals["organ"] == organ)], rng), False))
-        cells.append(("LPB", _pick(index[(index["source"] == "lpb") & (index["organ"] == organ)], rng), False))
+            cells.append((name, _pick(originals[selector & (originals["organ"] == organ)], rng), None))
+        cells.append(("LPB", _pick(index[(index["source"] == "lpb") & (index["organ"] == organ)], rng), None))
         source = cells[1][1] if len(columns) > 1 and cells[1][1] is not None else cells[0][1]
-        cells.extend((f"{preset} #{k + 1}", source, True) for k in range(n_aug))
+        cells.extend((f"as {STAIN_TITLES[name]}", source, stain) for name, stain in stains.items())
+        cells.extend((f"{preset} #{k + 1}", source, transform) for k in range(n_aug))
         for c, (name, row, augment) in enumerate(cells):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -76,8 +83,8 @@ def preview(tiles_dir: Path, out: Path, preset: str = "seed10+stain", n_aug: int
                 ax.text(0.5, 0.5, "none in this set", ha="center", va="center", fontsize=8, color="gray")
                 continue
             image, mask = read_tile(tiles_dir, row)
-            if augment:
-                result = transform(image=image, mask=mask)
+            if augment is not None:
+                result = augment(image=image, mask=mask)
                 image, mask = result["image"], result["mask"]
             ax.imshow(outlined(image, mask, thickness=max(1, image.shape[0] // 256)))
             ax.text(

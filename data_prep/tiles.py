@@ -2,7 +2,7 @@
 
     python -m data_prep.tiles --data-dir DATA --folds folds.csv --out TILES --size 768 [--splits 1,2,3]
         [--reduce 4 --reduce 6] [--overlap 0.25] [--target-pixel-size 0.4] [--tissue-threshold 0.05]
-        [--workers 2] [--overwrite]
+        [--scaled 0.8 ...] [--workers 2] [--overwrite]
 
 Split tiles: each image is cut into n x n equal parts and every part is resized to size x size (area
 interpolation for images, nearest for masks), so splits 1,2,3 give 14 tiles per image. Reduce tiles: the
@@ -10,12 +10,15 @@ image is downscaled by R (after rescaling to --target-pixel-size um/px when give
 windows with the --overlap stride, reflection-padded where the image is smaller than a tile; windows with
 less tissue than --tissue-threshold and no FTU pixel are dropped. --target-pixel-size only changes reduce
 tiles: a split part is resized to size x size whatever the image scale, so its scale is recorded instead.
+Scaled images (--scaled P, repeatable): the whole image and mask resampled to P um/px from the CSV pixel_size
+(source "scaled", not cut, not size x size), which the trainers' crop sampler draws random crops from at the
+physical scale the checkpoint predicts at.
 
 Writes TILES/images/<tile_id>.png (RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class)
 and TILES/index.csv (INDEX_COLUMNS; boxes in original image pixels). Each finished image leaves
 TILES/parts/<image_id>.csv, so a re-run skips it; --overwrite clears the tile set (LPB tiles included) and
-redoes everything. TILES/tiles.json records the build settings; re-running with other settings needs
---overwrite or another --out.
+redoes everything. TILES/tiles.json records the build settings and the data folder (trainers read whole
+validation images from it); re-running with other settings needs --overwrite or another --out.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from inference.io import ImageReadError, read_image
 from inference.organs import class_index
 from inference.rle import decode
 from inference.tables import TableError, load_train
-from inference.tiling import Box, grid_boxes, split_boxes, stride_for
+from inference.tiling import Box, grid_boxes, resize_image, split_boxes, stride_for
 from inference.tissue import tissue_cutoff, tissue_fraction
 
 # The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
@@ -75,6 +78,7 @@ class TileSettings:
     overlap: float
     target_pixel_size: float | None
     tissue_threshold: float
+    scaled: tuple[float, ...] = ()  # um/px of the whole-image "scaled" rows
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,19 @@ def load_image(job: ImageJob) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def scaled_size(height: int, width: int, pixel_size: float, target: float) -> tuple[int, int]:
+    """(h, w) of an image of pixel_size um/px resampled to target um/px."""
+    if not pixel_size > 0 or not target > 0:
+        raise ValueError(f"pixel sizes must be positive, got {pixel_size} -> {target}")
+    factor = pixel_size / target
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def scaled_tile_id(image_id: int, pixel_size: float) -> str:
+    """Tile id of an image's whole-image row at pixel_size um/px, e.g. 1234_px0.8."""
+    return f"{image_id}_px{pixel_size:g}"
+
+
 class Tile(NamedTuple):
     tile_id: str
     split: int
@@ -211,6 +228,17 @@ def cut_tiles(image: np.ndarray, mask: np.ndarray, job: ImageJob, settings: Tile
                 small_mask[ty0:ty1, tx0:tx1],
                 job.pixel_size * factor,
             )
+    for px in settings.scaled:
+        sh, sw = scaled_size(h, w, job.pixel_size, px)
+        yield Tile(
+            scaled_tile_id(job.image_id, px),
+            0,
+            0,
+            (0, 0, w, h),
+            resize_image(image, sh, sw),
+            resize_image(mask, sh, sw, nearest=True),
+            px,
+        )
 
 
 def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame:
@@ -221,7 +249,8 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
     for tile in cut_tiles(image, mask, job, settings):
         fg = float((tile.mask > 0).mean())
         tissue = tissue_fraction(tile.image, cutoff)
-        if tile.split == 0 and fg == 0.0 and tissue < settings.tissue_threshold:
+        scaled = tile.reduce == 0 and tile.split == 0
+        if tile.split == 0 and not scaled and fg == 0.0 and tissue < settings.tissue_threshold:
             continue
         write_png(out / "images" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.image))
         write_png(out / "masks" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.mask))
@@ -242,7 +271,7 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
                 "fg_fraction": round(fg, 6),
                 "image_path": f"images/{tile.tile_id}.png",
                 "mask_path": f"masks/{tile.tile_id}.png",
-                "source": "original",
+                "source": "scaled" if scaled else "original",
                 "img_height": job.height,
                 "img_width": job.width,
                 "tile_pixel_size": round(tile.pixel_size, 6),
@@ -290,7 +319,16 @@ def _jobs(data_dir: Path, folds_csv: Path) -> list[ImageJob]:
     ]
 
 
-def _prepare_out(out: Path, settings: TileSettings, overwrite: bool) -> pd.DataFrame:
+def source_data_dir(tiles_dir: Path) -> Path | None:
+    """The competition data folder a tile set was built from (recorded in tiles.json), if recorded."""
+    record = Path(tiles_dir) / "tiles.json"
+    if not record.is_file():
+        return None
+    data_dir = json.loads(record.read_text()).get("data_dir")
+    return None if data_dir is None else Path(data_dir)
+
+
+def _prepare_out(out: Path, settings: TileSettings, overwrite: bool, data_dir: Path) -> pd.DataFrame:
     """Create the folders, check the recorded settings; return LPB rows to keep (none on overwrite)."""
     record = out / "tiles.json"
     if overwrite:
@@ -300,6 +338,8 @@ def _prepare_out(out: Path, settings: TileSettings, overwrite: bool) -> pd.DataF
             (out / name).unlink(missing_ok=True)
     elif record.is_file():
         before = json.loads(record.read_text())
+        before.pop("data_dir", None)
+        before.setdefault("scaled", [])  # tile sets from before --scaled existed
         now = json.loads(json.dumps(asdict(settings)))
         if before != now:
             raise TileSetError(
@@ -307,7 +347,7 @@ def _prepare_out(out: Path, settings: TileSettings, overwrite: bool) -> pd.DataF
             )
     for sub in ("images", "masks", "parts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    record.write_text(json.dumps({**asdict(settings), "data_dir": str(data_dir.resolve())}, indent=2) + "\n")
     if (out / "index.csv").is_file():
         index = load_index(out)
         return index[index["source"] == "lpb"]
@@ -326,13 +366,16 @@ def build_tiles(
     tissue_threshold: float = DEFAULT_TISSUE_THRESHOLD,
     workers: int = 1,
     overwrite: bool = False,
+    scaled: Sequence[float] = (),
 ) -> pd.DataFrame:
     """Tile every train image (skipping finished ones unless overwrite) and write TILES/index.csv; return it."""
     data_dir, folds_csv, out = Path(data_dir), Path(folds_csv), Path(out)
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    if not splits and not reduces:
-        raise ValueError("nothing to do: give at least one split or one reduce factor")
+    if not splits and not reduces and not scaled:
+        raise ValueError("nothing to do: give at least one split, reduce factor or scaled pixel size")
+    if any(not px > 0 for px in scaled):
+        raise ValueError(f"scaled pixel sizes must be positive um/px, got {list(scaled)}")
     if any(n < 1 for n in splits) or any(r < 1 for r in reduces):
         raise ValueError(f"splits must be >= 1 and reduce factors >= 1, got splits={splits}, reduces={reduces}")
     stride_for(size, overlap)  # validates overlap before any work
@@ -343,9 +386,10 @@ def build_tiles(
         float(overlap),
         None if target_pixel_size is None else float(target_pixel_size),
         float(tissue_threshold),
+        tuple(float(px) for px in scaled),
     )
     jobs = _jobs(data_dir, folds_csv)
-    lpb_rows = _prepare_out(out, settings, overwrite)
+    lpb_rows = _prepare_out(out, settings, overwrite, data_dir)
     todo = [j for j in jobs if not (out / "parts" / f"{j.image_id}.csv").is_file()]
     print(f"tiles: {len(jobs)} images, {len(jobs) - len(todo)} already done, {len(todo)} to tile into {out}")
     if todo and workers <= 1:
@@ -386,6 +430,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overlap", type=float, default=0.0, help="overlap fraction of reduce tiles, in [0, 1)")
     ap.add_argument("--target-pixel-size", type=float, default=None, help="um/px to rescale to before reducing")
     ap.add_argument(
+        "--scaled",
+        type=float,
+        action="append",
+        default=[],
+        help="also store each whole image resampled to this um/px (repeatable), for the crop sampler",
+    )
+    ap.add_argument(
         "--tissue-threshold",
         type=float,
         default=DEFAULT_TISSUE_THRESHOLD,
@@ -407,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
             args.tissue_threshold,
             args.workers,
             args.overwrite,
+            args.scaled,
         )
     except (TileSetError, ImageSizeError, ImageReadError, TableError) as exc:
         raise SystemExit(f"error: {exc}") from exc

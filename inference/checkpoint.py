@@ -33,6 +33,7 @@ class CheckpointConfig:
     weights: str = "model.pth"  # file inside the folder
     arch: str = "Unet"  # smp architecture name (framework "smp")
     encoder: str = "tu-resnet18"  # smp encoder name (framework "smp")
+    decoder_norm: str = "batchnorm"  # smp decoder_use_norm (framework "smp"); "layernorm" for small-batch training
     overlap: float = 0.5  # sliding-window overlap as a fraction of the tile
     reduce: int | None = None  # fixed downscale factor; None = adaptive
     reduce_k: float = 1.0  # adaptive rule: reduce = ceil(max(h, w) / (tile_size * reduce_k))

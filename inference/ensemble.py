@@ -15,14 +15,15 @@ Ensembling:
   override, else the checkpoint's config.json threshold).
 
 Memory: members run one at a time at their working scale. In mean mode members that share a working
-size are summed there and resized once (bilinear resizing is linear, so this equals resizing each),
-so a full-resolution image costs one float32 accumulator, one resized map and the boolean mask.
+size are summed there and resized once (resizing is linear, so this equals resizing each),
+so a full-resolution image costs one float32 accumulator, one resized map and the boolean mask. Resizing to
+full resolution averages areas where a working map is larger than the image and is bilinear elsewhere.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ class Decision:
     mask: np.ndarray  # (H, W) bool, before post-processing
     class_index: int | None  # selected class for multiclass members; None when all members are binary
     threshold: float  # mean mode: the cut-off used; union mode: the weighted mean of member cut-offs
+    capped: bool = False  # some member's working side was cut to max_side
+    notes: list[str] = field(default_factory=list)  # fallbacks taken for this image (logged by the caller)
 
 
 def load_thresholds(path: str | Path) -> dict[str, float]:
@@ -111,11 +114,15 @@ def predict_image(
     organ_thresholds: dict[str, float] | None = None,
     threshold: float | None = None,
     use_organ: bool = False,
+    max_side: int | None = None,
+    coarsen: float = 1.0,
     windows: WindowFilter | None = None,
 ) -> Decision:
     """Run every member on one (H, W, 3) uint8 image and combine them into a Decision.
 
-    `windows` (optional) limits every member to the sliding windows over its kept pixels (whole slides).
+    max_side caps each member's working side; coarsen multiplies every working scale (the time budget's
+    last resort). use_organ with an organ outside the table falls back to the majority class. `windows`
+    (optional) limits every member to the sliding windows over its kept pixels (whole slides).
     """
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"ensemble mode {mode!r} not in {ENSEMBLE_MODES}")
@@ -128,14 +135,16 @@ def predict_image(
         raise ValueError(f"model weights must sum to a positive number, got {[m.weight for m in members]}")
 
     outputs: list[np.ndarray] = []
+    capped = False
     for m in members:
-        size = m.predictor.working_size(h, w, scale_mode, pixel_size)
-        outputs.append(m.predictor.predict_working(image, size, tta, windows))
+        scale = m.predictor.scale(h, w, scale_mode, pixel_size, max_side, coarsen)
+        capped |= scale.capped
+        outputs.append(m.predictor.predict_working(image, scale.size, tta, windows))
 
     multi = [i for i, m in enumerate(members) if m.predictor.multiclass]
     selected = None
     if multi:
-        if use_organ:
+        if use_organ and organ in ORGANS:
             selected = class_index(organ)
         else:
             selected = majority_class([outputs[i] for i in multi], [members[i].weight for i in multi])
@@ -157,4 +166,4 @@ def predict_image(
     cut = float(sum(member_cuts))
     if mask is None:
         mask = probability > cut
-    return Decision(probability=probability, mask=mask, class_index=selected, threshold=cut)
+    return Decision(probability=probability, mask=mask, class_index=selected, threshold=cut, capped=capped)

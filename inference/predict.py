@@ -2,21 +2,31 @@
 
     python -m inference.predict --data-dir DIR --models RUN_DIR [RUN_DIR ...] --out submission.csv
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T]
-        [--tta 0|2|4|8] [--scale-mode reduce|pixel-size|none] [--use-organ] [--fill-holes]
-        [--min-area UM2|organs.json] [--save-probs DIR] [--split test|train] [--device auto|cpu|cuda]
+        [--tta 0|2|4|8] [--scale-mode pixel-size|reduce|none] [--max-side 4608] [--use-organ] [--fill-holes]
+        [--min-area UM2|organs.json] [--save-probs DIR] [--split test|train] [--folds folds.csv]
+        [--time-budget SECONDS] [--device auto|cpu|cuda]
 
 RUN_DIR is a checkpoint folder (config.json + weights) or a run folder holding fold*/ checkpoint
 folders (all folds are used; a --weights value is shared equally by the folds of its RUN_DIR).
-Every id of test.csv (or train.csv with --split train) gets a row, in the CSV's order; an image that
-cannot be read, has a size other than the CSV says, or fails to predict gets an empty mask and a
-warning, and is counted in the summary line. --save-probs writes each image's ensemble FTU
-probability as DIR/<id>.npy (float16, longer side at most --save-probs-max-side) for
-inference.tune_thresholds.
+
+The submission loop never exits early: every id of test.csv (or train.csv with --split train) gets a row,
+in the CSV's order. Bad CSV values (unknown organ or data_source, missing pixel_size or size) are warnings
+with the fallbacks of inference.tables.load_test_lenient; an image that cannot be read or fails to predict
+gets an empty mask; an image whose size differs from the CSV is predicted and its mask resized to the CSV
+size; a failing post-processing or --save-probs keeps the raw mask; a CUDA out-of-memory is retried with
+batch size 1, then without TTA. Every such event is a `WARNING ... id N: ...` line, counted in the summary.
+
+--scale-mode pixel-size (default) resamples each image to the checkpoint's um/px (see inference.predictor).
+--time-budget stops the run from overrunning (see inference.budget). --folds makes each checkpoint predict
+only the images of its own validation fold (config.json fold; fold -1 checkpoints are left out), so
+--split train --save-probs DIR gives out-of-fold maps for inference.tune_thresholds. --save-probs writes
+each image's ensemble FTU probability as DIR/<id>.npy (float16, longer side at most --save-probs-max-side).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -28,27 +38,37 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from inference.budget import TimeBudget, degradation_levels
 from inference.ensemble import ENSEMBLE_MODES, Decision, Member, load_thresholds, predict_image
 from inference.io import read_image
 from inference.postprocess import load_min_area, postprocess
-from inference.predictor import SCALE_MODES, load_predictor, resolve_checkpoints, resolve_device
+from inference.predictor import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_SCALE_MODE,
+    SCALE_MODES,
+    image_pixel_size,
+    load_predictor,
+    resolve_checkpoints,
+    resolve_device,
+)
 from inference.rle import encode
 from inference.sliding import BLENDS, TTA_SIZES
-from inference.tables import TableError, load_test, load_train
+from inference.tables import TableError, load_test_lenient
 
 log = logging.getLogger("inference.predict")
 
 
 @dataclass
 class Options:
-    """Everything that decides a prediction besides the models."""
+    """Everything that decides a prediction besides the models (defaults = inference.predict without flags)."""
 
     ensemble: str = "mean"
     tta: int = 0
-    scale_mode: str = "reduce"
+    scale_mode: str = DEFAULT_SCALE_MODE
     organ_thresholds: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
     use_organ: bool = False
@@ -56,6 +76,9 @@ class Options:
     min_area_um2: dict[str, float] = field(default_factory=dict)
     save_probs: Path | None = None
     save_probs_max_side: int = 1024
+    max_side: int | None = DEFAULT_MAX_SIDE  # cap on every working side (None: no cap)
+    coarsen: float = 1.0  # extra factor on every working scale (the time budget's last resort)
+    stain_reference: str | None = None  # Macenko-normalise images to this reference JSON, or "macenko"
 
 
 def load_members(
@@ -85,11 +108,23 @@ def save_probability(path: Path, probability: np.ndarray, max_side: int) -> None
     tmp.replace(path)
 
 
-def _images(table: pd.DataFrame, image_dir: Path) -> Iterator[tuple[object, np.ndarray | Exception]]:
-    """Yield (row, image or the read error), reading the next image in a thread while one is predicted."""
+def _images(
+    table: pd.DataFrame, image_dir: Path, stain_reference: str | None = None
+) -> Iterator[tuple[object, np.ndarray | Exception]]:
+    """Yield (row, image or the read error), reading the next image in a thread while one is predicted.
+
+    stain_reference (--stain-reference): Macenko-normalise each image to it in the reading thread.
+    """
+    reference = None
+    if stain_reference is not None:
+        from inference.stain import load_reference, normalise_stain  # only kernels that ask for it need torchstain
+
+        reference = load_reference(stain_reference)
+
     def read(row: object) -> np.ndarray | Exception:
         try:
-            return read_image(image_dir / f"{row.id}.tiff")
+            image = read_image(image_dir / f"{row.id}.tiff")
+            return image if reference is None else normalise_stain(image, reference)
         except Exception as exc:  # reported per image by the caller, never fatal
             return exc
 
@@ -102,46 +137,209 @@ def _images(table: pd.DataFrame, image_dir: Path) -> Iterator[tuple[object, np.n
             yield row, image
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _predict_retrying(
+    image: np.ndarray, organ: str, pixel_size: float | None, members: list[Member], options: Options, notes: list[str]
+) -> Decision:
+    """predict_image; on CUDA out-of-memory retry with batch size 1, then also without TTA (each noted)."""
+    def run(tta: int) -> Decision:
+        return predict_image(
+            image, members, organ=organ, pixel_size=pixel_size, scale_mode=options.scale_mode, tta=tta,
+            mode=options.ensemble, organ_thresholds=options.organ_thresholds, threshold=options.threshold,
+            use_organ=options.use_organ, max_side=options.max_side, coarsen=options.coarsen,
+        )
+
+    try:
+        return run(options.tta)
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            raise
+        notes.append("CUDA out of memory: retried with batch size 1")
+    _free_cuda()  # outside the except block, which keeps the failed frame's tensors alive
+    sizes = [m.predictor.batch_size for m in members]
+    try:
+        for m in members:
+            m.predictor.batch_size = 1
+        try:
+            return run(options.tta)
+        except RuntimeError as exc:
+            if not _is_oom(exc) or options.tta == 0:
+                raise
+            notes.append(f"CUDA out of memory at batch size 1: retried without TTA (was {options.tta} views)")
+        _free_cuda()
+        return run(0)
+    finally:
+        for m, size in zip(members, sizes, strict=True):
+            m.predictor.batch_size = size
+
+
 def predict_one(
-    image: np.ndarray, organ: str, pixel_size: float, members: list[Member], options: Options
+    image: np.ndarray,
+    organ: str,
+    pixel_size: float | None,
+    members: list[Member],
+    options: Options,
+    *,
+    data_source: str | None = None,
+    image_id: object = None,
+    out_size: tuple[int, int] | None = None,
 ) -> tuple[str, Decision]:
-    """RLE of one image's post-processed mask, and the ensemble decision it came from."""
-    decision = predict_image(
-        image, members, organ=organ, pixel_size=pixel_size, scale_mode=options.scale_mode, tta=options.tta,
-        mode=options.ensemble, organ_thresholds=options.organ_thresholds, threshold=options.threshold,
-        use_organ=options.use_organ,
-    )
-    mask = postprocess(decision.mask, organ, pixel_size, options.fill_holes, options.min_area_um2)
+    """RLE of one image's post-processed mask, and the ensemble decision it came from.
+
+    A missing or absurd pixel_size falls back to the organ's (image_pixel_size); post-processing that fails
+    keeps the raw mask; out_size resizes the mask (nearest) to the size the CSV expects. Every fallback is
+    logged as a warning naming image_id and listed in decision.notes.
+    """
+    notes: list[str] = []
+    resolved, note = image_pixel_size(pixel_size, organ, data_source)
+    if note and (options.scale_mode == "pixel-size" or options.min_area_um2.get(organ, 0) > 0):
+        notes.append(note)
+    decision = _predict_retrying(image, organ, resolved, members, options, notes)
+    if decision.capped:
+        notes.append(f"working side capped at --max-side {options.max_side} px (image {image.shape[1]}x"
+                     f"{image.shape[0]}); finer structures may be missed")
+    try:
+        mask = postprocess(decision.mask, organ, resolved, options.fill_holes, options.min_area_um2)
+    except Exception as exc:  # a clean-up must never cost the row: keep the raw mask
+        notes.append(f"post-processing failed ({type(exc).__name__}: {exc}): raw mask kept")
+        mask = decision.mask
+    if out_size is not None and mask.shape != tuple(out_size):
+        mask = cv2.resize(mask.view(np.uint8), (out_size[1], out_size[0]), interpolation=cv2.INTER_NEAREST) > 0
+    for note in notes:
+        log.warning("id %s: %s", image_id, note)
+    decision.notes += notes
     return encode(mask), decision
 
 
+def load_folds(path: Path) -> dict[str, int]:
+    """id -> fold from a folds.csv (columns id, fold; ids as the CSV spells them)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--folds {path} not found (the seeded split data_prep.make_folds writes)")
+    df = pd.read_csv(path, dtype=str)
+    if not {"id", "fold"} <= set(df.columns):
+        raise ValueError(f"{path}: expected columns id,fold; found {list(df.columns)}")
+    return {i.strip(): int(f) for i, f in zip(df["id"], df["fold"], strict=True)}
+
+
+def oof_members(members: list[Member]) -> list[Member]:
+    """Members usable for out-of-fold prediction: fold -1 checkpoints (trained on every image) are left out."""
+    kept = []
+    for m in members:
+        if m.predictor.config.fold < 0:
+            log.warning("--folds: %s has fold %d (trained on all data): left out", m.predictor.name,
+                        m.predictor.config.fold)
+        else:
+            kept.append(m)
+    return kept
+
+
+@dataclass
+class Run:
+    """What predict_table did: the submission and every id that needs a person's attention."""
+
+    submission: pd.DataFrame
+    bad: list[str] = field(default_factory=list)  # empty row: unreadable image or failed prediction
+    warned: list[str] = field(default_factory=list)  # a fallback was taken (see the log)
+    no_fold_model: list[str] = field(default_factory=list)  # --folds: the image's fold has no checkpoint
+    not_in_folds: list[str] = field(default_factory=list)  # --folds: the id is not in folds.csv
+    budget: TimeBudget | None = None
+
+
+def _row_members(
+    members: list[Member], fold: int | None, dropped: tuple[int, ...]
+) -> list[Member]:
+    """The members for one image: its fold's checkpoints under --folds, minus those the time budget dropped."""
+    own = [i for i, m in enumerate(members) if fold is None or m.predictor.config.fold == fold]
+    kept = [i for i in own if i not in dropped]
+    if own and not kept:  # the budget never leaves an image without a model
+        kept = [max(own, key=lambda i: members[i].weight)]
+    return [members[i] for i in kept]
+
+
 def predict_table(
-    table: pd.DataFrame, image_dir: Path, members: list[Member], options: Options
-) -> tuple[pd.DataFrame, list[int]]:
-    """RLE of the predicted mask of every row of a test/train table, and the ids that failed."""
+    table: pd.DataFrame,
+    image_dir: Path,
+    members: list[Member],
+    options: Options,
+    time_budget: float | None = None,
+    folds: dict[str, int] | None = None,
+    start: float | None = None,
+) -> Run:
+    """RLE of the predicted mask of every row of a test/train table, with what went wrong where.
+
+    time_budget (seconds, counted from `start`) degrades settings as inference.budget describes; folds
+    (id -> fold) restricts each image to the checkpoints of its own validation fold.
+    """
     if options.save_probs is not None:
         options.save_probs.mkdir(parents=True, exist_ok=True)
-    rles, bad = [], []
+    budget = None
+    if time_budget is not None:
+        levels = degradation_levels(options.tta, [m.weight for m in members])
+        budget = TimeBudget(time_budget, levels, start=start)
+    run = Run(pd.DataFrame(), budget=budget)
+    rles = []
+    last = time.perf_counter()  # per-image wall time includes waiting for the prefetched read
     with logging_redirect_tqdm():
-        for row, image in tqdm(_images(table, image_dir), total=len(table), desc="predict", unit="img"):
-            rle = ""
+        rows = tqdm(_images(table, image_dir, options.stain_reference), total=len(table), desc="predict", unit="img")
+        for n, (row, image) in enumerate(rows):
+            rles.append("")
+            image_id = str(row.id)
+            fold = None
+            if folds is not None:
+                fold = folds.get(image_id)
+                if fold is None:
+                    run.not_in_folds.append(image_id)
+                    continue
+            level = budget.choose(n, len(table) - n, image_id) if budget is not None else None
+            if budget is not None and level is None:
+                continue
+            row_members = _row_members(members, fold, level.dropped if level else ())
+            if not row_members:
+                run.no_fold_model.append(image_id)
+                continue
+            opts = dataclasses.replace(options, tta=level.tta, coarsen=level.coarsen) if level else options
             try:
                 if isinstance(image, Exception):
                     raise image
-                if image.shape[:2] != (row.img_height, row.img_width):
-                    raise ValueError(
-                        f"image is {image.shape[0]}x{image.shape[1]} but the CSV says {row.img_height}x{row.img_width}"
-                    )
-                rle, decision = predict_one(image, row.organ, row.pixel_size, members, options)
+                expected = (int(row.img_height), int(row.img_width))
+                out_size = None
+                if min(expected) > 0 and image.shape[:2] != expected:
+                    out_size = expected
+                    log.warning("id %s: image is %dx%d but the CSV says %dx%d: mask resized to the CSV size",
+                                image_id, image.shape[0], image.shape[1], *expected)
+                    run.warned.append(image_id)
+                rle, decision = predict_one(image, row.organ, row.pixel_size, row_members, opts,
+                                            data_source=row.data_source, image_id=image_id, out_size=out_size)
+                rles[-1] = rle
+                if decision.notes and image_id not in run.warned:
+                    run.warned.append(image_id)
                 if options.save_probs is not None:
-                    save_probability(options.save_probs / f"{row.id}.npy", decision.probability,
-                                     options.save_probs_max_side)
+                    try:
+                        save_probability(options.save_probs / f"{image_id}.npy", decision.probability,
+                                         options.save_probs_max_side)
+                    except Exception as exc:  # the mask is good: keep the row, report the missing map
+                        log.warning("id %s: --save-probs failed (%s: %s): mask kept", image_id,
+                                    type(exc).__name__, exc)
+                        if image_id not in run.warned:
+                            run.warned.append(image_id)
             except Exception as exc:  # the submission loop must finish: empty mask, warning, counted
-                log.warning("id %s: empty prediction (%s: %s)", row.id, type(exc).__name__, exc)
-                bad.append(int(row.id))
-                rle = ""
-            rles.append(rle)
-    return pd.DataFrame({"id": table["id"].astype("int64").to_numpy(), "rle": rles}), bad
+                log.warning("id %s: empty prediction (%s: %s)", image_id, type(exc).__name__, exc)
+                run.bad.append(image_id)
+                rles[-1] = ""
+            now = time.perf_counter()
+            if budget is not None and not isinstance(image, Exception):
+                budget.record(now - last, level)
+            last = now
+    run.submission = pd.DataFrame({"id": table["id"].astype(str).to_numpy(), "rle": rles})
+    return run
 
 
 def write_submission(df: pd.DataFrame, path: Path) -> None:
@@ -152,9 +350,11 @@ def write_submission(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """The CLI; kernels.build parses --predict-args with allow_abbrev=False so every option is spelled out."""
     ap = argparse.ArgumentParser(
-        prog="python -m inference.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m inference.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=allow_abbrev,
     )
     ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
@@ -165,9 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
     ap.add_argument("--threshold", type=float, help="cut-off for organs not in --thresholds (default: config.json)")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
-    ap.add_argument("--scale-mode", choices=SCALE_MODES, default="reduce",
-                    help="reduce: config reduce or ceil(max(h,w)/(tile*reduce_k)); pixel-size: to the "
-                         "checkpoint's um/px; none: as is")
+    ap.add_argument("--scale-mode", choices=SCALE_MODES, default=DEFAULT_SCALE_MODE,
+                    help="pixel-size: resample to the checkpoint's um/px from the CSV pixel_size (organ value when "
+                         "missing; reduce rule for checkpoints without pixel_size); reduce: config reduce or "
+                         "ceil(max(h,w)/(tile*reduce_k)); none: as is")
+    ap.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE,
+                    help="cap on the working side in pixels, with a warning naming the image (0: no cap)")
+    ap.add_argument("--stain-reference",
+                    help="Macenko-normalise every image to this reference JSON (python -m inference.stain) or "
+                         "'macenko' (needs torchstain)")
     ap.add_argument("--use-organ", action="store_true", help="multiclass: use test.csv organ, not the majority class")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", help="drop components under this area in um^2 (number or organ JSON)")
@@ -176,39 +382,69 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
     ap.add_argument("--save-probs", type=Path, help="write DIR/<id>.npy float16 FTU probabilities")
     ap.add_argument("--save-probs-max-side", type=int, default=1024, help="longer side of saved probability maps")
+    ap.add_argument("--folds", type=Path,
+                    help="folds.csv (id,fold): each checkpoint predicts only its own validation fold's images")
+    ap.add_argument("--time-budget", type=float,
+                    help="seconds for the whole run (from start-up): drop TTA views, then the lowest-weight "
+                         "members, then working scale to finish inside it")
     ap.add_argument("--limit", type=int, help="predict only the first N rows (smoke runs)")
     return ap
 
 
+def options_from_args(args: argparse.Namespace) -> Options:
+    """Options of a parsed command line (no flags gives exactly Options())."""
+    return Options(
+        ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
+        organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
+        threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
+        min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
+        save_probs_max_side=args.save_probs_max_side, max_side=args.max_side or None,
+        stain_reference=args.stain_reference,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        loader = load_test if args.split == "test" else load_train
-        table = loader(args.data_dir / f"{args.split}.csv")
-        options = Options(
-            ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
-            organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-            threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
-            min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
-            save_probs_max_side=args.save_probs_max_side,
-        )
+        table, notes = load_test_lenient(args.data_dir / f"{args.split}.csv")
+        options = options_from_args(args)
+        folds = load_folds(args.folds) if args.folds else None
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
+        if folds is not None:
+            members = oof_members(members)
+            if not members:
+                raise ValueError("--folds: every checkpoint has fold -1; out-of-fold prediction needs fold >= 0")
     except (TableError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.limit is not None:
         table = table.head(args.limit)
-    start = time.perf_counter()
-    submission, bad = predict_table(table, args.data_dir / f"{args.split}_images", members, options)
-    write_submission(submission, args.out)
-    seconds = time.perf_counter() - start
+    ids = set(table["id"])
+    for image_id, note in notes:
+        if image_id in ids or not image_id.isdigit():
+            log.warning("id %s: %s", image_id, note)
+    begin = time.perf_counter()
+    run = predict_table(table, args.data_dir / f"{args.split}_images", members, options,
+                        time_budget=args.time_budget, folds=folds, start=start)
+    write_submission(run.submission, args.out)
+    seconds = time.perf_counter() - begin
+    submission, bad = run.submission, run.bad
+    warned = sorted({i for i, _ in notes if i in ids} | set(run.warned), key=list(table["id"]).index)
     filled = int((submission["rle"] != "").sum())
     print(
         f"wrote {args.out}: {len(submission)} rows, {filled} non-empty, {len(bad)} bad image(s)"
-        f"{' ' + str(bad[:10]) if bad else ''}; {len(members)} model(s) on {members[0].predictor.device}, "
-        f"{seconds / max(len(submission), 1):.2f} s/image"
+        f"{' ' + str(bad[:10]) if bad else ''}, {len(warned)} with warnings{' ' + str(warned[:10]) if warned else ''}"
+        f"; {len(members)} model(s) on {members[0].predictor.device}, {seconds / max(len(submission), 1):.2f} s/image"
     )
+    if run.budget is not None:
+        print(run.budget.summary())
+    if folds is not None:
+        predicted = len(submission) - len(run.no_fold_model) - len(run.not_in_folds)
+        print(f"--folds: {predicted} image(s) predicted out of fold by {len(members)} checkpoint(s); "
+              f"{len(run.no_fold_model)} whose fold has no checkpoint {run.no_fold_model[:10]}; "
+              f"{len(run.not_in_folds)} not in {args.folds} {run.not_in_folds[:10]}")
     return 1 if bad and len(bad) == len(submission) else 0
 
 

@@ -9,19 +9,71 @@ encoder_weights=None and filled from model.pth, TorchScript models come from mod
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from inference.checkpoint import CheckpointConfig
+from inference.organs import DATA_SOURCES, ORGAN_TABLE
 from inference.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
 from inference.tiling import adaptive_reduce, resize_image, stride_for
 
-SCALE_MODES = ("reduce", "pixel-size", "none")
+log = logging.getLogger("inference.predictor")
+
+SCALE_MODES = ("pixel-size", "reduce", "none")
+DEFAULT_SCALE_MODE = "pixel-size"
+# A CSV pixel_size outside this range (um/px) is treated as missing: the competition's span is 0.229 to 6.263.
+PIXEL_SIZE_RANGE = (0.05, 50.0)
+# Working-side cap in pixels. The trainers' checkpoints work at about 0.52 um/px (768 px tiles of 3x3 splits of
+# 3000 px HPA images), where a 3000 px HPA image is 2304 px: the cap allows 2x that side (4x the windows) before
+# it binds, so a huge HuBMAP image costs at most 4x a typical one instead of 200x (4500 px at 6.263 um/px would
+# be 54000 px), and --time-budget absorbs the rest.
+DEFAULT_MAX_SIDE = 4608
+TORCH_VERSION_SUFFIX = ".torch_version"  # side file next to a TorchScript file: the torch it was traced with
+
+
+def valid_pixel_size(value: object) -> bool:
+    """A usable um/px value: a finite number inside PIXEL_SIZE_RANGE."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]
+
+
+def image_pixel_size(pixel_size: object, organ: str, data_source: str | None = None) -> tuple[float | None, str]:
+    """The um/px to rescale an image from, and a note saying which fallback replaced the CSV value ('' if none).
+
+    Missing, NaN, <= 0 or absurd values fall back to the organ's pixel size for the data source (unknown
+    source: Hubmap, the private leaderboard's); an unknown organ gives None, i.e. no rescaling (factor 1).
+    """
+    if valid_pixel_size(pixel_size):
+        return float(pixel_size), ""
+    lo, hi = PIXEL_SIZE_RANGE
+    what = "missing" if pixel_size is None or pixel_size != pixel_size else f"{pixel_size} outside [{lo:g}, {hi:g}]"
+    if organ not in ORGAN_TABLE:
+        return None, f"pixel_size {what} and organ {organ!r} unknown: not rescaled by pixel size (factor 1)"
+    source = data_source if data_source in DATA_SOURCES else "Hubmap"
+    value = ORGAN_TABLE[organ].pixel_size[source]
+    unknown = "" if data_source in DATA_SOURCES else f" (data_source {data_source!r} unknown)"
+    return value, f"pixel_size {what}: using the {organ} {source} value {value} um/px{unknown}"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How one checkpoint resamples one image: the working (h, w), the factor, the rule used, whether capped."""
+
+    size: tuple[int, int]
+    factor: float
+    rule: str
+    capped: bool = False
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -47,14 +99,41 @@ def resolve_checkpoints(path: str | Path) -> list[Path]:
 
 
 def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (C, h, w) float maps to (C, height, width) float32."""
+    """(C, h, w) float maps to (C, height, width) float32: area averaging when shrinking (no aliasing), else bilinear."""
     if probs.shape[1:] == (height, width):
         return probs.astype(np.float32, copy=False)
-    planes = [
-        cv2.resize(np.ascontiguousarray(plane, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-        for plane in probs
-    ]
+    planes = [resize_image(np.ascontiguousarray(plane, dtype=np.float32), height, width) for plane in probs]
     return planes[0][None] if len(planes) == 1 else np.stack(planes)
+
+
+def smp_model(
+    arch: str, encoder: str, classes: int, decoder_norm: str = "batchnorm", encoder_weights: str | None = None
+) -> torch.nn.Module:
+    """smp.create_model with the decoder normalisation a checkpoint records (the one place both sides build it)."""
+    import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
+
+    extra = {} if decoder_norm == "batchnorm" else {"decoder_use_norm": decoder_norm}
+    return smp.create_model(
+        arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **extra
+    )
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'2.4.1+cu121' -> (2, 4, 1); enough to order torch releases."""
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def check_traced_version(path: Path) -> str | None:
+    """Warn when this torch is older than the one a TorchScript file was traced with; return that version."""
+    side = path.with_name(path.name + TORCH_VERSION_SUFFIX)
+    if not side.is_file():
+        return None
+    traced = side.read_text().strip()
+    if version_tuple(torch.__version__) < version_tuple(traced):
+        log.warning("%s was traced with torch %s but this is torch %s: an older torch may fail to load it or "
+                    "run it differently; re-export with the kernel's torch if loading fails", path, traced,
+                    torch.__version__)
+    return traced
 
 
 def build_model(config: CheckpointConfig, folder: Path, device: torch.device) -> torch.nn.Module:
@@ -63,14 +142,11 @@ def build_model(config: CheckpointConfig, folder: Path, device: torch.device) ->
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; config.json names weights={config.weights!r}")
     if config.framework == "torchscript":
+        check_traced_version(path)
         with warnings.catch_warnings():  # torch marks jit deprecated; the checkpoint contract uses it on purpose
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location=device).eval()
-    import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
-
-    model = smp.create_model(
-        config.arch, encoder_name=config.encoder, encoder_weights=None, in_channels=3, classes=len(config.classes)
-    )
+    model = smp_model(config.arch, config.encoder, len(config.classes), config.decoder_norm)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
@@ -118,28 +194,53 @@ class Predictor:
     def multiclass(self) -> bool:
         return self.config.task == "multiclass"
 
-    def working_size(
-        self, height: int, width: int, scale_mode: str = "reduce", pixel_size: float | None = None
-    ) -> tuple[int, int]:
-        """(h, w) the image is resampled to before tiling, per --scale-mode."""
+    def scale(
+        self,
+        height: int,
+        width: int,
+        scale_mode: str = "reduce",
+        pixel_size: float | None = None,
+        max_side: int | None = None,
+        coarsen: float = 1.0,
+    ) -> Scale:
+        """How an image is resampled before tiling, per --scale-mode, then times coarsen, then capped at max_side.
+
+        pixel-size: factor = image um/px / checkpoint um/px (fractional, no 2x jumps); pixel_size None means
+        no rescaling (the caller found no usable value, see image_pixel_size); a checkpoint without pixel_size
+        falls back to the reduce rule. reduce: 1 / (config reduce or ceil(max(h, w) / (tile * reduce_k))).
+        """
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"scale mode {scale_mode!r} not in {SCALE_MODES}")
-        if scale_mode == "none":
-            return height, width
-        if scale_mode == "reduce":
+        rule = scale_mode
+        if scale_mode == "pixel-size" and self.config.pixel_size is None:
+            rule = "reduce"
+        if rule == "none":
+            factor = 1.0
+        elif rule == "reduce":
             cfg = self.config
-            reduce = cfg.reduce or adaptive_reduce(height, width, cfg.tile_size, cfg.reduce_k)
-            factor = 1.0 / reduce
+            factor = 1.0 / (cfg.reduce or adaptive_reduce(height, width, cfg.tile_size, cfg.reduce_k))
+        elif pixel_size is None:
+            factor = 1.0
         else:
-            if self.config.pixel_size is None:
-                raise ValueError(
-                    f"{self.name}: --scale-mode pixel-size needs pixel_size in config.json; "
-                    "use --scale-mode reduce for this checkpoint"
-                )
-            if pixel_size is None or not pixel_size > 0:
-                raise ValueError(f"--scale-mode pixel-size needs the image's pixel_size, got {pixel_size}")
-            factor = pixel_size / self.config.pixel_size
-        return max(1, round(height * factor)), max(1, round(width * factor))
+            if not pixel_size > 0:
+                raise ValueError(f"--scale-mode pixel-size needs a positive pixel_size, got {pixel_size}")
+            factor = float(pixel_size) / self.config.pixel_size
+        factor *= coarsen
+        capped = max_side is not None and max(height, width) * factor > max_side
+        if capped:
+            factor = max_side / max(height, width)
+        return Scale((max(1, round(height * factor)), max(1, round(width * factor))), factor, rule, capped)
+
+    def working_size(
+        self,
+        height: int,
+        width: int,
+        scale_mode: str = "reduce",
+        pixel_size: float | None = None,
+        max_side: int | None = None,
+    ) -> tuple[int, int]:
+        """(h, w) the image is resampled to before tiling, per --scale-mode (see scale)."""
+        return self.scale(height, width, scale_mode, pixel_size, max_side).size
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, t, t) tiles -> float32 probabilities (N, C, t, t)."""
@@ -184,13 +285,18 @@ class Predictor:
         return np.ascontiguousarray(probs.numpy())
 
     def __call__(
-        self, image: np.ndarray, scale_mode: str = "reduce", pixel_size: float | None = None, tta: int = 0
+        self,
+        image: np.ndarray,
+        scale_mode: str = "reduce",
+        pixel_size: float | None = None,
+        tta: int = 0,
+        max_side: int | None = None,
     ) -> np.ndarray:
         """(C, H, W) float32 probabilities at the image's full resolution."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{self.name}: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
-        probs = self.predict_working(image, self.working_size(h, w, scale_mode, pixel_size), tta)
+        probs = self.predict_working(image, self.working_size(h, w, scale_mode, pixel_size, max_side), tta)
         return resize_probs(probs, h, w)
 
 

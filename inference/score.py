@@ -29,28 +29,46 @@ def score(submission: pd.DataFrame, solution: pd.DataFrame) -> dict:
         h, w = int(r.img_height), int(r.img_width)
         d = dice(decode(predicted.get(r.id, ""), h, w), decode(r.rle, h, w))
         rows.append({"id": r.id, "organ": r.organ, "data_source": getattr(r, "data_source", None), "dice": d})
-    per_image = pd.DataFrame(rows)
+    result = summarise(pd.DataFrame(rows, columns=["id", "organ", "data_source", "dice"]))
+    result["missing"] = [int(i) for i in missing]
+    return result
+
+
+def summarise(per_image: pd.DataFrame) -> dict:
+    """Mean Dice overall, per organ, per data source and per (organ, data source) of per-image rows.
+
+    per_image has columns id, organ, data_source (may be empty / NaN) and dice.
+    """
     result = {
         "dice": float(per_image["dice"].mean()) if len(per_image) else float("nan"),
         "per_organ": {k: float(v) for k, v in per_image.groupby("organ")["dice"].mean().items()},
         "n": len(per_image),
-        "missing": [int(i) for i in missing],
         "per_image": {int(r.id): float(r.dice) for r in per_image.itertuples()},
     }
     if per_image["data_source"].notna().any():
         result["per_data_source"] = {
             k: float(v) for k, v in per_image.groupby("data_source")["dice"].mean().items()
         }
+        result["per_organ_source"] = {
+            f"{organ}/{source}": float(v)
+            for (organ, source), v in per_image.groupby(["organ", "data_source"])["dice"].mean().items()
+        }
     return result
 
 
 def format_report(result: dict) -> str:
-    """Human-readable summary of a score() result."""
+    """Human-readable summary of a score() / summarise() result: a Dice table of organs by data source."""
     lines = [f"mean Dice {result['dice']:.4f} over {result['n']} images"]
-    lines += [f"  {organ:<15s} {d:.4f}" for organ, d in sorted(result["per_organ"].items())]
-    for source, d in sorted(result.get("per_data_source", {}).items()):
-        lines.append(f"  [{source}] {d:.4f}")
-    if result["missing"]:
+    sources = sorted(result.get("per_data_source", {}))
+    cells = result.get("per_organ_source", {})
+    lines.append(f"  {'organ':<15s} {'all':>7s}" + "".join(f" {s:>7s}" for s in sources))
+    for organ, d in sorted(result["per_organ"].items()):
+        row = "".join(f" {cells[f'{organ}/{s}']:7.4f}" if f"{organ}/{s}" in cells else f" {'-':>7s}" for s in sources)
+        lines.append(f"  {organ:<15s} {d:7.4f}{row}")
+    if sources:
+        lines.append(f"  {'all':<15s} {result['dice']:7.4f}" + "".join(
+            f" {result['per_data_source'][s]:7.4f}" for s in sources))
+    if result.get("missing"):
         lines.append(f"  {len(result['missing'])} id(s) missing from the submission, scored as empty: "
                      f"{result['missing'][:10]}")
     return "\n".join(lines)

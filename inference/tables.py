@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from inference.organs import DATA_SOURCES, ORGANS
@@ -81,3 +83,69 @@ def load_submission(path: str | Path) -> pd.DataFrame:
 def load_solution(path: str | Path) -> pd.DataFrame:
     """Read and validate a ground-truth table for scoring (id, organ, img_height, img_width, rle)."""
     return _read(path, SOLUTION_COLUMNS)
+
+
+def _normalise(value: object, known: tuple[str, ...]) -> str | None:
+    """The known name a value spells, ignoring case, spaces, '-' and '_' (None when it spells none)."""
+    key = re.sub(r"[\s_\-]", "", str(value)).lower()
+    return next((k for k in known if k.lower() == key), None)
+
+
+def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Read test.csv (or train.csv) for the submission loop: bad values become warnings, never an error.
+
+    Returns the table and (id, message) warnings. Only a missing file or a missing id column is an error
+    (without ids there is no submission to write). Fallbacks:
+    - ids are kept as the CSV spells them (the submission repeats them); rows without an id are dropped;
+    - organ / data_source spelled another way (`HuBMAP`, `Large_Intestine`) are normalised; unknown ones are
+      kept as given: inference then uses no organ threshold, no organ class, no organ min-area, and for a
+      missing pixel_size the Hubmap value of the organ (unknown organ: no pixel-size rescaling);
+    - a missing, non-numeric, NaN, <= 0 or absurd pixel_size becomes NaN (inference.predictor.image_pixel_size
+      chooses the organ's value); a missing column counts as all-missing;
+    - a missing or non-positive img_height / img_width becomes 0: the image's own size is used.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"CSV not found: {path}")
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
+    if "id" not in df.columns:
+        raise TableError(f"{path}: no 'id' column; found {list(df.columns)}")
+    notes: list[tuple[str, str]] = []
+    df["id"] = df["id"].fillna("").str.strip()
+    for i in df.index[df["id"] == ""]:
+        notes.append((f"row {i + 2}", "no id: row skipped"))
+    df = df[df["id"] != ""].reset_index(drop=True)
+    for dup in df.loc[df["id"].duplicated(), "id"].unique():
+        notes.append((dup, "id appears more than once: every row is predicted"))
+    for col in ("organ", "data_source"):
+        if col not in df.columns:
+            notes.append(("*", f"no {col!r} column: every row treated as unknown {col}"))
+            df[col] = ""
+        df[col] = df[col].fillna("")
+    for col, known in (("organ", ORGANS), ("data_source", DATA_SOURCES)):
+        for i, value in df[col].items():
+            name = _normalise(value, known)
+            if name is None:
+                notes.append((df.at[i, "id"], f"unknown {col} {value!r} (expected one of {list(known)})"))
+            elif name != value:
+                notes.append((df.at[i, "id"], f"{col} {value!r} read as {name!r}"))
+                df.at[i, col] = name
+    from inference.predictor import valid_pixel_size  # imported here: tables stays importable without torch
+
+    raw = df["pixel_size"] if "pixel_size" in df.columns else pd.Series("", index=df.index)
+    values = pd.to_numeric(raw, errors="coerce")
+    for i, value in values.items():
+        if not valid_pixel_size(value):
+            shown = "missing" if pd.isna(raw[i]) else f"{raw[i]!r} unusable"
+            notes.append((df.at[i, "id"], f"pixel_size {shown}: the organ's pixel size is used"))
+            values[i] = np.nan
+    df["pixel_size"] = values.astype("float64")
+    for col in ("img_height", "img_width"):
+        raw = df[col] if col in df.columns else pd.Series("", index=df.index)
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() | (values <= 0) | (values != values.round())
+        for i in df.index[bad]:
+            shown = "missing" if pd.isna(raw[i]) else f"{raw[i]!r} unusable"
+            notes.append((df.at[i, "id"], f"{col} {shown}: the image's own size is used"))
+        df[col] = values.where(~bad, 0).astype("int64")
+    return df, notes

@@ -7,7 +7,9 @@ Input format: every PROBS argument is a folder of <id>.npy files, each a 2-D flo
 float32) FTU probability map of image <id> at any resolution (it is resized bilinearly to
 img_height x img_width, as inference.predict does before thresholding). A folder with no .npy files
 of its own is searched for fold*/oof/<id>.npy, the layout a trainer writes under outputs/<run>/.
-`inference.predict --split train --save-probs DIR` writes exactly this format. --solution is a CSV
+`inference.predict --split train --folds folds.csv --save-probs DIR` writes exactly this format, out of fold
+and through the submission pipeline (the recommended source). Leftover `*.tmp.npy` files of an interrupted
+run are ignored. --solution is a CSV
 with id, organ, img_height, img_width, rle (train.csv or a test_solution.csv); ids without a
 probability map are skipped and counted. An id found twice (two folders) is an error.
 
@@ -22,24 +24,29 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from inference.metric import dice
 from inference.organs import ORGANS
+from inference.predictor import resize_probs
 from inference.rle import decode
 from inference.tables import TableError, load_solution
 
 BINS = 1000  # histogram resolution of the threshold search
 
 
+def _maps(root: Path, pattern: str) -> list[Path]:
+    """Probability maps under root, without the *.tmp.npy an interrupted save leaves behind."""
+    return sorted(f for f in root.glob(pattern) if not f.name.endswith(".tmp.npy"))
+
+
 def find_oof(paths: list[Path]) -> dict[int, Path]:
     """Map image id -> .npy path over folders of <id>.npy (or their fold*/oof/ subfolders)."""
     found: dict[int, Path] = {}
     for root in paths:
-        files = sorted(root.glob("*.npy")) or sorted(root.glob("fold*/oof/*.npy"))
+        files = _maps(root, "*.npy") or _maps(root, "fold*/oof/*.npy")
         if not files:
             raise FileNotFoundError(f"{root}: no <id>.npy files here or in fold*/oof/")
         for f in files:
@@ -56,10 +63,7 @@ def load_probability(path: Path, height: int, width: int) -> np.ndarray:
     prob = np.load(path)
     if prob.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D probability map, got shape {prob.shape}")
-    prob = prob.astype(np.float32)
-    if prob.shape != (height, width):
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    return prob
+    return resize_probs(prob[None], height, width)[0]
 
 
 def dice_curve(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -3,14 +3,21 @@
     python -m kernels.build --models outputs/RUN [outputs/RUN2 ...] --out dist/kaggle
         [--user KAGGLE_USER] [--competition hubmap-organ-segmentation] [--prefix hubmap-ftu]
         [--wheels download|none|DIR] [--packages PKG ...] [--python-version 3.11] [--thresholds organs.json]
-        [--predict-args "--tta 4 --ensemble mean"]
+        [--predict-args "--tta 4 --ensemble mean"] [--time-budget-hours 8.5] [--hidden-images 550]
 
 Writes, each with the metadata file the kaggle CLI reads:
     OUT/code/      the inference package                            (dataset USER/PREFIX-code)
     OUT/weights/   RUN/fold<k>/ checkpoint folders (+ thresholds)   (dataset USER/PREFIX-weights)
     OUT/wheels/    wheels of what a Kaggle GPU image may lack        (dataset USER/PREFIX-wheels)
     OUT/kernel/    submission.ipynb + kernel-metadata.json           (kernel USER/PREFIX-submission)
---predict-args are checked against inference.predict's parser now, so a typo fails here, not on Kaggle.
+--predict-args are checked against inference.predict's parser now (options spelled out in full), so a typo
+fails here, not on Kaggle. Options the notebook sets itself (--out, --models, --data-dir) and options that would
+truncate or redirect the submission (--limit, --split, --folds) are rejected. Every file an option names
+(--thresholds, --min-area JSON) is copied into the weights dataset and the notebook reads it from there.
+The notebook passes --time-budget: --time-budget-hours (default 8.5 h, under Kaggle's 9 h) for --hidden-images
+rows, scaled to the rows of the test.csv it finds, minus the time the notebook spent before predicting.
+TorchScript checkpoints carry the torch version they were traced with (model.ts.torch_version, written by
+train.export); the notebook warns when its torch is older.
 Re-running rewrites code/, weights/ and kernel/; downloaded wheels are kept and reused.
 """
 
@@ -29,14 +36,19 @@ from string import Template
 
 from inference.checkpoint import CheckpointConfig
 from inference.predict import build_parser
-from inference.predictor import resolve_checkpoints
+from inference.predictor import TORCH_VERSION_SUFFIX, resolve_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("submission.tmpl")
 COMPETITION = "hubmap-organ-segmentation"
 # Kaggle's GPU image has torch, torchvision, numpy, pandas, scipy, opencv, tifffile, tqdm and the
 # pure-Python dependencies of these two; we ship them pinned so smp/timm encoders match training.
-KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm")
+KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm", "torchstain")
+# The notebook supplies these (or they would truncate / redirect the submission): never in --predict-args.
+FORBIDDEN_PREDICT_ARGS = ("--out", "--models", "--data-dir", "--split", "--limit", "--folds")
+FILE_PREDICT_ARGS = ("--thresholds", "--min-area", "--stain-reference")  # options whose value may name a file to ship
+TIME_BUDGET_HOURS = 8.5
+HIDDEN_IMAGES = 550
 
 
 def pinned(packages: tuple[str, ...], requirements: Path = REPO / "requirements.txt") -> list[str]:
@@ -69,11 +81,12 @@ def copy_code(out: Path) -> None:
     shutil.copytree(REPO / "inference", out / "inference", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def copy_weights(models: list[Path], out: Path) -> list[str]:
+def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = None) -> list[str]:
     """Copy each --models entry to out/<name>/ (a run keeps its fold*/ folders); return the names.
 
     A run folder outputs/RUN keeps the name RUN; a single checkpoint folder outputs/RUN/fold2
-    becomes RUN-fold2, so inference.predict reads either the same way it does locally.
+    becomes RUN-fold2, so inference.predict reads either the same way it does locally. `traced` is filled
+    with weights-relative TorchScript path -> torch version it was traced with ("unknown" when not recorded).
     """
     runs = []
     for model in models:
@@ -87,10 +100,74 @@ def copy_weights(models: list[Path], out: Path) -> list[str]:
             config = CheckpointConfig.load(folder)
             dest = out / run if single else out / run / folder.name
             dest.mkdir(parents=True)
-            for name in ("config.json", config.weights, "metrics.json"):
+            side = config.weights + TORCH_VERSION_SUFFIX
+            for name in ("config.json", config.weights, "metrics.json", side):
                 if (folder / name).is_file():
                     shutil.copy2(folder / name, dest / name)
+            if config.framework == "torchscript" and traced is not None:
+                key = (dest / config.weights).relative_to(out).as_posix()
+                traced[key] = (folder / side).read_text().strip() if (folder / side).is_file() else "unknown"
+                if traced[key] == "unknown":
+                    print(f"warning: {folder / config.weights} has no {side}: the notebook cannot check its torch "
+                          "version (re-export with train.export to record it)", file=sys.stderr)
     return runs
+
+
+def check_predict_args(predict_args: list[str]) -> argparse.Namespace:
+    """Parse --predict-args as inference.predict would; reject options the notebook must own."""
+    for token in predict_args:
+        name = token.partition("=")[0]
+        if name in FORBIDDEN_PREDICT_ARGS:
+            raise ValueError(f"--predict-args must not contain {name}: the notebook sets --out, --models and "
+                             f"--data-dir itself, and {', '.join(FORBIDDEN_PREDICT_ARGS[3:])} would truncate or "
+                             "redirect the submission")
+    sentinel = "@kernel-sentinel"
+    parsed = build_parser(allow_abbrev=False).parse_args(["--data-dir", sentinel, "--models", sentinel,
+                                                          *predict_args])
+    return parsed
+
+
+def ship_files(predict_args: list[str], weights: Path) -> list[str]:
+    """Copy every file FILE_PREDICT_ARGS name into weights/files/ and point the arguments at @WEIGHTS/files/."""
+    out, i = [], 0
+    while i < len(predict_args):
+        token = predict_args[i]
+        name, eq, value = token.partition("=")
+        if name in FILE_PREDICT_ARGS and (eq or i + 1 < len(predict_args)):
+            if not eq:
+                value = predict_args[i + 1]
+                i += 1
+            path = Path(value)
+            if path.is_file():
+                (weights / "files").mkdir(exist_ok=True)
+                dest = weights / "files" / path.name
+                n = 1
+                while dest.exists():
+                    dest = weights / "files" / f"{path.stem}_{n}{path.suffix}"
+                    n += 1
+                shutil.copy2(path, dest)
+                value = f"@WEIGHTS/files/{dest.name}"
+            elif not _literal_value(name, value):
+                raise FileNotFoundError(f"--predict-args {name} {value}: file not found (it is shipped with the "
+                                        "weights, so it must exist at build time)")
+            out += [name, value]
+        else:
+            out.append(token)
+        i += 1
+    return out
+
+
+def _literal_value(name: str, value: str) -> bool:
+    """A value of a file option that is not a file: a --min-area number, or --stain-reference macenko."""
+    return (name == "--min-area" and _is_number(value)) or (name == "--stain-reference" and value == "macenko")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def fetch_wheels(
@@ -155,15 +232,19 @@ def build(
     thresholds: Path | None = None,
     predict_args: list[str] | None = None,
     packages: tuple[str, ...] = KERNEL_PACKAGES,
+    time_budget_hours: float = TIME_BUDGET_HOURS,
+    hidden_images: int = HIDDEN_IMAGES,
 ) -> dict[str, Path]:
     """Write the three datasets and the kernel folder; return their paths by name."""
     predict_args = list(predict_args or [])
+    parsed = check_predict_args(predict_args)  # fail now on a typo or a forbidden option
     if thresholds is not None:
         if not thresholds.is_file():
             raise FileNotFoundError(f"--thresholds {thresholds} not found")
-        if "--thresholds" in predict_args:
-            raise ValueError("give thresholds with --thresholds FILE, not inside --predict-args")
-    build_parser().parse_args(["--data-dir", "x", "--models", "x", *predict_args])  # fail now on a typo
+        if parsed.thresholds is not None:
+            raise ValueError("thresholds given twice: with --thresholds FILE and inside --predict-args")
+    if hidden_images < 1:
+        raise ValueError(f"--hidden-images must be positive, got {hidden_images}")
 
     slugs = {name: f"{prefix}-{name}" for name in ("code", "weights", "wheels")}
     paths = {name: out / name for name in ("code", "weights", "wheels", "kernel")}
@@ -173,10 +254,13 @@ def build(
     dataset_metadata(paths["code"], user, slugs["code"], f"{prefix} inference code")
 
     fresh(paths["weights"])
-    runs = copy_weights(models, paths["weights"])
+    traced: dict[str, str] = {}
+    runs = copy_weights(models, paths["weights"], traced)
+    predict_args = ship_files(predict_args, paths["weights"])
     if thresholds is not None:
         shutil.copy2(thresholds, paths["weights"] / "thresholds.json")
         predict_args += ["--thresholds", "@WEIGHTS/thresholds.json"]
+    budget_hours = 0.0 if parsed.time_budget is not None else time_budget_hours
     dataset_metadata(paths["weights"], user, slugs["weights"], f"{prefix} weights")
 
     wheel_files = fetch_wheels(wheels, paths["wheels"], python_version, platform, packages)
@@ -192,6 +276,9 @@ def build(
         competition=repr(competition),
         runs=repr(runs),
         predict_args=_predict_args_literal(predict_args),
+        traced_with=repr(traced),
+        budget_hours=repr(float(budget_hours)),
+        hidden_images=repr(int(hidden_images)),
     )
     write_notebook(paths["kernel"] / "submission.ipynb", source)
     sources = [f"{user}/{slugs['code']}", f"{user}/{slugs['weights']}"]
@@ -241,13 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--platform", default="manylinux2014_x86_64", help="platform tag for pip download")
     ap.add_argument("--thresholds", type=Path, help="per-organ thresholds JSON shipped with the weights")
     ap.add_argument("--predict-args", default="", help='extra inference.predict options, e.g. "--tta 4"')
+    ap.add_argument("--time-budget-hours", type=float, default=TIME_BUDGET_HOURS,
+                    help="notebook --time-budget for --hidden-images rows, scaled to test.csv (0: none; "
+                         "a --time-budget in --predict-args wins)")
+    ap.add_argument("--hidden-images", type=int, default=HIDDEN_IMAGES, help="rows of the hidden test set")
     args = ap.parse_args(argv)
     if not args.user:
         ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")
     try:
         paths = build(args.models, args.out, args.user, args.competition, args.prefix, args.wheels,
                       args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args),
-                      tuple(args.packages))
+                      tuple(args.packages), args.time_budget_hours, args.hidden_images)
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

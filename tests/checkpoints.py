@@ -10,14 +10,26 @@ from torch import nn
 
 from inference.checkpoint import CheckpointConfig
 from inference.organs import CLASSES
+from inference.predictor import TORCH_VERSION_SUFFIX
 
 
-def make_smp_checkpoint(folder: Path, tile: int = 64, encoder: str = "tu-resnet18", seed: int = 0, **config) -> Path:
-    """A random-init binary smp Unet saved as model.pth + config.json (framework "smp")."""
+def make_smp_checkpoint(
+    folder: Path, tile: int = 64, encoder: str = "tu-resnet18", seed: int = 0, logit: float | None = None, **config
+) -> Path:
+    """A random-init binary smp Unet saved as model.pth + config.json (framework "smp").
+
+    logit: zero the segmentation head's weights and set its bias, so the model outputs this logit everywhere
+    (a positive value gives a non-empty mask for any image).
+    """
     import segmentation_models_pytorch as smp
 
     torch.manual_seed(seed)
     model = smp.create_model("Unet", encoder_name=encoder, encoder_weights=None, classes=1)
+    if logit is not None:
+        head = model.segmentation_head[0]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(logit)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "model.pth")
     fields = dict(name=folder.parent.name, fold=0, framework="smp", task="binary", classes=["ftu"],
@@ -73,6 +85,7 @@ def make_torchscript_checkpoint(
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(module, torch.randn(1, 3, tile, tile), check_trace=False)
         torch.jit.save(traced, str(folder / "model.ts"))
+    (folder / f"model.ts{TORCH_VERSION_SUFFIX}").write_text(torch.__version__)  # as train.export records it
     fields = dict(name=folder.parent.name, fold=0, framework="torchscript", task=task, classes=classes,
                   tile_size=tile, weights="model.ts", arch="", encoder="")
     CheckpointConfig(**{**fields, **config}).save(folder)

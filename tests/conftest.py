@@ -41,9 +41,9 @@ def demo_folds(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="session")
 def demo_tiles(demo_data: Path, demo_folds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 128 px tile set (whole image and 2x2 split) of the demo train images."""
+    """A 128 px tile set (whole image and 2x2 split) of the demo train images, plus whole images at 0.8 um/px."""
     from data_prep.tiles import build_tiles
 
     out = tmp_path_factory.mktemp("demo_tiles")
-    build_tiles(demo_data, demo_folds, out, size=128, splits=(1, 2), workers=1)
+    build_tiles(demo_data, demo_folds, out, size=128, splits=(1, 2), workers=1, scaled=(0.8,))
     return out

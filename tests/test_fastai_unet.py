@@ -22,17 +22,19 @@ from torch import nn
 
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
+from inference.predict import main as predict_main
 from inference.predictor import build_model as inference_model
+from inference.score import score
+from inference.tables import load_submission, load_train
 from train import fastai_unet
 from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
 from train.fastai_data import split_rows
 from train.fastai_model import SegmentationLoss, build_model
-from train.fastai_unet import ResumeCheckpoint, make_predict, schedule, train, write_oof
-from train.validation import full_image_dice
+from train.fastai_unet import ResumeCheckpoint, schedule, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
-TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0)
+TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0, minutes=None)
 
 
 def tiny_config(**changes) -> FastaiConfig:
@@ -119,7 +121,7 @@ def test_schedule_matches_fastai_and_resumes_on_its_tail(kind: str) -> None:
 
 def test_split_rows_keeps_folds_apart(demo_tiles: Path) -> None:
     index = load_index(demo_tiles)
-    cfg = tiny_config()
+    cfg = tiny_config(sampler="tiles")
     train_rows, valid_rows = split_rows(index, 0, cfg)
     assert (train_rows["fold"] != 0).all() and (valid_rows["fold"] == 0).all()
     assert set(valid_rows["source"]) == {"original"}
@@ -127,19 +129,30 @@ def test_split_rows_keeps_folds_apart(demo_tiles: Path) -> None:
     only_split2, _ = split_rows(index, 0, replace(cfg, train_splits=(2,)))
     assert set(only_split2["split"]) == {2}
     everything, none = split_rows(index, -1, cfg)
-    assert len(everything) == len(index) and none.empty
+    assert len(everything) == len(index[index["source"] != "scaled"]) and none.empty
     with pytest.raises(ValueError, match="fold 9 is not in the tile set"):
         split_rows(index, 9, cfg)
     with pytest.raises(ValueError, match="no training tiles"):
         split_rows(index, 0, replace(cfg, train_splits=(), train_reduces=(8,)))
 
 
+def test_crop_sampler_rows_are_whole_images_at_the_pixel_size(demo_tiles: Path) -> None:
+    index = load_index(demo_tiles)
+    train_rows, valid_rows = split_rows(index, 1, tiny_config())
+    assert set(train_rows["source"]) == set(valid_rows["source"]) == {"scaled"}
+    assert (train_rows["fold"] != 1).all() and (valid_rows["fold"] == 1).all()
+    assert len(train_rows) + len(valid_rows) == index["image_id"].nunique()
+    assert np.allclose(train_rows["tile_pixel_size"], 0.8)
+    with pytest.raises(ValueError, match=r"--scaled 0.5"):
+        split_rows(index, 1, tiny_config(pixel_size=0.5))
+
+
 def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
     """The checkpoint folder holds everything inference and threshold tuning read, and no resume leftovers."""
     config = CheckpointConfig.load(folder)
     assert (config.framework, config.task, config.classes, config.tile_size) == ("smp", "binary", ["ftu"], 64)
-    assert config.pixel_size is not None and config.pixel_size > 0
-    assert config.reduce_k == 2.0  # the finest split of demo_tiles: inference sees the validation scale
+    assert config.pixel_size == cfg.pixel_size
+    assert config.reduce_k == pytest.approx(250 / 64, rel=0.05)  # reduce mode: 500 px demo images -> 250 px, as trained
     assert config.train["epochs"] == cfg.epochs
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0 and metrics["n"] == n_valid
@@ -157,36 +170,46 @@ def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
 
 
 @pytest.mark.slow
-def test_short_training_writes_a_complete_checkpoint_that_reloads(demo_tiles: Path, tmp_path: Path, capsys) -> None:
+def test_short_training_writes_a_complete_checkpoint_that_reloads(
+    demo_data: Path, demo_tiles: Path, tmp_path: Path, capsys
+) -> None:
     cfg = tiny_config()
     metrics = train(cfg, "tiny", 0, demo_tiles, tmp_path)
     folder = tmp_path / "tiny" / "fold0"
-    assert "full-image validation Dice" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation Dice of the submission path" in out and "kidney" in out and "HPA" in out
     _, valid_rows = split_rows(load_index(demo_tiles), 0, cfg)
     n_valid = valid_rows["image_id"].nunique()
     assert _assert_complete(folder, cfg, n_valid)["dice"] == metrics["dice"]
+    assert set(metrics["per_organ"]) == set(valid_rows["organ"]) and set(metrics["per_data_source"]) == {"HPA"}
     history = pd.read_csv(folder / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
-    # the inference engine's loader rebuilds the model: same probabilities, same Dice as the trainer saved
-    model = inference_model(CheckpointConfig.load(folder), folder, torch.device("cpu"))
-    again = tmp_path / "again"
-    again.mkdir()
-    rows: list[dict] = []
-    result = full_image_dice(
-        make_predict(model, cfg, torch.device("cpu")),
-        valid_rows,
-        demo_tiles,
-        cfg.threshold,
-        on_image=lambda image: rows.append(write_oof(image, again, cfg.oof_max_side)),
-        progress=False,
-    )
-    assert result["dice"] == metrics["dice"]
-    for row in rows:
-        assert np.array_equal(np.load(again / row["prob_path"]), np.load(folder / "oof" / row["prob_path"]))
+    # validation is the submission path: inference.predict --split train gives the same Dice on those images
+    submission = tmp_path / "train_pred.csv"
+    assert predict_main(["--data-dir", str(demo_data), "--split", "train", "--models", str(folder),
+                         "--out", str(submission)]) == 0
+    truth = load_train(demo_data / "train.csv")
+    truth = truth[truth["id"].isin(valid_rows["image_id"].astype(int))]
+    predicted = score(load_submission(submission).query("id in @truth.id"), truth)
+    assert len(predicted["per_image"]) == n_valid
+    for image_id, dice in predicted["per_image"].items():
+        assert dice == pytest.approx(metrics["per_image"][str(image_id)], abs=1e-3)
+    assert predicted["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
 
     assert train(cfg, "tiny", 0, demo_tiles, tmp_path) == metrics
     assert "already trained" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_time_budget_stops_on_time_and_writes_a_finished_folder(demo_tiles: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(minutes=0.1, epochs=2)  # 6 s of training in two 3 s epochs
+    metrics = train(cfg, "timed", -1, demo_tiles, tmp_path)
+    folder = tmp_path / "timed" / "fold-1"
+    assert 6.0 <= metrics["seconds_trained"] < 6.0 + 5.0  # stops after the batch that crosses the budget
+    assert (folder / "model.pth").is_file() and CheckpointConfig.load(folder).train["minutes"] == 0.1
+    history = pd.read_csv(folder / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and history["train_loss"].notna().all()
 
 
 class Interrupted(RuntimeError):
@@ -223,7 +246,7 @@ def test_rerun_resumes_after_the_last_saved_epoch(demo_tiles: Path, tmp_path: Pa
 def test_fold_minus_one_trains_on_everything(demo_tiles: Path, tmp_path: Path) -> None:
     metrics = train(tiny_config(epochs=1, batches_per_epoch=2), "tiny", -1, demo_tiles, tmp_path)
     folder = tmp_path / "tiny" / "fold-1"
-    assert metrics["dice"] is None and metrics["n_train_tiles"] == len(load_index(demo_tiles))
+    assert metrics["dice"] is None and metrics["n_train_rows"] == load_index(demo_tiles)["image_id"].nunique()
     assert (folder / "model.pth").is_file() and CheckpointConfig.load(folder).fold == -1
     assert not (folder / "oof").exists()
 
@@ -250,7 +273,7 @@ def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: P
 
 def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     seen = {}
-    monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out: seen.update(cfg=cfg, name=name))
+    monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out, data_dir=None: seen.update(cfg=cfg, name=name))
     fastai_unet.main(
         ["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--epochs", "3", "--bs", "2"]
         + ["--lr", "0.01", "--encoder-weights", "none"]
@@ -258,3 +281,27 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     cfg = seen["cfg"]
     assert (seen["name"], cfg.epochs, cfg.bs, cfg.lr, cfg.encoder_weights) == ("unet_effb7_768", 3, 2, 0.01, None)
     assert cfg.encoder == "tu-tf_efficientnet_b7"
+
+
+def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from train.fastai_model import FreezeEncoderBN
+
+    cfg = tiny_config(decoder_norm="layernorm", freeze_encoder_bn=True)
+    model = build_model(cfg)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.decoder.modules())
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    CheckpointConfig(name="ln", fold=0, framework="smp", task="binary", classes=["ftu"], tile_size=64,
+                     encoder=cfg.encoder, decoder_norm="layernorm", pixel_size=0.8).save(tmp_path)
+    reloaded = inference_model(CheckpointConfig.load(tmp_path), tmp_path, torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(reloaded(x), model.eval()(x))
+
+    model.train()
+    callback = FreezeEncoderBN()
+    callback.learn = SimpleNamespace(model=model)
+    callback.before_train()
+    encoder_bn = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert encoder_bn and not any(m.training for m in encoder_bn)
+    assert all(m.training for m in model.decoder.modules())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from inference.io import ImageReadError, read_image, write_image
+from inference.io import ImageReadError, read_image, to_rgb_uint8, write_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (13, 17, 3), dtype=np.uint8)
@@ -72,3 +72,32 @@ def test_corrupt_file_named(tmp_path: Path) -> None:
     bad.write_bytes(b"II*\x00garbage that is not a tiff")
     with pytest.raises(ImageReadError, match="broken.tiff"):
         read_image(bad)
+
+
+def test_12_bit_in_a_16_bit_container_is_scaled_by_its_depth(tmp_path: Path) -> None:
+    arr12 = (RGB.astype(np.uint32) * 4095 // 255).astype(np.uint16)  # 12-bit data, as many scanners write it
+    arr12[0, 0] = 4095
+    out = read_image(_write(tmp_path, arr12, photometric="rgb"))
+    expected = RGB.copy()
+    expected[0, 0] = 255
+    assert np.abs(out.astype(int) - expected).max() <= 1  # `>> 8` would give at most 15: a nearly black image
+
+
+def test_bits_per_sample_tag_wins_over_the_maximum() -> None:
+    dark12 = np.full((4, 4, 3), 2048, np.uint16)  # mid-grey 12-bit, max far below 4095
+    assert to_rgb_uint8(dark12, bits_per_sample=12).max() == 128
+    assert to_rgb_uint8(dark12).max() == 128  # no tag: the smallest even depth holding 2048 is 12
+    assert to_rgb_uint8(np.full((4, 4, 3), 60000, np.uint16)).max() == 233  # 16-bit: 60000 / 65535 * 255
+
+
+def test_float_and_odd_dtypes() -> None:
+    assert to_rgb_uint8(np.full((2, 2, 3), 0.5, np.float32)).max() == 128
+    assert to_rgb_uint8(np.full((2, 2, 3), np.nan, np.float32)).max() == 0
+    assert to_rgb_uint8(np.full((2, 2, 3), 200.0, np.float64)).max() == 200
+    assert to_rgb_uint8(np.full((2, 2), -5, np.int32)).max() == 0
+
+
+def test_1x1_and_thin_images_keep_their_shape(tmp_path: Path) -> None:
+    assert read_image(_write(tmp_path, RGB[:1, :1], photometric="rgb")).shape == (1, 1, 3)
+    assert read_image(_write(tmp_path, RGB[:1, :, 0])).shape == (1, 17, 3)
+    assert to_rgb_uint8(RGB[None]).shape == (13, 17, 3)  # a leading page axis

@@ -126,3 +126,49 @@ def test_wheel_pins_come_from_requirements(tmp_path: Path) -> None:
     req.write_text("# pins\nsegmentation-models-pytorch==0.6.0\ntimm==1.0.31  # encoders\n")
     assert pinned(("segmentation-models-pytorch", "timm", "other"), req) == [
         "segmentation-models-pytorch==0.6.0", "timm==1.0.31", "other"]
+
+
+@pytest.mark.parametrize("args", [["--out", "/tmp/x.csv"], ["--limit", "1"], ["--models", "x"], ["--data-dir", "x"],
+                                  ["--split", "train"], ["--out=/tmp/x.csv"], ["--folds", "folds.csv"]])
+def test_build_rejects_options_the_notebook_owns(kernel: dict[str, Path], tmp_path: Path, args: list[str]) -> None:
+    with pytest.raises(ValueError, match="must not contain"):
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", predict_args=args)
+
+
+def test_build_rejects_abbreviated_options(kernel: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):  # argparse would read --lim as --limit
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", predict_args=["--lim", "1"])
+
+
+def test_build_ships_every_file_an_argument_names(kernel: dict[str, Path], tmp_path: Path) -> None:
+    areas = tmp_path / "areas.json"
+    areas.write_text(json.dumps({"kidney": 500}))
+    paths = build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none",
+                  predict_args=["--min-area", str(areas), f"--thresholds={kernel['thresholds']}", "--tta", "2"])
+    assert json.loads((paths["weights"] / "files" / "areas.json").read_text()) == {"kidney": 500}
+    assert (paths["weights"] / "files" / "organs.json").is_file()
+    source = code_cells(paths["kernel"] / "submission.ipynb")
+    assert "str(WEIGHTS / 'files/areas.json')" in source and "str(WEIGHTS / 'files/organs.json')" in source
+    assert str(areas) not in source and str(tmp_path) not in source
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        build(kernel["models"][1:], tmp_path / "dist2", user="tester", wheels="none",
+              predict_args=["--min-area", str(tmp_path / "nope.json")])
+
+
+def test_notebook_records_traced_torch_versions_and_a_time_budget(kernel: dict[str, Path]) -> None:
+    import torch
+
+    assert (kernel["weights"] / "tiny-fold0" / "model.ts.torch_version").read_text() == torch.__version__
+    source = code_cells(kernel["kernel"] / "submission.ipynb")
+    assert f"TRACED_WITH = {{'tiny-fold0/model.ts': '{torch.__version__}'}}" in source
+    assert "BUDGET_HOURS = 8.5" in source and "HIDDEN_IMAGES = 550" in source and '"--time-budget"' in source
+
+
+def test_older_torch_than_the_trace_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from inference.predictor import load_predictor
+
+    folder = make_torchscript_checkpoint(tmp_path / "run" / "fold0", tile=32)
+    (folder / "model.ts.torch_version").write_text("99.0.0")
+    with caplog.at_level("WARNING"):
+        load_predictor(folder)
+    assert any("traced with torch 99.0.0" in r.getMessage() for r in caplog.records)

@@ -106,7 +106,7 @@ def test_preview_draws_one_row_per_organ(tmp_path: Path, demo_tiles: Path) -> No
     add_lpb(tiles, n_per_organ=1, levels=3, seed=0)
     path = preview(tiles, tmp_path / "preview.png", preset="seed10+stain", n_aug=2)
     picture = cv2.imread(str(path))
-    n_organs, n_cols = load_index(tiles)["organ"].nunique(), 2 + 1 + 2  # whole, 2x2 part, LPB, two augmented
+    n_organs, n_cols = load_index(tiles)["organ"].nunique(), 2 + 1 + 2 + 2  # whole, 2x2 part, LPB, H&E, PAS, 2 aug
     assert picture.shape[:2] == (round(240 * n_organs), round(220 * n_cols))
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 4

@@ -1,4 +1,5 @@
-"""mmseg UperNet trainer: every config builds, the demo config trains, exports, and resumes."""
+"""mmseg UperNet trainer: every config builds, the demo config trains, validates like the kernel, exports, resumes,
+and fits a time budget."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -18,7 +20,6 @@ from mmseg.registry import (  # noqa: E402
     DATASETS,
     HOOKS,
     LOOPS,
-    METRICS,
     OPTIM_WRAPPER_CONSTRUCTORS,
     OPTIM_WRAPPERS,
     OPTIMIZERS,
@@ -33,14 +34,17 @@ from train.export import SegmentorLogits, export_torchscript, max_abs_difference
 from train.export import main as export_main  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
-from train.mmseg_ext.dice import ftu_predictor, segmentor_dice  # noqa: E402
-from train.mmseg_upernet import ARTIFACTS, check_config, main  # noqa: E402
+from train.mmseg_ext.time_budget import planned_count, scaled_schedulers  # noqa: E402
+from train.mmseg_upernet import ARTIFACTS, check_config, inference_scale, main  # noqa: E402
 
 pytestmark = pytest.mark.mmseg
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "train" / "configs" / "mmseg"
 CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
 DEMO = CONFIG_DIR / "upernet_convnext-demo.py"
+CPU = CONFIG_DIR / "upernet_convnext-cpu.py"
+# GroupNorm (or SyncBN) below this many images per GPU: BatchNorm statistics of 2 to 4 images are noise
+SMALL_BATCH = 4
 # small enough for a CPU test on the 128 px demo tiles; logger every 5 iterations so the loss curve has points
 FAST = [
     "tile_size=128",
@@ -68,6 +72,7 @@ def test_config_list_is_complete() -> None:
         "upernet_convnext-xl_768",
         "upernet_convnext-b_768_classweight",
         "upernet_convnext-demo",
+        "upernet_convnext-cpu",
     } <= stems
 
 
@@ -80,13 +85,15 @@ def test_config_builds(config: Path) -> None:
     assert tuple(logits.shape) == (1, len(CLASSES), 64, 96)
     assert model.decode_head.num_classes == len(CLASSES)
     # every other registry name the Runner will look up
-    for step in [*cfg.train_dataloader.dataset.pipeline, *cfg.val_dataloader.dataset.pipeline]:
+    for step in cfg.train_dataloader.dataset.pipeline:
         assert registered(TRANSFORMS, step.type), step.type
     for hook in [*cfg.default_hooks.values(), *cfg.custom_hooks]:
         assert registered(HOOKS, hook.type), hook.type
+    assert registered(HOOKS, "TimeBudgetHook")  # added by --minutes
     assert registered(DATASETS, cfg.train_dataloader.dataset.type)
-    assert registered(METRICS, cfg.val_evaluator.type)
-    assert registered(LOOPS, cfg.train_cfg.type) and registered(LOOPS, cfg.val_cfg.type)
+    assert registered(DATASETS, cfg.val_dataloader.dataset.type)
+    assert registered(LOOPS, cfg.train_cfg.type) and cfg.val_cfg.type == "KernelValLoop"
+    assert registered(LOOPS, cfg.val_cfg.type)
     assert registered(OPTIM_WRAPPERS, cfg.optim_wrapper.type)
     assert registered(OPTIMIZERS, cfg.optim_wrapper.optimizer.type)
     assert registered(
@@ -96,6 +103,19 @@ def test_config_builds(config: Path) -> None:
         assert registered(PARAM_SCHEDULERS, scheduler.type), scheduler.type
     # the schedule covers the whole run
     assert max(s.end for s in cfg.param_scheduler) == cfg.train_cfg.max_iters
+    if cfg.train_dataloader.batch_size <= SMALL_BATCH:
+        batch_norms = [
+            name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        assert not batch_norms, (
+            f"{config.stem} trains {cfg.train_dataloader.batch_size} images per GPU with {batch_norms}"
+        )
+
+
+def test_small_batch_configs_exist() -> None:
+    # the norm check above must have something to check: the 768 px configs train 2 to 4 images per GPU
+    small = [p.stem for p in CONFIGS if Config.fromfile(str(p)).train_dataloader.batch_size <= SMALL_BATCH]
+    assert {"upernet_convnext-b_768", "upernet_convnext-xl_768"} <= set(small)
 
 
 def test_missing_backbone_weights_name_the_fix() -> None:
@@ -111,39 +131,13 @@ def test_export_matches_eager(tmp_path: Path) -> None:
     assert max_abs_difference(SegmentorLogits(model).eval(), torch.jit.load(str(path)), x) < 1e-4
 
 
-def test_ftu_predictor_rules() -> None:
-    torch.manual_seed(0)
-    model = build_segmentor(Config.fromfile(str(DEMO))).eval()
-    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
-    x = (
-        torch.from_numpy(images).permute(0, 3, 1, 2).float() - model.data_preprocessor.mean
-    ) / model.data_preprocessor.std
-    with torch.no_grad():
-        probs = SegmentorLogits(model)(x).softmax(1).numpy()
-    counts = np.bincount(probs.argmax(1).ravel(), minlength=len(CLASSES))[1:]
-    majority = 1 + int(np.argmax(counts))  # the tiles' most frequent non-background argmax class
-    np.testing.assert_allclose(ftu_predictor(model, batch_size=2)(images), probs[:, majority], atol=1e-5)
-    np.testing.assert_allclose(ftu_predictor(model, rule="foreground")(images), 1 - probs[:, 0], atol=1e-5)
-
-
-def test_segmentor_dice_applies_the_rule(demo_tiles: Path) -> None:
-    torch.manual_seed(0)
-    model = build_segmentor(Config.fromfile(str(DEMO)))
-    rows = fold_rows(load_index(demo_tiles), 0, "val")
-    majority = segmentor_dice(model, rows, demo_tiles)
-    foreground = segmentor_dice(model, rows, demo_tiles, rule="foreground")
-    # an untrained model spreads probability over 6 classes: the two rules threshold different maps
-    assert majority["dice"] != foreground["dice"]
-    assert set(majority["per_image"]) == set(rows["image_id"].astype(str))
-    assert model.training  # mode restored
-
-
 def test_fold_rows(demo_tiles: Path) -> None:
     index = load_index(demo_tiles)
     train, val = fold_rows(index, 0, "train"), fold_rows(index, 0, "val")
     assert set(train["fold"]) == set(index["fold"]) - {0}
     assert set(val["fold"]) == {0} and set(val["source"]) == {"original"}
-    assert len(fold_rows(index, -1, "train")) == len(index)
+    tiles = index[index["source"] != "scaled"]  # whole images at a physical scale are for the fastai crop sampler
+    assert len(fold_rows(index, -1, "train")) == len(tiles) and "scaled" not in set(train["source"])
     with pytest.raises(ValueError, match="no validation"):
         fold_rows(index, -1, "val")
 
@@ -190,7 +184,7 @@ def demo_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.mark.slow
-def test_demo_trains_and_writes_checkpoint_folder(demo_run: Path) -> None:
+def test_demo_trains_and_writes_checkpoint_folder(demo_run: Path, demo_tiles: Path) -> None:
     assert all((demo_run / name).is_file() for name in ARTIFACTS)
     losses = [loss for _, loss in loss_curve(demo_run / "work")]
     assert len(losses) == 6
@@ -199,9 +193,65 @@ def test_demo_trains_and_writes_checkpoint_folder(demo_run: Path) -> None:
     assert (config.framework, config.task, config.weights) == ("torchscript", "multiclass", "model.ts")
     assert config.classes == list(CLASSES) and config.tile_size == 128
     assert config.mean == pytest.approx([0.485, 0.456, 0.406]) and config.std == pytest.approx([0.229, 0.224, 0.225])
+    # the kernel's scale: the finest split trained on (the demo tiles have splits 1 and 2) and its um/px
+    train = fold_rows(load_index(demo_tiles), 0, "train")
+    finest = train[(train["source"] == "original") & (train["split"] == 2)]
+    assert config.reduce_k == 2.0
+    assert config.pixel_size == pytest.approx(float(np.median(finest["tile_pixel_size"])))
     metrics = json.loads((demo_run / "metrics.json").read_text())
-    assert 0.0 <= metrics["dice"] <= 1.0 and 0.0 <= metrics["mIoU"] <= 1.0
-    assert metrics["iter"] in (15, 30) and metrics["per_image"]
+    val_ids = set(fold_rows(load_index(demo_tiles), 0, "val")["image_id"].astype(str))
+    assert 0.0 <= metrics["dice"] <= 1.0 and metrics["n"] == len(val_ids)
+    assert set(metrics["per_image"]) == val_ids and metrics["per_organ"] and metrics["per_data_source"]
+    assert metrics["iter"] in (15, 30) and metrics["trained_iters"] == 30
+    # out-of-fold maps of every image, in the fastai trainer's format
+    assert {p.stem for p in (demo_run / "oof").glob("*.npy")} == val_ids
+    assert set(pd.read_csv(demo_run / "oof" / "index.csv")["image_id"].astype(str)) == val_ids
+    # validation logged whole-image Dice per organ and per source at each validation, and no tile mIoU
+    records = [
+        json.loads(line)
+        for log in (demo_run / "work").glob("*/vis_data/scalars.json")
+        for line in log.read_text().splitlines()
+    ]
+    validations = [r for r in records if "dice" in r]
+    assert [r["step"] for r in validations] == [15, 30]
+    organs = {f"dice_{organ}" for organ in metrics["per_organ"]}
+    sources = {f"dice_{source}" for source in metrics["per_data_source"]}
+    assert all(organs | sources <= set(r) and "mIoU" not in r for r in validations)
+
+
+@pytest.mark.slow
+def test_validation_dice_equals_inference_predict(demo_run: Path, demo_data: Path, tmp_path: Path) -> None:
+    """The recorded CV is what `inference.predict --split train` scores on the same validation images."""
+    from inference.predict import main as predict_main
+    from inference.score import score
+    from inference.tables import load_submission, load_train
+
+    metrics = json.loads((demo_run / "metrics.json").read_text())
+    out = tmp_path / "train_predictions.csv"
+    assert (
+        predict_main(
+            [
+                "--data-dir",
+                str(demo_data),
+                "--models",
+                str(demo_run),
+                "--split",
+                "train",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    val_ids = {int(i) for i in metrics["per_image"]}
+    submission = load_submission(out)
+    solution = load_train(demo_data / "train.csv")
+    result = score(submission[submission["id"].isin(val_ids)], solution[solution["id"].isin(val_ids)])
+    assert result["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
+    for image_id, value in result["per_image"].items():
+        assert value == pytest.approx(metrics["per_image"][str(image_id)], abs=1e-3), image_id
 
 
 @pytest.mark.slow
@@ -294,3 +344,117 @@ def test_backbone_loads_local_imagenet_weights(tmp_path: Path) -> None:
     model.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def test_scaled_schedulers_keep_proportions() -> None:
+    schedule = [
+        dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=50),
+        dict(type="PolyLR", eta_min=0.0, by_epoch=False, begin=50, end=2000),
+    ]
+    scaled = scaled_schedulers(schedule, 2000, 400)
+    assert [(s["begin"], s["end"]) for s in scaled] == [(0, 10), (10, 400)]
+    assert schedule[0]["end"] == 50  # the input is not modified
+    assert [(s["begin"], s["end"]) for s in scaled_schedulers(schedule, 2000, 3)] == [(0, 1), (0, 3)]
+    with pytest.raises(ValueError, match="by_epoch=False"):
+        scaled_schedulers([dict(type="PolyLR", begin=0, end=10)], 10, 5)
+    assert planned_count(300, 150) == 2 and planned_count(301, 150) == 3
+
+
+def test_inference_scale_follows_the_finest_split(demo_tiles: Path) -> None:
+    cfg = Config.fromfile(str(DEMO))
+    train = fold_rows(load_index(demo_tiles), 0, "train")
+    original = train[train["source"] == "original"]
+    reduce_k, pixel_size = inference_scale(cfg, train)
+    assert reduce_k == 2.0 and pixel_size == pytest.approx(
+        float(np.median(original.loc[original["split"] == 2, "tile_pixel_size"]))
+    )
+    cfg.inference.reduce_k = 1.0  # a config that asks for whole-image scale gets the whole-image tiles' um/px
+    reduce_k, pixel_size = inference_scale(cfg, train)
+    assert reduce_k == 1.0 and pixel_size == pytest.approx(
+        float(np.median(original.loc[original["split"] == 1, "tile_pixel_size"]))
+    )
+
+
+def lr_curve(work_dir: Path) -> list[tuple[int, float]]:
+    """(iteration, lr) points of the mmengine scalars logs under a work folder."""
+    return sorted(
+        (json.loads(line)["step"], json.loads(line)["lr"])
+        for log in work_dir.glob("*/vis_data/scalars.json")
+        for line in log.read_text().splitlines()
+        if "lr" in json.loads(line)
+    )
+
+
+@pytest.mark.slow
+def test_time_budget_fits_schedule_and_validation(demo_tiles: Path, tmp_path: Path) -> None:
+    minutes = 0.3
+    # a nominal length far beyond what 18 s allow: the budget, not max_iters, ends the run
+    options = [
+        *FAST,
+        "train_cfg.max_iters=100000",
+        "train_cfg.val_interval=50000",
+        "default_hooks.checkpoint.interval=50000",
+        "default_hooks.logger.interval=1",
+    ]
+    args = ["--config", str(DEMO), "--fold", "0", "--tiles", str(demo_tiles), "--work-dir", str(tmp_path)]
+    main([*args, "--minutes", str(minutes), "--cfg-options", *options])
+    run = tmp_path / DEMO.stem / "fold0"
+    assert all((run / name).is_file() for name in ARTIFACTS)
+    metrics = json.loads((run / "metrics.json").read_text())
+    trained = metrics["trained_iters"]
+    assert 5 < trained < 100000
+    # training stopped near the budget (the limit is loose: the machine is shared)
+    assert 0.5 * minutes * 60 < metrics["seconds_trained"] < minutes * 60 + 15, metrics["seconds_trained"]
+    # the schedule was fitted to the iterations that fit: it ends near eta_min, not at the start of its decay
+    lrs = lr_curve(run / "work")
+    assert lrs[-1][0] == trained and lrs[-1][1] < 0.1 * max(lr for _, lr in lrs), lrs[-5:]
+    # validated twice (100000 / 50000), the second time at the last iteration
+    records = [
+        json.loads(line)
+        for log in (run / "work").glob("*/vis_data/scalars.json")
+        for line in log.read_text().splitlines()
+    ]
+    assert [r["step"] for r in records if "dice" in r][-1] == trained
+    assert len([r for r in records if "dice" in r]) == 2
+    # the folder describes what ran: iterations and schedule as trained
+    cfg = Config.fromfile(str(run / "mmseg_config.py"))
+    assert cfg.train_cfg.max_iters == trained and max(s.end for s in cfg.param_scheduler) == trained
+    assert CheckpointConfig.load(run).train["train_cfg"]["max_iters"] == trained
+
+
+@pytest.mark.slow
+def test_cpu_config_fold_minus_one_with_budget_predicts(demo_tiles: Path, demo_data: Path, tmp_path: Path) -> None:
+    """The recipe benchmark's call: CPU config, fold -1, --minutes, a seed; its folder goes through inference."""
+    from inference.predict import main as predict_main
+    from inference.tables import load_submission, load_test
+
+    options = [
+        "tile_size=128",
+        "train_dataloader.num_workers=0",
+        "train_dataloader.persistent_workers=False",
+        "randomness.seed=3",
+    ]
+    main(
+        [
+            "--config",
+            str(CPU),
+            "--fold",
+            "-1",
+            "--tiles",
+            str(demo_tiles),
+            "--work-dir",
+            str(tmp_path),
+            "--minutes",
+            "0.15",
+            "--cfg-options",
+            *options,
+        ]
+    )
+    run = tmp_path / CPU.stem / "fold-1"
+    assert all((run / name).is_file() for name in ARTIFACTS)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dice"] is None and metrics["trained_iters"] == metrics["iter"] > 0
+    assert metrics["seconds_trained"] < 0.15 * 60 + 15
+    out = tmp_path / "submission.csv"
+    assert predict_main(["--data-dir", str(demo_data), "--models", str(run), "--out", str(out), "--device", "cpu"]) == 0
+    assert list(load_submission(out)["id"]) == list(load_test(demo_data / "test.csv")["id"])

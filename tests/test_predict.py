@@ -15,7 +15,7 @@ from checkpoints import make_smp_checkpoint, make_torchscript_checkpoint
 
 from inference import overlay, predict, tune_thresholds
 from inference.predictor import load_predictor, resolve_checkpoints
-from inference.rle import encode
+from inference.rle import decode, encode
 from inference.score import score
 from inference.tables import load_solution, load_submission
 
@@ -80,7 +80,7 @@ def test_union_ensemble_and_weights_run(demo_data: Path, runs: dict[str, Path], 
                          "--weights", "1", "2"]) == 2
 
 
-def test_bad_images_get_empty_rows_and_are_counted(demo_data: Path, runs: dict[str, Path], tmp_path: Path,
+def test_bad_images_get_empty_rows_and_resized_ones_a_resized_mask(demo_data: Path, runs: dict[str, Path], tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture,
                                                    capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "data"
@@ -99,9 +99,11 @@ def test_bad_images_get_empty_rows_and_are_counted(demo_data: Path, runs: dict[s
     sub = load_submission(out).set_index("id")
     assert len(sub) == len(test)
     for bad in (unreadable, resized, missing):
-        assert sub.loc[bad, "rle"] == ""
+        assert (sub.loc[bad, "rle"] == "") == (bad != resized)
         assert any(f"id {bad}:" in r.getMessage() for r in caplog.records)
-    assert "3 bad image(s)" in capsys.readouterr().out
+    row = test.set_index("id").loc[resized]
+    assert decode(sub.loc[resized, "rle"], int(row.img_height), int(row.img_width)).any()  # in the CSV's frame
+    assert "2 bad image(s)" in capsys.readouterr().out
 
 
 def test_every_image_bad_exits_non_zero(demo_data: Path, runs: dict[str, Path], tmp_path: Path) -> None:

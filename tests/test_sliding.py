@@ -136,8 +136,8 @@ def test_pixel_size_mode_rescales_to_training_scale() -> None:
     assert p.working_size(1000, 800, "pixel-size", pixel_size=0.5) == (1250, 1000)
     assert p.working_size(160, 160, "pixel-size", pixel_size=6.263) == (2505, 2505)
     assert p.working_size(1000, 800, "none") == (1000, 800)
-    with pytest.raises(ValueError, match="pixel_size in config.json"):
-        constant_predictor().working_size(100, 100, "pixel-size", pixel_size=0.4)
+    # a checkpoint without pixel_size falls back to the reduce rule (tests/test_scale.py covers the rest)
+    assert constant_predictor(tile=32).working_size(100, 100, "pixel-size", pixel_size=0.4) == (25, 25)
 
 
 def test_predictor_returns_full_resolution_probabilities() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from data_prep.tiles import (
     build_tiles,
     load_index,
     read_tile,
+    scaled_size,
+    source_data_dir,
 )
 from inference.io import read_image, write_image
 from inference.organs import class_index
@@ -51,15 +54,33 @@ def test_index_columns_and_counts(demo_data: Path, demo_folds: Path, demo_tiles:
     ).split(",")
     train = pd.read_csv(demo_data / "train.csv")
     assert set(index["image_id"]) == set(train["id"])
-    assert (index.groupby("image_id").size() == 1 + 4).all()  # splits (1, 2)
+    assert (index.groupby("image_id").size() == 1 + 4 + 1).all()  # splits (1, 2) and one scaled whole image
     assert index["tile_id"].is_unique
-    assert (index["source"] == "original").all()
+    assert set(index["source"]) == {"original", "scaled"}
     folds = pd.read_csv(demo_folds).set_index("id")["fold"]
     assert (index["fold"].to_numpy() == folds.loc[index["image_id"]].to_numpy()).all()
 
 
+def test_scaled_rows_are_whole_images_at_the_pixel_size(demo_data: Path, demo_tiles: Path) -> None:
+    index = load_index(demo_tiles)
+    scaled = index[index["source"] == "scaled"]
+    train = pd.read_csv(demo_data / "train.csv").set_index("id")
+    assert len(scaled) == len(train) and np.allclose(scaled["tile_pixel_size"], 0.8)
+    assert json.loads((demo_tiles / "tiles.json").read_text())["data_dir"] == str(demo_data.resolve())
+    assert source_data_dir(demo_tiles) == demo_data.resolve()
+    for _, row in scaled.iterrows():
+        image, mask = read_tile(demo_tiles, row)
+        r = train.loc[row["image_id"]]
+        expected = scaled_size(r["img_height"], r["img_width"], r["pixel_size"], 0.8)  # 0.4 -> 0.8: half size
+        assert image.shape[:2] == mask.shape == expected == (round(r["img_height"] / 2), round(r["img_width"] / 2))
+        truth = decode(r["rle"], r["img_height"], r["img_width"])
+        assert (mask > 0).mean() == pytest.approx(truth.mean(), abs=0.02)
+        assert (row["x0"], row["y0"], row["x1"], row["y1"]) == (0, 0, r["img_width"], r["img_height"])
+
+
 def test_tiles_are_size_and_masks_class_valued(demo_data: Path, demo_tiles: Path) -> None:
     index = load_index(demo_tiles)
+    index = index[index["source"] == "original"]
     for _, row in index.iterrows():
         image, mask = read_tile(demo_tiles, row)
         assert image.shape == (128, 128, 3) and image.dtype == np.uint8

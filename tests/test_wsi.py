@@ -236,11 +236,17 @@ def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> No
     tiles = tmp_path / "tiles"
     tiles_main(["--slides", str(demo_slides), "--out", str(tiles), "--size", "128", "--mpp", "1.0",
                 "--tiles-per-slide", "24", "--centre", "32"])
-    train_main(["--config", "unet_r18_demo", "--fold", "0", "--tiles", str(tiles), "--out", str(tmp_path / "runs"),
-                "--epochs", "1"])
-    run = tmp_path / "runs" / "unet_r18_demo"
-    config = json.loads((run / "fold0" / "config.json").read_text())
-    assert config["pixel_size"] == pytest.approx(128 / 96)
+    # the demo recipe on the tile set's own tiles (slides have no competition-layout images for the crop
+    # sampler or whole-image validation, so fold -1: train on every slide)
+    config = tmp_path / "unet_r18_wsi.py"
+    config.write_text(
+        "from dataclasses import replace\n\nfrom train.configs.fastai.unet_r18_demo import config as demo\n\n"
+        "config = replace(demo, sampler='tiles', tile_size=96, epochs=1, minutes=None)\n"
+    )
+    train_main(["--config", str(config), "--fold", "-1", "--tiles", str(tiles), "--out", str(tmp_path / "runs")])
+    run = tmp_path / "runs" / "unet_r18_wsi"
+    checkpoint = json.loads((run / "fold-1" / "config.json").read_text())
+    assert checkpoint["pixel_size"] == pytest.approx(128 / 96)
     slide = demo_slides.parent / pd.read_csv(demo_slides)["slide"].iloc[0]
     out = tmp_path / "wsi"
     assert wsi_main(["--slide", str(slide), "--models", str(run), "--out", str(out), "--organ", "kidney",

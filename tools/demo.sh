@@ -18,7 +18,7 @@ stage "2/7 folds -> $DEMO/folds.csv"
 "$PY" -m data_prep.make_folds --train-csv "$DEMO/data/train.csv" --out "$DEMO/folds.csv" --n-folds 5 --seed 42
 
 stage "3/7 multi-scale tiles (1x1, 2x2, 3x3 at ${SIZE}px) + Laplacian pyramid blends -> $DEMO/tiles, look at them in $DEMO/preview.png"
-"$PY" -m data_prep.tiles --data-dir "$DEMO/data" --folds "$DEMO/folds.csv" --out "$DEMO/tiles" --size "$SIZE" --splits 1,2,3 --workers 2
+"$PY" -m data_prep.tiles --data-dir "$DEMO/data" --folds "$DEMO/folds.csv" --out "$DEMO/tiles" --size "$SIZE" --splits 1,2,3 --scaled 0.8 --workers 2
 "$PY" -m data_prep.lpb --tiles "$DEMO/tiles" --n-per-organ 8 --seed 0
 "$PY" -m data_prep.preview --tiles "$DEMO/tiles" --out "$DEMO/preview.png"
 

@@ -52,6 +52,7 @@ def export_torchscript(segmentor: nn.Module, tile_size: int, path: str | Path, b
     with torch.no_grad():
         traced = torch.jit.trace(eager, example, check_trace=False)
     torch.jit.save(traced, str(path))
+    path.with_name(path.name + ".torch_version").write_text(torch.__version__)  # checked by the kernel notebook
     loaded = torch.jit.load(str(path), map_location="cpu")
     # a different batch size than the trace: inference batches tiles
     check = torch.randn(batch_size, 3, tile_size, tile_size, generator=torch.Generator().manual_seed(0))

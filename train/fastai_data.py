@@ -1,12 +1,19 @@
 """Tile-index datasets and fastai DataLoaders for the binary UNet trainer.
 
-Train rows are the tiles of every fold but k (original tiles of the configured levels plus LPB blends);
-validation rows are fold k's original tiles at the level the full-image Dice uses, so the fastai
-valid_loss and the Dice look at the same tiles.
+Two samplers (FastaiConfig.sampler):
+- "crops" (the default recipe): random crops of the whole images resampled to cfg.pixel_size um/px
+  (tile-set rows with source "scaled", data_prep.tiles --scaled P), organ-balanced and partly centred on FTUs
+  (train.crops). Validation crops are a fixed set drawn the same way from fold k's images.
+- "tiles": the tile set's own tiles of every fold but k (original tiles of the configured levels plus LPB
+  blends); validation tiles are fold k's finest-split tiles.
+Either way the monitored Dice is measured on whole validation images by the submission path
+(train.validation.kernel_validation); the fastai valid_loss only watches over-fitting on tiles.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +23,17 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.distributed import DistributedDL
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from data_prep.augment import train_transforms, valid_transforms
+from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
 from data_prep.tiles import read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig
+from train.crops import CropSampler, CropSettings, ScaledImage, ftu_points
 from train.validation import validation_tiles
+
+VALID_CROPS_PER_IMAGE = 4
 
 MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
@@ -39,6 +50,8 @@ def split_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.Da
     folds = sorted(int(f) for f in index["fold"].unique())
     if fold != -1 and fold not in folds:
         raise ValueError(f"fold {fold} is not in the tile set (folds {folds}); use one of them or -1 for all")
+    if cfg.sampler == "crops":
+        return _scaled_rows(index, fold, cfg)
     original = index["source"] == "original"
     is_split = index["split"] > 0
     levels = pd.Series(True, index=index.index)
@@ -58,6 +71,95 @@ def split_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.Da
     return train, valid
 
 
+def _scaled_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole-image rows at cfg.pixel_size: (fold != k, fold == k)."""
+    scaled = index[index["source"] == "scaled"]
+    rows = scaled[np.isclose(scaled["tile_pixel_size"].astype(float), float(cfg.pixel_size), rtol=1e-4)]
+    if rows.empty:
+        present = sorted(scaled["tile_pixel_size"].astype(float).unique())
+        raise ValueError(
+            f"sampler 'crops' trains at pixel_size {cfg.pixel_size} um/px but the tile set has no whole images at "
+            f"that scale (it has {present or 'none'}); rebuild it with python -m data_prep.tiles ... "
+            f"--scaled {cfg.pixel_size:g}"
+        )
+    return rows[rows["fold"] != fold].reset_index(drop=True), rows[rows["fold"] == fold].reset_index(drop=True)
+
+
+def load_scaled_images(rows: pd.DataFrame, tiles_dir: Path, seed: int = 0) -> list[ScaledImage]:
+    """Read the whole-image rows into memory with their FTU points (train.crops)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for row in tqdm(list(rows.itertuples(index=False)), desc="load images", unit="img", leave=False):
+        mask = read_png(Path(tiles_dir) / row.mask_path, mask=True)
+        image = read_png(Path(tiles_dir) / row.image_path)
+        images.append(ScaledImage(str(row.image_id), str(row.organ), image, mask, ftu_points(mask, rng)))
+    return images
+
+
+def crop_settings(cfg: FastaiConfig) -> CropSettings:
+    """The crop sampler's settings of a config."""
+    return CropSettings(
+        size=cfg.tile_size,
+        ftu_share=cfg.ftu_share,
+        organ_balance=cfg.organ_balance,
+        scale_range=cfg.scale_range,
+        lowres_prob=cfg.lowres_prob,
+        lowres_range=cfg.lowres_range,
+    )
+
+
+def _sample(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    ftu = (mask > 0).astype(np.float32)[None]
+    return torch.from_numpy(normalise(image)), torch.from_numpy(ftu)
+
+
+class CropDataset(Dataset):
+    """n random crops (train.crops) per epoch, augmented; the item index is ignored.
+
+    Crops and augmentations draw from generators seeded with torch's worker seed (data_prep.augment.worker_seed),
+    which differs per DataLoader worker and per epoch, so workers never repeat each other and epochs never repeat.
+    """
+
+    def __init__(self, sampler: CropSampler, n: int, augment: str | None) -> None:
+        self.sampler, self.n = sampler, n
+        self.transform = train_transforms(augment) if augment else None
+        self._seed: int | None = None
+        self._rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def generator(self) -> np.random.Generator:
+        """This worker's generator, re-seeded with the augmentations when torch's worker seed changes."""
+        seed = worker_seed()
+        if seed != self._seed:
+            self._seed, self._rng = seed, np.random.default_rng(seed)
+            if self.transform is not None:
+                reseed(self.transform, seed)
+        return self._rng
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.sampler.sample(self.generator())
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return _sample(image, mask)
+
+
+class FixedCropDataset(Dataset):
+    """A fixed set of crops drawn once with a seed (validation: the same crops every epoch)."""
+
+    def __init__(self, sampler: CropSampler, per_image: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.items = [sampler.crop(image, rng) for image in sampler.images for _ in range(per_image)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _sample(*self.items[i])
+
+
 class TileDataset(Dataset):
     """(normalised image (3, S, S) float32, FTU mask (1, S, S) float32) per tile-index row."""
 
@@ -66,16 +168,17 @@ class TileDataset(Dataset):
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
         self.transform = train_transforms(augment) if augment else valid_transforms()
+        self._aug_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._aug_seed = reseed_for_worker(self.transform, self._aug_seed)
         image = resize_image(read_png(self.image_paths[i]), self.size, self.size)
         mask = resize_image(read_png(self.mask_paths[i], mask=True), self.size, self.size, nearest=True)
         out = self.transform(image=image, mask=mask)
-        ftu = (out["mask"] > 0).astype(np.float32)[None]
-        return torch.from_numpy(normalise(out["image"])), torch.from_numpy(ftu)
+        return _sample(out["image"], out["mask"])
 
 
 class SampledDataLoader(DataLoader):
@@ -84,10 +187,23 @@ class SampledDataLoader(DataLoader):
     fastai's own `n` keeps the first n items; short demo epochs must still see every tile over time.
     """
 
-    def get_idxs(self) -> list[int]:
-        if not self.shuffle or self.n >= len(self.dataset):
+    def get_idxs(self) -> Iterable[int]:
+        if not self.shuffle or self.n == len(self.dataset):
             return super().get_idxs()
-        return self.rng.sample(range(len(self.dataset)), self.n)
+        return itertools.islice(self._passes(), self.n)
+
+    def _passes(self) -> Iterator[int]:
+        """Shuffled passes over the tiles, lazily: a time-budget epoch asks for far more items than it uses."""
+        while True:
+            yield from self.rng.sample(range(len(self.dataset)), len(self.dataset))
+
+
+class CropDataLoader(DataLoader):
+    """A fastai DataLoader over a CropDataset: the indices are a lazy range (items are random anyway), so a long
+    time-budget epoch costs nothing up front."""
+
+    def get_idxs(self) -> range:
+        return range(self.n)
 
 
 class CPUDistributedDL(DistributedDL):
@@ -100,14 +216,35 @@ class CPUDistributedDL(DistributedDL):
 
 
 def make_dataloaders(
-    train: pd.DataFrame, valid: pd.DataFrame, tiles_dir: Path, cfg: FastaiConfig, device: torch.device
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    tiles_dir: Path,
+    cfg: FastaiConfig,
+    device: torch.device,
+    items_per_epoch: int | None = None,
 ) -> DataLoaders:
-    """fastai DataLoaders over the train tiles (augmented, shuffled) and the validation-level tiles."""
+    """fastai DataLoaders over the training samples (augmented) and the validation tiles or crops.
+
+    items_per_epoch overrides the epoch length (a time budget ends epochs by the clock instead).
+    """
+    common = dict(bs=cfg.bs, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", device=device)
+    if cfg.sampler == "crops":
+        settings = crop_settings(cfg)
+        sampler = CropSampler(load_scaled_images(train, tiles_dir, cfg.seed), settings)
+        n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(train) // cfg.bs)) * cfg.bs
+        train_dl = CropDataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
+        if len(valid):
+            valid_sampler = CropSampler(load_scaled_images(valid, tiles_dir, cfg.seed), settings)
+            valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed)
+        else:
+            valid_ds = []
+        return DataLoaders(train_dl, DataLoader(valid_ds, shuffle=False, **common), device=device)
     train_ds = TileDataset(train, tiles_dir, cfg.tile_size, cfg.augment)
     valid_rows = validation_tiles(valid, cfg.valid_split) if len(valid) else valid
     valid_ds = TileDataset(valid_rows, tiles_dir, cfg.tile_size, None)
     n = len(train_ds) if cfg.batches_per_epoch is None else min(len(train_ds), cfg.batches_per_epoch * cfg.bs)
-    common = dict(bs=cfg.bs, num_workers=cfg.num_workers, pin_memory=device.type == "cuda", device=device)
+    if items_per_epoch:
+        n = items_per_epoch
     train_dl = SampledDataLoader(train_ds, n=n, shuffle=True, drop_last=n >= 2 * cfg.bs, **common)
     valid_dl = DataLoader(valid_ds, shuffle=False, **common)
     return DataLoaders(train_dl, valid_dl, device=device)

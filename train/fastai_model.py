@@ -6,8 +6,10 @@ from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
+from fastai.callback.core import Callback
 from torch import nn
 
+from inference.predictor import smp_model
 from train.configs.fastai.base import FastaiConfig
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -26,7 +28,7 @@ def build_model(cfg: FastaiConfig, weights: bool = True) -> nn.Module:
     weights=False builds the architecture only (for reloading a checkpoint or building on the meta device).
     """
     named = cfg.encoder_weights if weights and not is_weights_file(cfg.encoder_weights) else None
-    model = smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=named, classes=1)
+    model = smp_model(cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named)
     if weights and is_weights_file(cfg.encoder_weights):
         load_encoder_weights(model.encoder, Path(str(cfg.encoder_weights)))
     return model
@@ -76,6 +78,24 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             f"(e.g. {missing[:3]}), {len(foreign)} extra inside its modules (e.g. {foreign[:3]}); "
             f"file keys look like {list(state)[:3]}"
         )
+
+
+class FreezeEncoderBN(Callback):
+    """Keep the encoder's BatchNorm layers in eval mode (pretrained running statistics) while training.
+
+    At 2-4 images per GPU, batch statistics are noise; the affine weights still train. Pairs with a
+    batch-independent decoder norm (decoder_norm="layernorm").
+    """
+
+    def before_train(self) -> None:
+        for module in self.learn.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and _in_encoder(self.learn.model, module):
+                module.eval()
+
+
+def _in_encoder(model: nn.Module, module: nn.Module) -> bool:
+    encoder = getattr(getattr(model, "module", model), "encoder", None)
+    return encoder is not None and any(m is module for m in encoder.modules())
 
 
 class SegmentationLoss(nn.Module):

@@ -1,16 +1,24 @@
 """fastai binary UNet trainer: one fold of one experiment config -> a self-describing checkpoint folder.
 
     python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
-        [--out outputs] [--epochs E] [--bs B] [--lr LR] [--encoder-weights imagenet|none|FILE]
+        [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--bs B] [--lr LR] [--seed S]
+        [--encoder-weights imagenet|none|FILE]
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
-Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by full-image Dice), config.json
+Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice), config.json
 (inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
 history.csv (one row per epoch) and oof/ (out-of-fold probabilities of the validation images: <id>.npy float16
 FTU probability, <id>_mask.png 0/255 truth at the same size, longest side <= oof_max_side, and index.csv with
-image_id, organ, data_source, img_height, img_width, height, width, prob_path, mask_path). While training,
-checkpoints/last.pth (model + optimizer) and checkpoints/state.json are saved every epoch, so re-running the
-same command after an interruption continues from the last finished epoch on the same LR schedule.
+image_id, organ, data_source, img_height, img_width, height, width, prob_path, mask_path).
+
+The validation Dice (checkpoint selection, metrics.json, OOF maps) is the submission path's: every epoch the
+model is wrapped in the inference Predictor with the config.json this run writes and run by
+train.validation.kernel_validation over fold k's original images (DATA/train_images, DATA from --data-dir or
+the tile set's tiles.json) with inference.predict's defaults, so it equals `inference.predict --split train` on
+those images. --minutes M gives training M minutes (validation not counted): each of the E epochs trains for
+M / E minutes and the LR schedule follows the clock. While training, checkpoints/last.pth (model + optimizer)
+and checkpoints/state.json are saved every epoch, so re-running the same command after an interruption
+continues from the last finished epoch on the same LR schedule.
 """
 
 from __future__ import annotations
@@ -20,35 +28,40 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback, CancelTrainException, CancelValidException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.training import GradientAccumulation
+from fastai.data.load import DataLoader
 from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
 from fastai.learner import Learner, Metric, Recorder
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib, set_seed
 
-from data_prep.tiles import load_index, read_png
+from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
-from inference.tiling import resize_image
+from inference.ensemble import Member
+from inference.predictor import Predictor
+from inference.score import format_report
+from inference.tables import load_train
 from train.configs.fastai.base import FastaiConfig, load_config
-from train.fastai_data import CPUDistributedDL, make_dataloaders, normalise, split_rows
-from train.fastai_model import SegmentationLoss, build_model
-from train.validation import FullImage, Predict, full_image_dice
+from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
+from train.fastai_model import FreezeEncoderBN, SegmentationLoss, build_model
+from train.validation import ValidationImage, kernel_validation, write_oof
 
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
+CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
 
 
 def training_device() -> torch.device:
@@ -69,27 +82,26 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
-def make_predict(model: torch.nn.Module, cfg: FastaiConfig, device: torch.device) -> Predict:
-    """uint8 tiles (N, H, W, 3) -> FTU probabilities (N, S, S) at the model input size S; model must be in eval()."""
-    amp = device.type == "cuda" and cfg.mixed_precision
+class Validation:
+    """fold k's original images, scored by the submission path with the model as it is now."""
 
-    def predict(batch: np.ndarray) -> np.ndarray:
-        tiles = np.stack([resize_image(im, cfg.tile_size, cfg.tile_size) for im in batch])
-        x = torch.from_numpy(normalise(tiles)).to(device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            logits = model(x)
-        return torch.sigmoid(logits[:, 0].float()).cpu().numpy()
+    def __init__(self, table: pd.DataFrame, image_dir: Path, config: CheckpointConfig, device: torch.device) -> None:
+        self.table, self.image_dir, self.config, self.device = table, image_dir, config, device
 
-    return predict
+    def __call__(
+        self, model: torch.nn.Module, on_image: Callable[[ValidationImage], None] | None = None, progress: bool = False
+    ) -> dict:
+        """kernel_validation of `model` (put in eval mode) as the checkpoint this run writes."""
+        name = f"{self.config.name}/fold{self.config.fold}"
+        predictor = Predictor(self.config, model.eval(), self.device, name=name)
+        return kernel_validation([Member(predictor)], self.table, self.image_dir, on_image=on_image, progress=progress)
 
 
-class FullImageDice(Metric):
-    """The monitored metric: full-image Dice of the validation fold (train.validation), once per validation."""
+class KernelDice(Metric):
+    """The monitored metric: Dice of the submission path on fold k's whole images, once per validation."""
 
-    def __init__(self, valid: pd.DataFrame, tiles_dir: Path, cfg: FastaiConfig, device: torch.device) -> None:
-        self.valid, self.tiles_dir, self.cfg, self.device = valid, tiles_dir, cfg, device
+    def __init__(self, validation: Validation) -> None:
+        self.validation = validation
         self.learn: Learner | None = None
         self.result: dict | None = None
 
@@ -97,20 +109,72 @@ class FullImageDice(Metric):
         self.result = None
 
     def accumulate(self, learn: Learner) -> None:
-        self.learn = learn  # the tiles are predicted again whole-image-wise in `value`, not batch by batch
+        self.learn = learn  # the whole images are predicted in `value`, not batch by batch
 
     @property
     def value(self) -> float | None:
         if self.result is None and self.learn is not None:
-            predict = make_predict(get_model(self.learn.model), self.cfg, self.device)
-            self.result = full_image_dice(
-                predict, self.valid, self.tiles_dir, self.cfg.threshold, self.cfg.valid_split, progress=False
-            )
+            self.result = self.validation(get_model(self.learn.model))
         return None if self.result is None else self.result["dice"]
 
     @property
     def name(self) -> str:
         return "dice"
+
+
+class TimeBudget(Callback):
+    """Training time budget: epoch e trains until (e + 1) / E of the budget is spent; validation is not counted.
+
+    The epoch's training ends with fastai's CancelTrainException; the Recorder would then drop the epoch's
+    train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train. The first
+    epoch's loader is effectively endless; later ones are sized from the previous epoch (for the progress bar),
+    and one that runs out before its share of time simply hands the rest to the next epoch.
+    """
+
+    order = Recorder.order + 1
+
+    def __init__(self, minutes: float, epochs: int, offset: int = 0, spent: float = 0.0) -> None:
+        self.budget, self.epochs, self.offset, self.spent = minutes * 60.0, epochs, offset, spent
+        self._last = time.perf_counter()
+
+    @property
+    def fraction(self) -> float:
+        """Share of the budget spent so far, in [0, 1]: the position on the LR schedule."""
+        return min(1.0, self.spent / self.budget)
+
+    def before_train(self) -> None:
+        self._last = time.perf_counter()
+        self._batches = 0
+
+    def after_batch(self) -> None:
+        if not self.training:
+            return
+        now = time.perf_counter()
+        self.spent += now - self._last
+        self._last = now
+        self._batches += 1
+        if self.spent >= self.budget * (self.epoch + self.offset + 1) / self.epochs:
+            raise CancelTrainException
+
+    def after_epoch(self) -> None:
+        """Size the next epoch's loader at twice this epoch's batches, so its progress bar shows a real total."""
+        loader = self.dls.train
+        if isinstance(loader, DataLoader) and not hasattr(loader, "dl") and self._batches:  # not DistributedDL
+            loader.n = 2 * self._batches * loader.bs
+
+    def after_cancel_train(self) -> None:
+        self.recorder.cancel_train = False
+
+
+class ClockScheduler(ParamScheduler):
+    """fastai's ParamScheduler positioned by the share of the time budget spent instead of the batch count."""
+
+    def __init__(self, scheds: dict, clock: TimeBudget) -> None:
+        super().__init__(scheds)
+        self.clock = clock
+
+    def before_batch(self) -> None:
+        self._update_val(self.clock.fraction)
 
 
 class EpochOffset(Callback):
@@ -130,15 +194,23 @@ class ResumeCheckpoint(Callback):
 
     order = SaveModelCallback.order + 1
 
-    def __init__(self, folder: Path, offset: int, record: dict, tracker: SaveModelCallback | None) -> None:
-        self.folder, self.offset, self.record, self.tracker = folder, offset, record, tracker
+    def __init__(
+        self,
+        folder: Path,
+        offset: int,
+        record: dict,
+        tracker: SaveModelCallback | None,
+        clock: TimeBudget | None = None,
+    ) -> None:
+        self.folder, self.offset, self.record, self.tracker, self.clock = folder, offset, record, tracker, clock
 
     def after_epoch(self) -> None:
         saved = self.learn.save("last_tmp", with_opt=True)
         if rank_distrib() == 0:
             os.replace(saved, self.folder / CHECKPOINTS / "last.pth")  # never leave a half-written last.pth
             best = None if self.tracker is None else float(self.tracker.best)
-            state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best)
+            spent = None if self.clock is None else self.clock.spent
+            state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best, seconds_trained=spent)
             _write_json(self.folder / CHECKPOINTS / STATE, state)
         distrib_barrier()  # other ranks may load best.pth next: wait until rank 0 has written it
 
@@ -188,48 +260,72 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_oof(image: FullImage, folder: Path, max_side: int) -> dict:
-    """Save one validation image's probability (float16 .npy) and truth (0/255 PNG) at <= max_side px."""
-    prob, truth = image.prob, image.truth.astype(np.uint8)
-    shrink = min(1.0, max_side / max(prob.shape))
-    if shrink < 1.0:
-        size = (max(1, round(prob.shape[1] * shrink)), max(1, round(prob.shape[0] * shrink)))
-        prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
-        truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
-    np.save(folder / f"{image.image_id}.npy", prob.astype(np.float16))
-    if not cv2.imwrite(str(folder / f"{image.image_id}_mask.png"), truth * 255):
-        raise OSError(f"cannot write {folder / f'{image.image_id}_mask.png'}")
-    return dict(
-        image_id=image.image_id,
-        organ=image.organ,
-        data_source=image.data_source,
-        img_height=image.img_height,
-        img_width=image.img_width,
-        height=prob.shape[0],
-        width=prob.shape[1],
-        prob_path=f"{image.image_id}.npy",
-        mask_path=f"{image.image_id}_mask.png",
-    )
-
-
-def _training_pixel_size(train: pd.DataFrame, tiles_dir: Path, tile_size: int) -> float:
-    """Median um/px of the training tiles as the model sees them (after resizing to tile_size)."""
+def training_pixel_size(cfg: FastaiConfig, train: pd.DataFrame, tiles_dir: Path) -> float:
+    """um/px of the model input: the crop sampler's pixel_size, else the median of the training tiles resized."""
+    if cfg.sampler == "crops":
+        return float(cfg.pixel_size)
     original = train[train["source"] == "original"]
     rows = original if len(original) else train
     side = read_png(Path(tiles_dir) / rows["image_path"].iloc[0]).shape[0]
-    return float(np.median(rows["tile_pixel_size"])) * side / tile_size
+    return float(np.median(rows["tile_pixel_size"])) * side / cfg.tile_size
 
 
-def inference_reduce_k(cfg: FastaiConfig, train: pd.DataFrame) -> float:
-    """k of the adaptive reduce rule: the config's, else the finest split trained on.
+def inference_reduce_k(cfg: FastaiConfig, train: pd.DataFrame, tiles_dir: Path) -> float:
+    """k of the adaptive reduce rule (--scale-mode reduce only), matched to the training scale.
 
-    reduce = ceil(side / (tile * k)) then shows inference images at about the scale of the finest split
-    tiles, the level full_image_dice validates on (on the demo, k=3 beat k=1 by +0.09 test Dice).
+    reduce = ceil(side / (tile * k)). Crops: k = the training images' median working side / tile, so reduce is
+    about image um/px -> training um/px. Tiles: the finest split trained on (on the demo, k=3 beat k=1).
     """
     if cfg.reduce_k is not None:
         return float(cfg.reduce_k)
+    if cfg.sampler == "crops":
+        sample = train.drop_duplicates("image_id").head(20)
+        sides = [max(read_png(Path(tiles_dir) / p, mask=True).shape) for p in sample["mask_path"]]
+        return float(np.median(sides)) / cfg.tile_size
     splits = train.loc[(train["source"] == "original") & (train["split"] > 0), "split"]
     return float(splits.max()) if len(splits) else 1.0
+
+
+def checkpoint_config(
+    cfg: FastaiConfig, name: str, fold: int, train_rows: pd.DataFrame, tiles_dir: Path
+) -> CheckpointConfig:
+    """The config.json of this run: everything inference needs to predict the way validation did."""
+    return CheckpointConfig(
+        name=name,
+        fold=fold,
+        framework="smp",
+        task="binary",
+        classes=["ftu"],
+        tile_size=cfg.tile_size,
+        weights="model.pth",
+        arch=cfg.arch,
+        encoder=cfg.encoder,
+        decoder_norm=cfg.decoder_norm,
+        overlap=cfg.overlap,
+        reduce=cfg.reduce,
+        reduce_k=inference_reduce_k(cfg, train_rows, tiles_dir),
+        pixel_size=training_pixel_size(cfg, train_rows, tiles_dir),
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        threshold=cfg.threshold,
+        train=dict(cfg.to_dict(), tiles=str(tiles_dir), trainer="train.fastai_unet"),
+    )
+
+
+def validation_table(data_dir: Path | None, valid_rows: pd.DataFrame, tiles_dir: Path) -> tuple[pd.DataFrame, Path]:
+    """train.csv rows of the validation images and their image folder; errors say which folder to pass."""
+    if data_dir is None:
+        raise FileNotFoundError(
+            f"validation predicts the original images, but {Path(tiles_dir) / 'tiles.json'} records no data folder; "
+            "pass --data-dir DATA (the folder with train.csv and train_images/)"
+        )
+    train = load_train(Path(data_dir) / "train.csv")
+    ids = set(valid_rows["image_id"].astype(int))
+    table = train[train["id"].astype(int).isin(ids)].reset_index(drop=True)
+    missing = sorted(ids - set(table["id"].astype(int)))
+    if missing:
+        raise ValueError(f"validation image(s) {missing[:5]} of the tile set are not in {data_dir}/train.csv")
+    return table, Path(data_dir) / "train_images"
 
 
 def _check_resume(state: dict, record: dict, folder: Path) -> None:
@@ -248,7 +344,14 @@ def _trim_history(path: Path, epochs_done: int) -> None:
         history[history["epoch"] < epochs_done].to_csv(path, index=False)
 
 
-def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Path = Path("outputs")) -> dict:
+def train(
+    cfg: FastaiConfig,
+    name: str,
+    fold: int,
+    tiles_dir: Path,
+    out_root: Path = Path("outputs"),
+    data_dir: Path | None = None,
+) -> dict:
     """Train (or resume, or skip when finished) one fold and write its checkpoint folder; return metrics."""
     tiles_dir = Path(tiles_dir)
     folder = Path(out_root) / name / f"fold{fold}"
@@ -263,6 +366,12 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
     set_seed(cfg.seed + rank_distrib())
     index = load_index(tiles_dir)
     train_rows, valid_rows = split_rows(index, fold, cfg)
+    validating = fold != -1
+    config = checkpoint_config(cfg, name, fold, train_rows, tiles_dir)
+    validation = None
+    if validating:
+        table, image_dir = validation_table(data_dir or source_data_dir(tiles_dir), valid_rows, tiles_dir)
+        validation = Validation(table, image_dir, config, device)
     record = {"config": cfg.to_dict(), "name": name, "fold": fold, "tiles": str(tiles_dir.resolve())}
 
     (folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
@@ -272,12 +381,13 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
         _check_resume(state, record, folder)
     start = 0 if state is None else int(state["epochs_done"])
 
-    dls = make_dataloaders(train_rows, valid_rows, tiles_dir, cfg, device)
+    clock = None
+    if cfg.minutes is not None:
+        clock = TimeBudget(cfg.minutes, cfg.epochs, start, float((state or {}).get("seconds_trained") or 0.0))
+    dls = make_dataloaders(train_rows, valid_rows, tiles_dir, cfg, device, CLOCK_ITEMS if clock else None)
     if distributed and device.type != "cuda":
         dls.loaders = [CPUDistributedDL(dl) for dl in dls.loaders]
     model = build_model(cfg, weights=start == 0).to(device)
-    validating = fold != -1
-    metrics = [FullImageDice(valid_rows, tiles_dir, cfg, device)] if validating else []
     learn = Learner(
         dls,
         model,
@@ -285,7 +395,7 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
         opt_func=Adam,
         lr=cfg.lr,
         wd=cfg.wd,
-        metrics=metrics,
+        metrics=[KernelDice(validation)] if validation else [],
         path=folder,
         model_dir=CHECKPOINTS,
     )
@@ -296,6 +406,8 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
         learn.add_cb(MixedPrecision())
     if cfg.channels_last:
         learn.add_cb(ChannelsLast())
+    if cfg.freeze_encoder_bn:
+        learn.add_cb(FreezeEncoderBN())
 
     tracker = None
     if validating:
@@ -308,12 +420,18 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
             f"resuming {name} fold {fold} after epoch {start} of {cfg.epochs} (best Dice so far {tracker and tracker.best})"
         )
     if start < cfg.epochs:
+        if clock is None:
+            scheduler = ParamScheduler(schedule(cfg, learn.moms, start))
+        else:  # the clock's fraction already counts the time trained before an interruption
+            scheduler = ClockScheduler(schedule(cfg, learn.moms), clock)
         cbs = [
-            ParamScheduler(schedule(cfg, learn.moms, start)),
+            scheduler,
             AppendingCSVLogger("history.csv", append=start > 0),
             EpochOffset(start),
-            ResumeCheckpoint(folder, start, record, tracker),
+            ResumeCheckpoint(folder, start, record, tracker, clock),
         ]
+        if clock is not None:
+            cbs.append(clock)
         if tracker is not None:
             cbs.append(tracker)
         if cfg.grad_accum > 1:
@@ -324,7 +442,8 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
         learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
     result = {}
     if rank_distrib() == 0:  # the other ranks wait: one process evaluates and writes the folder
-        result = _write_outputs(learn, cfg, name, fold, folder, tiles_dir, train_rows, valid_rows, device)
+        seconds = None if clock is None else round(clock.spent, 1)
+        result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds)
     distrib_barrier()
     if distributed:
         torch.distributed.destroy_process_group()
@@ -334,65 +453,44 @@ def train(cfg: FastaiConfig, name: str, fold: int, tiles_dir: Path, out_root: Pa
 def _write_outputs(
     learn: Learner,
     cfg: FastaiConfig,
-    name: str,
-    fold: int,
+    config: CheckpointConfig,
     folder: Path,
-    tiles_dir: Path,
-    train_rows: pd.DataFrame,
-    valid_rows: pd.DataFrame,
-    device: torch.device,
+    validation: Validation | None,
+    n_train: int,
+    seconds_trained: float | None,
 ) -> dict:
     """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
     model = get_model(learn.model).eval()
     state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch.save(state_dict, folder / "model.pth")
-    CheckpointConfig(
-        name=name,
-        fold=fold,
-        framework="smp",
-        task="binary",
-        classes=["ftu"],
-        tile_size=cfg.tile_size,
-        weights="model.pth",
-        arch=cfg.arch,
-        encoder=cfg.encoder,
-        overlap=cfg.overlap,
-        reduce=cfg.reduce,
-        reduce_k=inference_reduce_k(cfg, train_rows),
-        pixel_size=_training_pixel_size(train_rows, tiles_dir, cfg.tile_size),
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
-        threshold=cfg.threshold,
-        train=dict(cfg.to_dict(), tiles=str(tiles_dir), trainer="train.fastai_unet"),
-    ).save(folder)
+    config.save(folder)
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
-    metrics: dict = {"dice": None, "epochs": cfg.epochs, "n_train_tiles": len(train_rows)}
-    if fold == -1:
+    metrics: dict = {
+        "dice": None,
+        "epochs": cfg.epochs,
+        "n_train_rows": n_train,
+        "seconds_trained": seconds_trained,
+        "steps": int(getattr(learn, "train_iter", 0)),  # optimizer steps of the last (possibly resumed) fit
+    }
+    if validation is None:
         metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
-        print(f"{name} fold -1: trained on all folds, saved {folder}")
+        print(f"{config.name} fold -1: trained on all folds, saved {folder}")
     else:
         oof = folder / "oof"
         oof.mkdir(exist_ok=True)
         rows: list[dict] = []
         start = time.time()
-        result = full_image_dice(
-            make_predict(model, cfg, device),
-            valid_rows,
-            tiles_dir,
-            cfg.threshold,
-            cfg.valid_split,
-            on_image=lambda image: rows.append(write_oof(image, oof, cfg.oof_max_side)),
-        )
+        result = validation(model, on_image=lambda image: rows.append(write_oof(image, oof, cfg.oof_max_side)), progress=True)
         pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
         best_epoch = int(history.loc[history["dice"].idxmax(), "epoch"]) if "dice" in history and len(history) else None
         metrics.update(result, best_epoch=best_epoch, valid_seconds=round(time.time() - start, 1))
         print(
-            f"{name} fold {fold}: full-image validation Dice {result['dice']:.4f} over {result['n']} images "
-            f"(best epoch {best_epoch}; an empty prediction scores 0.0000) -> {folder}"
+            f"{config.name} fold {config.fold}: validation Dice of the submission path (best epoch {best_epoch}; "
+            f"an empty prediction scores 0.0000) -> {folder}\n{format_report(result)}"
         )
     _write_json(folder / "metrics.json", metrics)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-    return metrics
+    return json.loads(json.dumps(metrics))  # as a re-run reads it back (image ids become strings)
 
 
 def _weights_arg(text: str) -> str | None:
@@ -405,18 +503,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, required=True, help="validation fold k; -1 trains on all folds")
     parser.add_argument("--tiles", type=Path, required=True, help="tile set folder (data_prep.tiles)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="runs go to OUT/<config-stem>/fold<k>")
+    parser.add_argument(
+        "--data-dir", type=Path, help="competition data folder for validation (default: the tile set's, tiles.json)"
+    )
+    parser.add_argument("--minutes", type=float, help="training time budget in minutes (LR schedule follows the clock)")
     parser.add_argument("--epochs", type=int, help="override config epochs")
     parser.add_argument("--bs", type=int, help="override config batch size (per process)")
     parser.add_argument("--lr", type=float, help="override config peak learning rate")
+    parser.add_argument("--seed", type=int, help="override config seed")
     parser.add_argument(
         "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
     )
     args = parser.parse_args(argv)
     name, cfg = load_config(args.config)
-    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr)
+    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes)
     if args.encoder_weights != "keep":
         cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
-    train(cfg, name, args.fold, args.tiles, args.out)
+    train(cfg, name, args.fold, args.tiles, args.out, args.data_dir)
 
 
 if __name__ == "__main__":

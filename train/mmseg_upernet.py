@@ -1,20 +1,22 @@
 """Train an mmseg UperNet-ConvNeXt multiclass model (background + 5 organs) on one fold of a tile set.
 
     python -m train.mmseg_upernet --config train/configs/mmseg/upernet_convnext-b_768.py --fold 0 --tiles TILES
-        [--work-dir outputs] [--resume] [--overwrite] [--cfg-options KEY=VALUE ...]
+        [--data-dir DATA] [--minutes M] [--work-dir outputs] [--resume] [--overwrite] [--cfg-options KEY=VALUE ...]
     torchrun --nproc-per-node 4 -m train.mmseg_upernet --launcher pytorch --config CFG --fold 0 --tiles TILES
 
-Train rows are the tiles with fold != k (LPB blends included), validation rows fold == k and source "original";
---fold -1 trains on everything without validation. mmengine's Runner validates every val_interval iterations with
-mIoU (mmseg's IoUMetric) and full-image Dice (train.validation.full_image_dice on the probability of each image's
-majority class, the inference engine's multiclass rule) and keeps the best checkpoint by Dice. Writes
+Train rows are the tiles with fold != k (LPB blends included); the validation images are those of the fold == k
+original tiles, read whole from DATA (default: the competition folder TILES/tiles.json records). --fold -1 trains on
+everything without validation. mmengine's Runner validates every val_interval iterations with KernelValLoop
+(train.mmseg_ext.dice): the live model, wrapped as its TorchScript export is, predicts each whole validation image
+through the inference engine at the scale config.json will make the kernel use, and the best checkpoint is kept by
+that Dice. --minutes M fits the run into M minutes of training (train.mmseg_ext.time_budget). Writes
 outputs/<config-stem>/fold<k>/:
     model.ts         TorchScript (normalised float NCHW at tile size -> 6 logits), all the Kaggle kernel needs
-    config.json      inference.checkpoint.CheckpointConfig (framework "torchscript", task "multiclass")
-    mmseg_config.py  the resolved mmseg config
+    config.json      inference.checkpoint.CheckpointConfig (framework "torchscript", task "multiclass", pixel_size)
+    mmseg_config.py  the resolved mmseg config, with the iterations and schedule actually trained
     best.pth         the best weights as an mmengine checkpoint (state_dict + meta)
-    metrics.json     dice (majority class, as inference), dice_foreground (1 - p(background), organ-blind), mIoU,
-                     aAcc (fractions), per organ and per image Dice, iteration of the best checkpoint
+    metrics.json     kernel validation of best.pth: dice, per organ, per data source, per image; iteration
+    oof/             the kernel's FTU probability of each validation image (inference.predict --save-probs format)
     work/            mmengine's logs and latest checkpoint (for --resume)
 A finished folder (metrics.json present) is skipped; an unfinished one needs --resume or --overwrite.
 """
@@ -25,24 +27,32 @@ import argparse
 import json
 import re
 import shutil
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dist import barrier, is_main_process
+from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint, get_state_dict, weights_to_cpu
 
-from data_prep.tiles import load_index, read_png
+from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import CheckpointConfig
 from inference.organs import CLASSES
+from inference.score import format_report
 from train.export import export_torchscript
 from train.mmseg_ext.checkpoint import trust_checkpoints_in
 from train.mmseg_ext.dataset import fold_rows
-from train.mmseg_ext.dice import segmentor_dice
+from train.mmseg_ext.dice import kernel_dice
+from train.mmseg_ext.time_budget import scaled_schedulers
+from train.validation import write_oof
 
 ARTIFACTS = ("model.ts", "config.json", "mmseg_config.py", "best.pth", "metrics.json")
+OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, type=Path, help="mmseg config under train/configs/mmseg/")
     parser.add_argument("--fold", required=True, type=int, help="validation fold; -1 trains on all folds")
     parser.add_argument("--tiles", required=True, type=Path, help="tile set folder with index.csv")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="competition folder (train.csv, train_images/) the validation images are read from; "
+        "default: the one TILES/tiles.json records",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="train for this many minutes: max_iters, LR schedule and intervals are fitted to the time",
+    )
     parser.add_argument("--work-dir", default=Path("outputs"), type=Path, help="checkpoint root (default outputs)")
     parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete the run folder and train from scratch")
@@ -91,7 +114,7 @@ def check_config(cfg: Config, config: Path) -> None:
             )
 
 
-def check_tiles(cfg: Config, tiles: Path, train_rows) -> None:
+def check_tiles(cfg: Config, tiles: Path, train_rows: pd.DataFrame) -> None:
     """The tile set's tiles must have the config's tile_size."""
     first = read_png(tiles / train_rows["image_path"].iloc[0])
     if first.shape[:2] != (cfg.tile_size, cfg.tile_size):
@@ -101,21 +124,43 @@ def check_tiles(cfg: Config, tiles: Path, train_rows) -> None:
         )
 
 
-def prepare_config(cfg: Config, tiles: Path, fold: int, run_dir: Path, resume: bool, launcher: str) -> Config:
-    """Inject the fold's split, the work folder and the launcher into a loaded config."""
-    cfg.work_dir = str(run_dir / "work")
-    cfg.launcher = launcher
-    cfg.resume = resume
-    cfg.load_from = None
-    fit_schedule(cfg)
-    cfg.train_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
-    if fold == -1:  # nothing held out: no validation, the last checkpoint is the result
-        cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
-        cfg.default_hooks.checkpoint.update(save_best=None, rule=None)
-        cfg.custom_hooks = [h for h in cfg.get("custom_hooks", []) if h.type != "FullImageDiceHook"]
+def resolve_data_dir(data_dir: Path | None, tiles: Path) -> Path:
+    """--data-dir, else the competition folder the tile set was cut from; it must hold train.csv."""
+    data_dir = data_dir if data_dir is not None else source_data_dir(tiles)
+    if data_dir is None:
+        raise ValueError(
+            f"{tiles}/tiles.json records no source folder: pass --data-dir (the competition folder with train.csv "
+            "and train_images/) to validate on whole images"
+        )
+    if not (Path(data_dir) / "train.csv").is_file():
+        raise FileNotFoundError(
+            f"{Path(data_dir) / 'train.csv'} not found: validation reads whole images from the competition folder; "
+            "pass --data-dir DATA"
+        )
+    return Path(data_dir)
+
+
+def inference_scale(cfg: Config, train_rows: pd.DataFrame) -> tuple[float, float]:
+    """(reduce_k, pixel_size): the scale the kernel predicts at, from the config and the training tiles.
+
+    reduce_k is the config's inference.reduce_k, else the finest split trained on (the same rule as the fastai
+    trainer: the model sees that scale most, 9 of 14 tiles per image with splits 1,2,3). pixel_size is the median
+    um/px of the original training tiles at the split nearest reduce_k, so both scale modes of the inference engine
+    (reduce, pixel-size) show test images at about the scale of those tiles. Reduce-only tile sets: their finest
+    reduce.
+    """
+    original = train_rows[train_rows["source"] == "original"]
+    rows = original if len(original) else train_rows
+    splits = sorted(int(s) for s in rows.loc[rows["split"] > 0, "split"].unique())
+    reduce_k = cfg.inference.get("reduce_k")
+    if splits:
+        reduce_k = float(max(splits)) if reduce_k is None else float(reduce_k)
+        level = min(splits, key=lambda s: abs(s - reduce_k))
+        level_rows = rows[rows["split"] == level]
     else:
-        cfg.val_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
-    return cfg
+        reduce_k = 1.0 if reduce_k is None else float(reduce_k)
+        level_rows = rows[rows["reduce"] == rows["reduce"].min()]
+    return reduce_k, float(np.median(level_rows["tile_pixel_size"]))
 
 
 def fit_schedule(cfg: Config) -> None:
@@ -127,26 +172,59 @@ def fit_schedule(cfg: Config) -> None:
     last = max(int(s.end) for s in cfg.param_scheduler)
     if last == max_iters:
         return
-    for s in cfg.param_scheduler:
-        s.begin = round(s.begin * max_iters / last)
-        s.end = max(s.begin + 1, round(s.end * max_iters / last))
+    cfg.param_scheduler = scaled_schedulers(cfg.param_scheduler, last, max_iters)
     print(f"param_scheduler rescaled from {last} to {max_iters} iterations")
+
+
+def prepare_config(
+    cfg: Config,
+    tiles: Path,
+    fold: int,
+    run_dir: Path,
+    resume: bool,
+    launcher: str,
+    checkpoint: CheckpointConfig | None = None,
+    data_dir: Path | None = None,
+    minutes: float | None = None,
+) -> Config:
+    """Inject the fold's split, validation, time budget, work folder and launcher into a loaded config."""
+    cfg.work_dir = str(run_dir / "work")
+    cfg.launcher = launcher
+    cfg.resume = resume
+    cfg.load_from = None
+    fit_schedule(cfg)
+    cfg.train_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
+    if fold == -1:  # nothing held out: no validation, the last checkpoint is the result
+        cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
+        cfg.default_hooks.checkpoint.update(save_best=None, rule=None)
+    else:
+        cfg.val_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
+        # the kernel's CheckpointConfig without the training record (that is the config being prepared)
+        cfg.val_cfg.update(data_dir=str(data_dir), checkpoint=asdict(replace(checkpoint, train={})))
+    hooks = [h for h in cfg.get("custom_hooks", []) if h.type != "TimeBudgetHook"]
+    if minutes is not None:
+        hooks.append(dict(type="TimeBudgetHook", minutes=float(minutes)))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+def record_trained_schedule(cfg: Config, runner: Runner) -> None:
+    """Write the iterations, schedule and intervals the run actually used into cfg (a time budget changes them)."""
+    max_iters = int(runner.train_loop.max_iters)
+    nominal = int(cfg.train_cfg.max_iters)
+    if max_iters == nominal:
+        return
+    cfg.param_scheduler = scaled_schedulers(cfg.param_scheduler, nominal, max_iters)
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = int(runner.train_loop.val_interval)
+    checkpoint = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+    if checkpoint is not None:
+        cfg.default_hooks.checkpoint.interval = int(checkpoint.interval)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The segmentor inside a (distributed) model wrapper."""
     return model.module if is_model_wrapper(model) else model
-
-
-def evaluate(runner: Runner) -> dict:
-    """mIoU and aAcc of runner.model on the validation loader, without firing hooks (all ranks take part)."""
-    loop = runner.val_loop
-    runner.model.eval()
-    with torch.no_grad():
-        for batch in loop.dataloader:
-            loop.evaluator.process(data_samples=runner.model.val_step(batch), data_batch=batch)
-    metrics = loop.evaluator.evaluate(len(loop.dataloader.dataset))
-    return {key: float(metrics[key]) / 100.0 for key in ("mIoU", "aAcc")}  # mmseg reports percentages
 
 
 def iteration_of(checkpoint: str) -> int:
@@ -170,7 +248,7 @@ def json_safe(value):
     return repr(value)
 
 
-def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float) -> CheckpointConfig:
+def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float, reduce_k: float) -> CheckpointConfig:
     """The config.json of an exported mmseg run: TorchScript, 6 classes, mean/std on the 0-1 scale."""
     preprocessor = cfg.model.data_preprocessor
     backbone = cfg.model.backbone
@@ -186,8 +264,8 @@ def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float) -> C
         encoder=f"{backbone.type}({json.dumps(json_safe(backbone.arch))})",
         overlap=float(cfg.inference.overlap),
         reduce=cfg.inference.reduce,
-        reduce_k=float(cfg.inference.reduce_k),
-        pixel_size=pixel_size,
+        reduce_k=float(reduce_k),
+        pixel_size=float(pixel_size),
         mean=[m / 255.0 for m in preprocessor.mean],
         std=[s / 255.0 for s in preprocessor.std],
         threshold=float(cfg.inference.threshold),
@@ -195,33 +273,43 @@ def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float) -> C
     )
 
 
-def finish(runner: Runner, cfg: Config, run_dir: Path, name: str, fold: int, tiles: Path, pixel_size: float) -> dict:
-    """Load the best checkpoint, measure it, and write the checkpoint folder (main process writes)."""
+def finish(runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointConfig, train_seconds: float) -> dict:
+    """Load the best checkpoint, validate it like the kernel (OOF maps), and write the checkpoint folder."""
+    fold = checkpoint.fold
     barrier()  # rank 0 writes the checkpoints: the last one must be on disk before other ranks look for it
-    if fold == -1:
-        best = find_latest_checkpoint(cfg.work_dir)
-    else:
-        best = runner.message_hub.get_info("best_ckpt")
+    best = find_latest_checkpoint(cfg.work_dir) if fold == -1 else runner.message_hub.get_info("best_ckpt")
     if best is None:
         raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first validation?")
     runner.load_checkpoint(best)
-    metrics = {"dice": None, "dice_foreground": None, "mIoU": None, "aAcc": None, "per_organ": {}, "per_image": {}}
-    if fold != -1:
-        metrics.update(evaluate(runner))
+    record_trained_schedule(cfg, runner)
+    checkpoint = replace(checkpoint, train=json_safe(cfg.to_dict()))
+    metrics: dict = {"dice": None, "seconds_trained": round(train_seconds, 1)}
     segmentor = unwrap(runner.model)
     if is_main_process():
         if fold != -1:
-            rows = runner.val_dataloader.dataset.rows
-            dice = segmentor_dice(segmentor, rows, tiles)
-            foreground = segmentor_dice(segmentor, rows, tiles, rule="foreground")
-            metrics.update(dice=dice["dice"], per_organ=dice["per_organ"], per_image=dice["per_image"])
-            metrics.update(dice_foreground=foreground["dice"], per_organ_foreground=foreground["per_organ"])
-        metrics.update(iter=iteration_of(best), fold=fold, checkpoint=Path(best).name)
+            oof, rows = run_dir / "oof", []
+            oof.mkdir(exist_ok=True)
+            loop = runner.val_loop
+            result = kernel_dice(
+                segmentor,
+                checkpoint,
+                loop.rows,
+                loop.image_dir,
+                on_image=lambda image: rows.append(write_oof(image, oof, OOF_MAX_SIDE)),
+            )
+            pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+            metrics.update(result)
+        metrics.update(
+            iter=iteration_of(best),
+            trained_iters=int(runner.iter),
+            fold=fold,
+            checkpoint=Path(best).name,
+        )
         export_torchscript(segmentor, int(cfg.tile_size), run_dir / "model.ts")
-        meta = dict(iter=metrics["iter"], fold=fold, config=name, dataset_meta=dict(classes=list(CLASSES)))
+        meta = dict(iter=metrics["iter"], fold=fold, config=checkpoint.name, dataset_meta=dict(classes=list(CLASSES)))
         torch.save({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(segmentor))}, run_dir / "best.pth")
         cfg.dump(str(run_dir / "mmseg_config.py"))
-        checkpoint_config(cfg, name, fold, pixel_size).save(run_dir)
+        checkpoint.save(run_dir)
         # metrics.json last: its presence marks a finished folder
         (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     barrier()
@@ -229,12 +317,13 @@ def finish(runner: Runner, cfg: Config, run_dir: Path, name: str, fold: int, til
 
 
 def summary(name: str, fold: int, metrics: dict, run_dir: Path) -> str:
-    """One line for the log: validation Dice (the competition metric) and mIoU."""
+    """The validation Dice (the competition metric) overall, per organ and per data source."""
     if metrics["dice"] is None:
-        return f"{name} fold {fold}: trained on all folds (no validation) -> {run_dir}"
+        iters = metrics.get("trained_iters")
+        return f"{name} fold {fold}: trained on all folds (no validation), {iters} iterations -> {run_dir}"
     return (
-        f"{name} fold {fold}: validation Dice {metrics['dice']:.4f}, mIoU {metrics['mIoU']:.4f} "
-        f"(iteration {metrics['iter']}) -> {run_dir}"
+        f"{name} fold {fold}: validation Dice of the submission path (iteration {metrics['iter']}) -> {run_dir}\n"
+        + format_report(metrics)
     )
 
 
@@ -264,13 +353,16 @@ def train(args: argparse.Namespace) -> dict:
     index = load_index(args.tiles)
     train_rows = fold_rows(index, args.fold, "train")
     check_tiles(cfg, args.tiles, train_rows)
-    pixel_size = float(np.median(train_rows["tile_pixel_size"]))
-    prepare_config(cfg, args.tiles, args.fold, run_dir, args.resume, args.launcher)
+    data_dir = None if args.fold == -1 else resolve_data_dir(args.data_dir, args.tiles)
+    reduce_k, pixel_size = inference_scale(cfg, train_rows)
+    checkpoint = checkpoint_config(cfg, name, args.fold, pixel_size, reduce_k)
+    prepare_config(cfg, args.tiles, args.fold, run_dir, args.resume, args.launcher, checkpoint, data_dir, args.minutes)
     trust_checkpoints_in(cfg.work_dir)  # resume and best-checkpoint loading of this run's own files
 
     runner = Runner.from_cfg(cfg)
+    start = time.perf_counter()
     runner.train()
-    metrics = finish(runner, cfg, run_dir, name, args.fold, args.tiles, pixel_size)
+    metrics = finish(runner, cfg, run_dir, checkpoint, time.perf_counter() - start)
     if is_main_process():
         print(summary(name, args.fold, metrics, run_dir), flush=True)
     return metrics

@@ -1,5 +1,5 @@
-"""Our additions to mmseg's registries (dataset, pipeline steps, Dice hook); configs load them via custom_imports."""
+"""Our additions to mmseg's registries (dataset, pipeline steps, validation loop, hooks), loaded by custom_imports."""
 
-from train.mmseg_ext import dataset, dice, transforms
+from train.mmseg_ext import dataset, dice, time_budget, transforms
 
-__all__ = ["dataset", "dice", "transforms"]
+__all__ = ["dataset", "dice", "time_budget", "transforms"]

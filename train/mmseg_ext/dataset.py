@@ -17,9 +17,14 @@ PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200
 
 
 def fold_rows(index: pd.DataFrame, fold: int, subset: str) -> pd.DataFrame:
-    """Rows of one fold's subset: train = fold != k (all sources), val = fold == k and source original; fold -1 = all."""
+    """Rows of one fold's subset: train = fold != k (tiles and LPB blends), val = fold == k and source original.
+
+    fold -1 trains on every fold. Whole images at a pixel size (source "scaled", for the fastai crop sampler) are
+    not tiles of the tile size, so they are left out.
+    """
     if subset not in SUBSETS:
         raise ValueError(f"subset {subset!r} not in {SUBSETS}")
+    index = index[index["source"] != "scaled"]
     if subset == "train":
         rows = index if fold == -1 else index[index["fold"] != fold]
     elif fold == -1:

@@ -1,87 +1,118 @@
-"""Full-image validation Dice for mmseg runs, through the same `train.validation.full_image_dice` as the fastai trainer."""
+"""Validate an mmseg run the way the Kaggle kernel predicts: whole validation images through the inference engine.
+
+KernelValLoop replaces mmseg's ValLoop. mmseg's loop predicts the validation tiles and scores mIoU on them; the
+kernel never sees tiles: it resamples each whole image to the checkpoint's scale (config.json), slides over it,
+blends, picks the majority class and thresholds. So the loop wraps the live segmentor as the module the TorchScript
+export traces (train.export.SegmentorLogits), puts it in an inference.predictor.Predictor with the CheckpointConfig
+the run will write, and scores it with train.validation.kernel_validation. The tiles are not predicted at all.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
 from mmengine.model import is_model_wrapper
-from mmseg.registry import HOOKS
+from mmengine.runner import BaseLoop
+from mmseg.registry import LOOPS
 from torch import nn
 
-from inference.ensemble import majority_class
+from inference.checkpoint import CheckpointConfig
+from inference.ensemble import Member
+from inference.predictor import Predictor
+from inference.tables import load_train
 from train.export import SegmentorLogits
-from train.validation import full_image_dice
-
-RULES = ("majority", "foreground")
+from train.validation import ValidationImage, kernel_validation
 
 
-def ftu_predictor(
-    segmentor: nn.Module, batch_size: int = 8, rule: str = "majority"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """A `predict` for full_image_dice: uint8 (N,H,W,3) RGB tiles of one image -> FTU probability (N,H,W).
-
-    rule "majority", as the inference engine (inference.ensemble): the softmax probability of the image's majority
-    class, the non-background class covering most argmax pixels over all its tiles. rule "foreground":
-    1 - p(background), blind to the organ class, to tell segmentation errors from organ-class errors.
-    """
-    if rule not in RULES:
-        raise ValueError(f"rule {rule!r} not in {RULES}")
-    logits_model = SegmentorLogits(segmentor).eval()
-    preprocessor = segmentor.data_preprocessor  # mean/std on the 0-255 scale, RGB order (bgr_to_rgb=False)
-    mean, std = preprocessor.mean, preprocessor.std
-    device = mean.device
-
-    @torch.no_grad()
-    def predict(images: np.ndarray) -> np.ndarray:
-        probs = []
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float()
-            probs.append(logits_model((x - mean) / std).softmax(dim=1).cpu().numpy())
-        tiles = np.concatenate(probs)
-        if rule == "foreground":
-            return 1.0 - tiles[:, 0]
-        return tiles[:, majority_class(list(tiles), [1.0] * len(tiles))]
-
-    return predict
+def segmentor_predictor(segmentor: nn.Module, config: CheckpointConfig, batch_size: int = 4) -> Predictor:
+    """The live segmentor as the inference engine sees its export: a logits module inside a Predictor."""
+    device = next(segmentor.parameters()).device
+    return Predictor(config, SegmentorLogits(segmentor).eval(), device, batch_size=batch_size)
 
 
-def segmentor_dice(
-    segmentor: nn.Module, valid_index: pd.DataFrame, tiles_dir: Path, batch_size: int = 8, rule: str = "majority"
+def validation_rows(data_dir: Path, image_ids: list[str]) -> pd.DataFrame:
+    """train.csv rows of the validation images, in the given order; names the images missing from train.csv."""
+    table = load_train(Path(data_dir) / "train.csv")
+    table = table.assign(id=table["id"].astype(str)).set_index("id", drop=False)
+    missing = sorted(set(image_ids) - set(table.index))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} validation image(s) of the tile set are not in {Path(data_dir) / 'train.csv'} "
+            f"(first: {missing[:3]}): --data-dir must be the competition folder the tiles were cut from"
+        )
+    return table.loc[image_ids].reset_index(drop=True)
+
+
+def kernel_dice(
+    segmentor: nn.Module,
+    config: CheckpointConfig,
+    rows: pd.DataFrame,
+    image_dir: Path,
+    on_image: Callable[[ValidationImage], None] | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
 ) -> dict:
-    """Full-image Dice of a segmentor on the validation rows of a tile index (eval mode, restored afterwards)."""
+    """kernel_validation of a segmentor on whole images (eval mode and memory format restored afterwards)."""
     was_training = segmentor.training
     segmentor.eval()
     try:
-        # full_image_dice predicts one image at a time in chunks of its batch_size: a chunk as large as the whole
-        # index hands `predict` every tile of an image at once, which the majority class needs
-        return full_image_dice(
-            ftu_predictor(segmentor, batch_size, rule), valid_index, tiles_dir, batch_size=len(valid_index)
-        )
+        predictor = segmentor_predictor(segmentor, config, batch_size)
+        return kernel_validation([Member(predictor)], rows, Path(image_dir), on_image=on_image, progress=progress)
     finally:
+        # the Predictor moves a CUDA model to channels_last in place; training keeps its own layout
+        segmentor.to(memory_format=torch.contiguous_format)
         segmentor.train(was_training)
 
 
-@HOOKS.register_module()
-class FullImageDiceHook(Hook):
-    """Add full-image Dice ("dice", "dice_<organ>") to the validation metrics, so CheckpointHook keeps the best by it."""
+def scalar_metrics(result: dict) -> dict[str, float]:
+    """Flat metrics for mmengine's logger and CheckpointHook: dice, dice_<organ>, dice_<data source>."""
+    return {
+        "dice": float(result["dice"]),
+        **{f"dice_{k}": float(v) for k, v in result["per_organ"].items()},
+        **{f"dice_{k}": float(v) for k, v in result.get("per_data_source", {}).items()},
+    }
 
-    # after RuntimeInfoHook (VERY_HIGH), before LoggerHook (BELOW_NORMAL) and CheckpointHook (VERY_LOW)
-    priority = "ABOVE_NORMAL"
 
-    def __init__(self, batch_size: int = 8) -> None:
+@LOOPS.register_module()
+class KernelValLoop(BaseLoop):
+    """Validation loop: Dice of whole validation images predicted as the kernel predicts them.
+
+    The validation images are those of the val_dataloader's tiles (fold == k, source original), read whole from
+    `data_dir`/train_images. `checkpoint` holds the fields of the CheckpointConfig the run writes as config.json
+    (scale rule, pixel size, tile size, overlap, normalisation, threshold). The evaluator is unused: mmengine
+    requires one next to a val_dataloader.
+    """
+
+    def __init__(self, runner, dataloader, evaluator, data_dir: str, checkpoint: dict, batch_size: int = 4) -> None:
+        super().__init__(runner, dataloader)  # builds the (never iterated) tile loader: its dataset names the images
+        self.data_dir = Path(data_dir)
+        self.config = CheckpointConfig(**checkpoint)
         self.batch_size = batch_size
+        image_ids = list(dict.fromkeys(self.dataloader.dataset.rows["image_id"].astype(str)))
+        self.rows = validation_rows(self.data_dir, image_ids)
 
-    def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
-        dataset = runner.val_dataloader.dataset
-        segmentor = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        result = segmentor_dice(segmentor, dataset.rows, dataset.tiles_dir, self.batch_size)
-        scalars = {"dice": result["dice"], **{f"dice_{k}": v for k, v in result["per_organ"].items()}}
-        for key, value in scalars.items():
-            runner.message_hub.update_scalar(f"val/{key}", value)
-        if metrics is not None:
-            metrics.update(scalars)
+    @property
+    def image_dir(self) -> Path:
+        return self.data_dir / "train_images"
+
+    def run(self) -> dict:
+        """Predict and score the validation images (rank 0), share the metrics with every rank, fire the hooks."""
+        self.runner.call_hook("before_val")
+        self.runner.call_hook("before_val_epoch")
+        metrics = None
+        if is_main_process():
+            model = self.runner.model
+            segmentor = model.module if is_model_wrapper(model) else model
+            result = kernel_dice(segmentor, self.config, self.rows, self.image_dir, batch_size=self.batch_size)
+            metrics = scalar_metrics(result)
+        if get_world_size() > 1:
+            holder = [metrics]
+            broadcast_object_list(holder, src=0)
+            metrics = holder[0]
+        self.runner.call_hook("after_val_epoch", metrics=metrics)
+        self.runner.call_hook("after_val")
+        return metrics

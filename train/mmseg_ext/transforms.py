@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch.utils.data
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from data_prep.augment import PRESETS, train_transforms
+from data_prep.augment import PRESETS, reseed_for_worker, train_transforms
 from data_prep.tiles import read_png
 
 
@@ -35,16 +34,11 @@ class AugmentPreset(BaseTransform):
         self.compose = train_transforms(preset)
         self._seed: int | None = None
 
-    def _reseed_in_worker(self) -> None:
-        # albumentations keeps its own generator, copied as is into every forked DataLoader worker: without
-        # reseeding, all workers (and every epoch) would draw the same augmentations.
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.seed != self._seed:
-            self._seed = info.seed
-            self.compose.set_random_seed(info.seed % 2**32)
-
     def transform(self, results: dict) -> dict:
-        self._reseed_in_worker()
+        # albumentations transforms keep their own generators, copied as they are into every DataLoader worker:
+        # reseed each transform from torch's per-worker, per-epoch seed (mmengine's worker_init_fn seeds torch
+        # with seed + worker id, the same every epoch, so the DataLoader's own worker seed is the one to use).
+        self._seed = reseed_for_worker(self.compose, self._seed)
         out = self.compose(image=results["img"], mask=results["gt_seg_map"])
         if out["image"].shape[:2] != results["img"].shape[:2]:
             raise ValueError(f"preset {self.preset!r} changed the tile size; presets must keep it")

@@ -13,6 +13,8 @@ from typing import Any
 
 SCHEDULES = ("one_cycle", "flat_cos")
 LOSSES = ("bce_dice", "bce_lovasz", "lovasz")
+SAMPLERS = ("crops", "tiles")
+DECODER_NORMS = ("batchnorm", "layernorm", "instancenorm", "identity")
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
@@ -22,13 +24,25 @@ class FastaiConfig:
     arch: str = "Unet"
     encoder: str = "tu-resnet18"
     encoder_weights: str | None = "imagenet"  # "imagenet" (downloaded by timm), None (random init) or a local file
+    # Normalisation for small batches: BatchNorm statistics of 2-4 images per GPU are noise. smp's
+    # decoder_use_norm ("layernorm" is batch-independent), and freezing the encoder's pretrained BN statistics
+    # (eval-mode BN, affine still trained). Several GPUs use SyncBN instead (fastai distrib_ctx sync_bn).
+    decoder_norm: str = "batchnorm"
+    freeze_encoder_bn: bool = False
     # data
     tile_size: int = 768  # model input side; tiles of another size are resized on load
+    sampler: str = "crops"  # "crops": random crops at pixel_size (train.crops); "tiles": the tile set's tiles
+    pixel_size: float | None = 0.8  # um/px the model trains and predicts at (sampler crops; tile set --scaled P)
+    ftu_share: float = 0.5  # crops centred on an FTU (picked per FTU, so small FTUs count as much as large ones)
+    organ_balance: bool = True  # crops draw organs uniformly
+    scale_range: tuple[float, float] = (0.8, 1.25)  # crop side / tile side, log-uniform: physical scale jitter
+    lowres_prob: float = 0.0  # crops blurred through a lower resolution (small, coarse HuBMAP images)
+    lowres_range: tuple[float, float] = (2.0, 8.0)
     train_splits: tuple[int, ...] | None = None  # split levels to train on (None: every split in the tile set)
     train_reduces: tuple[int, ...] | None = None  # reduce levels to train on (None: every reduce in the tile set)
     use_lpb: bool = True  # add the tile set's Laplacian-pyramid blends (source == "lpb") to training
     augment: str = "seed10"  # data_prep.augment preset
-    valid_split: int | None = None  # tile level of the full-image Dice (None: finest split, 0: finest reduce)
+    valid_split: int | None = None  # sampler tiles: validation tiles of fastai's valid_loss (None: finest split)
     # optimisation
     epochs: int = 20
     bs: int = 8
@@ -38,7 +52,8 @@ class FastaiConfig:
     pct_start: float | None = None  # warm-up share (one_cycle) or flat share (flat_cos); None: fastai's 0.25 / 0.75
     loss: str = "bce_dice"
     grad_accum: int = 1  # batches per optimizer step
-    batches_per_epoch: int | None = None  # draw this many random batches per epoch (None: every tile once)
+    batches_per_epoch: int | None = None  # draw this many random batches per epoch (None: one pass over the images)
+    minutes: float | None = None  # training time budget: epochs end by the clock, the LR schedule follows the clock
     mixed_precision: bool = True  # CUDA only; ignored on CPU
     channels_last: bool = False
     num_workers: int = 4
@@ -46,7 +61,7 @@ class FastaiConfig:
     # inference settings written to config.json
     overlap: float = 0.5
     reduce: int | None = None  # fixed downscale at inference (None: adaptive, see reduce_k)
-    reduce_k: float | None = None  # adaptive rule's k; None: the finest split trained on (the validation scale)
+    reduce_k: float | None = None  # adaptive rule's k (reduce mode only); None: derived from the training scale
     threshold: float = 0.5
     oof_max_side: int = 512  # longest side of the saved out-of-fold probability maps
 
@@ -55,6 +70,14 @@ class FastaiConfig:
             raise ValueError(f"schedule {self.schedule!r} not in {SCHEDULES}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r} not in {LOSSES}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} not in {SAMPLERS}")
+        if self.sampler == "crops" and not (self.pixel_size and self.pixel_size > 0):
+            raise ValueError("sampler 'crops' needs pixel_size (um/px the model trains and predicts at)")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ValueError(f"decoder_norm {self.decoder_norm!r} not in {DECODER_NORMS}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.tile_size % 32:
             raise ValueError(f"tile_size {self.tile_size} must be a multiple of 32 (the UNet downsamples 5 times)")
         if self.epochs < 1 or self.bs < 1 or self.grad_accum < 1:

@@ -1,4 +1,5 @@
 # UperNet + ConvNeXt-B (ImageNet-22k), 768 px tiles, AdamW 20k iterations, batch 4 per GPU.
+# Heads use _base_'s GroupNorm: at batch 4 per GPU BatchNorm statistics are noise (a test checks no BN is left).
 _base_ = [
     './_base_/models/upernet_convnext.py', './_base_/datasets/hubmap_tiles.py',
     './_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'

@@ -1,4 +1,5 @@
 # upernet_convnext-b_768 with SGD + poly decay (mmseg's classic schedule) instead of AdamW.
+# Batch 4 per GPU with GroupNorm heads, as upernet_convnext-b_768 (BatchNorm statistics at batch 4 are noise).
 _base_ = './upernet_convnext-b_768.py'
 optim_wrapper = dict(
     _delete_=True,

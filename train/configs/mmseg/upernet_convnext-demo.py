@@ -7,6 +7,8 @@ tile_size = 256
 max_iters = 300
 val_interval = 150
 channels = [16, 32, 64, 128]
+# batch 8 per step: BatchNorm statistics are usable (the _base_ heads use GroupNorm for batch <= 4)
+norm_cfg = dict(_delete_=True, type='BN', requires_grad=True)  # _delete_: replace, not merge into, _base_'s GN
 model = dict(
     backbone=dict(
         arch=dict(_delete_=True, depths=[1, 1, 2, 1], channels=channels),
@@ -18,6 +20,7 @@ model = dict(
         channels=32,
         pool_scales=(1, 2, 3),
         dropout_ratio=0.0,
+        norm_cfg=norm_cfg,
         # background down-weighted: without it a few hundred iterations end on the all-background plateau
         loss_decode=dict(class_weight=[0.3, 1.0, 1.0, 1.0, 1.0, 1.0])),
     auxiliary_head=None)
@@ -36,5 +39,4 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(batch_size=8, num_workers=1, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=8, num_workers=1)
 env_cfg = dict(cudnn_benchmark=False)
