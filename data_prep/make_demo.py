@@ -1,6 +1,7 @@
 """Write a small synthetic dataset in the exact competition layout, for demos and tests.
 
     python -m data_prep.make_demo --out demo/data [--seed 0] [--n-train 40] [--n-test 10] [--scale 0.1667]
+    python -m data_prep.make_demo --out demo/slides --slides N [--slide-size 8192] [--slide-mpp 0.5] [--seed 0]
 
 Writes train.csv, test.csv, sample_submission.csv, train_images/<id>.tiff, test_images/<id>.tiff and
 test_solution.csv (the test ground truth, for `python -m inference.score`). Masks are column-major RLE.
@@ -13,6 +14,14 @@ Train images are HPA and square; test images mix HPA and Hubmap, with non-square
 (160 px) and one large one. Test images cover about the tissue extent of a train image, so Hubmap images
 have the pixel counts their pixel size implies (large intestine larger, prostate a few dozen pixels).
 
+--slides N writes N synthetic whole slides instead (organs round-robin, HuBMAP-like stain, --slide-mpp um/px):
+OUT/<slide_id>.ome.tif (tiled pyramidal OME-TIFF, SubIFD levels; every second slide is a generic tiled TIFF
+pyramid <slide_id>.tif whose levels OpenSlide also sees), OUT/<slide_id>_mask.tif (0/255 FTU mask pyramid of
+the same layout), OUT/<slide_id>.geojson (FTU polygons in level-0 pixels, holes as inner rings) and
+OUT/slides.csv (slide_id, slide, mask, geojson, organ, data_source, mpp, width, height). A slide is a section
+of random outline on bare glass, drawn in 2048 px patches by the organ drawers below, so memory stays a few
+patches plus the slide's uint8 mask.
+
 `scale` shrinks the whole dataset linearly against the real one: a 3000 px HPA image becomes
 3000 * scale px and every structure shrinks with it, so images are rendered at pixel_size / scale
 micrometres per pixel. The CSVs keep the nominal competition pixel sizes, so the organ table and any
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +41,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from inference.ftu_polygons import iter_ftus, write_ftus
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import encode
+from inference.slide import write_pyramid
 
 DEFAULT_SCALE = 1 / 6  # 3000 px HPA images become 500 px
 FULL_SIDE = 3000  # side of most real HPA train images, in pixels
@@ -522,6 +533,68 @@ def make_demo(out: Path, seed: int = 0, n_train: int = 40, n_test: int = 10, sca
     return out
 
 
+SLIDE_PATCH = 2048  # level-0 pixels per drawn patch of a demo slide
+GLASS = 242  # bare slide outside the section
+
+
+def section_outline(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A coarse (<=256 px) bool map of a tissue section on the slide: a lobed blob covering about half of it."""
+    gh, gw = max(8, round(256 * height / max(height, width))), max(8, round(256 * width / max(height, width)))
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    r = np.hypot((yy - gh / 2) / (gh / 2), (xx - gw / 2) / (gw / 2))
+    noise = cv2.resize(rng.standard_normal((6, 6)).astype(np.float32), (gw, gh), interpolation=cv2.INTER_CUBIC)
+    return (r + 0.25 * noise) < 0.8
+
+
+def slide_rows(
+    organ_name: str, height: int, width: int, mpp: float, rng: np.random.Generator, mask: np.ndarray
+) -> Iterator[np.ndarray]:
+    """Yield the slide's RGB rows patch-row by patch-row, filling `mask` (uint8 0/1, (height, width)) as it goes."""
+    outline = section_outline(rng, height, width)
+    oy = np.minimum(np.arange(height) * outline.shape[0] // height, outline.shape[0] - 1)
+    ox = np.minimum(np.arange(width) * outline.shape[1] // width, outline.shape[1] - 1)
+    scale = organ(organ_name).pixel_size["Hubmap"] / mpp  # draw at exactly mpp um/px
+    for y in range(0, height, SLIDE_PATCH):
+        ph = min(SLIDE_PATCH, height - y)
+        row = np.full((ph, width, 3), GLASS, np.uint8)
+        for x in range(0, width, SLIDE_PATCH):
+            pw = min(SLIDE_PATCH, width - x)
+            section = outline[oy[y : y + ph]][:, ox[x : x + pw]]
+            if not section.any():
+                continue
+            image, ftu = make_image(organ_name, "Hubmap", ph, pw, scale, rng)
+            row[:, x : x + pw][section] = image[section]
+            mask[y : y + ph, x : x + pw] = ftu * section
+        yield row
+
+
+def make_slides(out: Path, n: int, seed: int = 0, side: int = 8192, mpp: float = 0.5) -> Path:
+    """Write n synthetic slides, their mask pyramids and GeoJSON, and OUT/slides.csv (see the module docstring)."""
+    if n < 1 or side < 256:
+        raise ValueError(f"need at least one slide of at least 256 px; got n={n}, side={side}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in tqdm(range(n), desc="demo slides", unit="slide"):
+        organ_name = ORGANS[i % len(ORGANS)]
+        rng = np.random.default_rng([seed, 7, i])
+        height, width = side, round(side * rng.uniform(0.8, 1.0))
+        slide_id = f"slide{i:02d}_{organ_name}"
+        layout = "subifds" if i % 2 == 0 else "chain"
+        name = f"{slide_id}.ome.tif" if layout == "subifds" else f"{slide_id}.tif"
+        mask = np.zeros((height, width), np.uint8)
+        write_pyramid(out / name, slide_rows(organ_name, height, width, mpp, rng, mask), height, width, mpp, layout)
+        mask_name = f"{slide_id}_mask.ome.tif" if layout == "subifds" else f"{slide_id}_mask.tif"
+        write_pyramid(out / mask_name, (mask[y : y + 1024] * 255 for y in range(0, height, 1024)), height, width,
+                      mpp, layout, mask=True)
+        write_ftus(iter_ftus(mask), out / f"{slide_id}.geojson", out / f"{slide_id}_ftus.csv", mpp, organ_name)
+        rows.append((slide_id, name, mask_name, f"{slide_id}.geojson", organ_name, "Hubmap", mpp, width, height))
+    table = pd.DataFrame(rows, columns=["slide_id", "slide", "mask", "geojson", "organ", "data_source", "mpp",
+                                        "width", "height"])
+    table.to_csv(out / "slides.csv", index=False, lineterminator="\n")
+    return out / "slides.csv"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="dataset folder to write (created if missing)")
@@ -534,8 +607,16 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_SCALE,
         help=f"linear size against the real data: 1 = 3000 px train images (default {DEFAULT_SCALE:.4g})",
     )
+    ap.add_argument("--slides", type=int, help="write N synthetic whole slides (and slides.csv) instead")
+    ap.add_argument("--slide-size", type=int, default=8192, help="slide height in pixels (default 8192)")
+    ap.add_argument("--slide-mpp", type=float, default=0.5, help="slide um per pixel (default 0.5)")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    if args.slides is not None:
+        table = pd.read_csv(make_slides(args.out, args.slides, args.seed, args.slide_size, args.slide_mpp))
+        print(f"wrote {len(table)} slides to {args.out} in {time.perf_counter() - start:.1f} s")
+        print(table[["slide_id", "slide", "organ", "width", "height", "mpp"]].to_string(index=False))
+        return
     out = make_demo(args.out, args.seed, args.n_train, args.n_test, args.scale)
     train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")
     counts = pd.concat([train.assign(split="train"), test.assign(split="test")])

@@ -44,6 +44,7 @@ from inference.organs import class_index
 from inference.rle import decode
 from inference.tables import TableError, load_train
 from inference.tiling import Box, grid_boxes, resize_image, split_boxes, stride_for
+from inference.tissue import tissue_cutoff, tissue_fraction
 
 # The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
 INDEX_COLUMNS: tuple[str, ...] = tuple(
@@ -51,9 +52,6 @@ INDEX_COLUMNS: tuple[str, ...] = tuple(
     "img_height,img_width,tile_pixel_size,tissue_fraction,parents".split(",")
 )
 DEFAULT_TISSUE_THRESHOLD = 0.05
-# Saturation cut-off for "tissue" is Otsu's threshold clamped to this range: the floor keeps a blank slide
-# from being split in two by Otsu, the ceiling keeps an all-tissue image from losing its paler half.
-_SATURATION_CLAMP = (20, 60)
 # PNG encoding is most of the tiling time. For tissue tiles, the SUB filter with Huffman-only deflate encodes
 # about 2x faster than level 1 defaults and 3x faster than level 6, at a smaller size than level 1; masks are
 # long runs of one value, which the RLE strategy suits.
@@ -139,20 +137,6 @@ def write_index(tiles_dir: Path, df: pd.DataFrame) -> None:
     tmp = path.with_suffix(".csv.tmp")
     df.loc[:, list(INDEX_COLUMNS)].to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)
-
-
-def tissue_cutoff(image: np.ndarray) -> int:
-    """Saturation level separating tissue from background: Otsu on a <=1024 px copy, clamped."""
-    scale = 1024 / max(image.shape[:2])
-    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
-    saturation = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1]
-    otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return int(np.clip(otsu, *_SATURATION_CLAMP))
-
-
-def tissue_fraction(tile: np.ndarray, cutoff: int) -> float:
-    """Fraction of a tile's pixels whose saturation exceeds the image's tissue cut-off."""
-    return float((cv2.cvtColor(tile, cv2.COLOR_RGB2HSV)[..., 1] > cutoff).mean())
 
 
 def resize_to(array: np.ndarray, width: int, height: int, nearest: bool) -> np.ndarray:

@@ -41,6 +41,7 @@ class CheckpointConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     threshold: float = 0.5  # default binary cut-off (organ thresholds may override at inference)
+    context: int = 1  # MRN: the model also takes a view of context x the tile's field as channels 3-5 (1 = none)
     format: str = FORMAT
     train: dict = field(default_factory=dict)  # the resolved training config, for the record only
 
@@ -51,6 +52,8 @@ class CheckpointConfig:
             raise ValueError(f"config.json: task {self.task!r} not in {TASKS}")
         if self.task == "binary" and len(self.classes) != 1:
             raise ValueError(f"config.json: a binary model has one class, got {self.classes}")
+        if self.context < 1:
+            raise ValueError(f"config.json: context must be >= 1, got {self.context}")
         if self.format != FORMAT:
             raise ValueError(f"config.json: format {self.format!r} is not {FORMAT!r}; re-export the checkpoint")
 

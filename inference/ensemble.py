@@ -30,6 +30,7 @@ import numpy as np
 
 from inference.organs import CLASSES, ORGANS, class_index
 from inference.predictor import Predictor, resize_probs
+from inference.sliding import WindowFilter
 
 ENSEMBLE_MODES = ("mean", "union")
 
@@ -115,11 +116,13 @@ def predict_image(
     use_organ: bool = False,
     max_side: int | None = None,
     coarsen: float = 1.0,
+    windows: WindowFilter | None = None,
 ) -> Decision:
     """Run every member on one (H, W, 3) uint8 image and combine them into a Decision.
 
     max_side caps each member's working side; coarsen multiplies every working scale (the time budget's
-    last resort). use_organ with an organ outside the table falls back to the majority class.
+    last resort). use_organ with an organ outside the table falls back to the majority class. `windows`
+    (optional) limits every member to the sliding windows over its kept pixels (whole slides).
     """
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"ensemble mode {mode!r} not in {ENSEMBLE_MODES}")
@@ -136,7 +139,7 @@ def predict_image(
     for m in members:
         scale = m.predictor.scale(h, w, scale_mode, pixel_size, max_side, coarsen)
         capped |= scale.capped
-        outputs.append(m.predictor.predict_working(image, scale.size, tta))
+        outputs.append(m.predictor.predict_working(image, scale.size, tta, windows))
 
     multi = [i for i, m in enumerate(members) if m.predictor.multiclass]
     selected = None

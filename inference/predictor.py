@@ -22,7 +22,7 @@ import torch
 
 from inference.checkpoint import CheckpointConfig
 from inference.organs import DATA_SOURCES, ORGAN_TABLE
-from inference.sliding import BLENDS, blend_weights, sliding_window, tta_forward
+from inference.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
 from inference.tiling import adaptive_reduce, resize_image, stride_for
 
 log = logging.getLogger("inference.predictor")
@@ -199,8 +199,9 @@ class Predictor:
         self.name = name or f"{config.name}/fold{config.fold}"
         self.weights = blend_weights(config.tile_size, blend).to(self.device)
         self.stride = stride_for(config.tile_size, config.overlap)
-        self._mean = torch.tensor(config.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(config.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1) * 255.0
+        views = 2 if config.context > 1 else 1  # MRN: fine tile + context view, normalised alike
+        self._mean = torch.tensor(config.mean * views, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self._std = torch.tensor(config.std * views, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
 
     @property
     def channels(self) -> int:
@@ -278,8 +279,13 @@ class Predictor:
         return logits.softmax(1) if self.multiclass else logits.sigmoid()
 
     @torch.inference_mode()
-    def predict_working(self, image: np.ndarray, size: tuple[int, int], tta: int = 0) -> np.ndarray:
-        """(C, h, w) float32 probabilities of an (H, W, 3) uint8 image resampled to size=(h, w)."""
+    def predict_working(
+        self, image: np.ndarray, size: tuple[int, int], tta: int = 0, windows: WindowFilter | None = None
+    ) -> np.ndarray:
+        """(C, h, w) float32 probabilities of an (H, W, 3) uint8 image resampled to size=(h, w).
+
+        `windows` runs only the sliding windows over its kept pixels (see inference.sliding.WindowFilter).
+        """
         working = resize_image(image, *size)
         tensor = torch.from_numpy(np.ascontiguousarray(working)).permute(2, 0, 1)
         probs = sliding_window(
@@ -291,6 +297,8 @@ class Predictor:
             batch_size=self.batch_size,
             weights=self.weights,
             device=self.device,
+            windows=windows,
+            context=self.config.context,
         )
         return np.ascontiguousarray(probs.numpy())
 

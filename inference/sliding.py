@@ -4,7 +4,9 @@ One image is cut into tile x tile windows (inference.tiling.window_starts: the l
 back to end at the border), windows run through the model in batches, and each window's output is
 added into one accumulator with a weight map that fades towards the window border, so overlaps
 blend without seams. Nothing is stacked: memory is one (channels, H, W) accumulator plus a batch.
-An image smaller than a tile is padded by reflection up to one tile and never tiled.
+An image smaller than a tile is padded by reflection up to one tile and never tiled. Given a
+WindowFilter, windows without a True pixel of its map are not run and add no weight (whole slides skip
+bare glass); pixels that no run window covers get probability 0.
 
 The Gaussian weights are MONAI's (`monai.data.utils.compute_importance_map`, sigma = 0.125 * tile,
 floor 1e-3), so benchmarks/sliding.py can check we agree with `sliding_window_inference`.
@@ -13,7 +15,9 @@ floor 1e-3), so benchmarks/sliding.py can check we agree with `sliding_window_in
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -23,6 +27,31 @@ BLENDS = ("gaussian", "linear", "constant")
 TTA_SIZES = (0, 2, 4, 8)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class WindowFilter:
+    """Which windows to run: a bool map over the image at any resolution; counts windows run and skipped."""
+
+    keep: np.ndarray  # (h, w) bool, resized (nearest) to the image before use
+    predicted: int = 0
+    skipped: int = 0
+
+    def select(self, starts: list[tuple[int, int]], height: int, width: int, tile: int,
+               offset: tuple[int, int]) -> list[tuple[int, int]]:
+        """The window starts (in a padded image, image at `offset`) that cover at least one kept pixel."""
+        keep = cv2.resize(self.keep.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        integral = cv2.integral(keep)  # (h + 1, w + 1) sums: any() over a window in O(1)
+        top, left = offset
+        chosen = []
+        for y, x in starts:
+            y0, y1 = min(max(y - top, 0), height), min(max(y + tile - top, 0), height)
+            x0, x1 = min(max(x - left, 0), width), min(max(x + tile - left, 0), width)
+            if integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] > 0:
+                chosen.append((y, x))
+        self.predicted += len(chosen)
+        self.skipped += len(starts) - len(chosen)
+        return chosen
 
 
 def blend_weights(tile: int, mode: str = "gaussian", sigma_scale: float = 0.125) -> torch.Tensor:
@@ -102,11 +131,16 @@ def sliding_window(
     batch_size: int = 4,
     weights: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    windows: WindowFilter | None = None,
+    context: int = 1,
 ) -> torch.Tensor:
     """Blend forward() over strided windows of a (C, H, W) image into (out_channels, H, W) float32 on CPU.
 
     forward takes an (N, C, tile, tile) batch on `device` (same dtype as `image`) and returns
-    (N, out_channels, tile, tile) probabilities; `weights` defaults to blend_weights(tile, "gaussian").
+    (N, out_channels, tile, tile) probabilities; `weights` defaults to blend_weights(tile, "gaussian");
+    `windows` (optional) runs only the windows over its kept pixels. With context k > 1 (MRN checkpoints) each
+    window goes to forward() with a second view appended as channels: the k * tile square centred on the
+    window (reflection beyond the image), area-shrunk to tile x tile.
     """
     if image.ndim != 3:
         raise ValueError(f"sliding_window expects a (C, H, W) image, got shape {tuple(image.shape)}")
@@ -119,9 +153,19 @@ def sliding_window(
     acc = torch.zeros((out_channels, ph, pw), dtype=torch.float32, device=device)
     wsum = torch.zeros((ph, pw), dtype=torch.float32, device=device)
     starts = [(y, x) for y in window_starts(ph, tile, stride) for x in window_starts(pw, tile, stride)]
+    if windows is not None:
+        starts = windows.select(starts, h, w, tile, (top, left))
+    if context > 1:
+        m = (context - 1) * tile // 2
+        ys, xs = (torch.from_numpy(reflect_indices(n, m, context * tile)).to(device) for n in (ph, pw))
+        wide = padded.index_select(1, ys).index_select(2, xs)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
+        if context > 1:
+            views = torch.stack([wide[:, y : y + context * tile, x : x + context * tile] for y, x in chunk])
+            small = torch.nn.functional.avg_pool2d(views.float(), context).round().to(batch.dtype)
+            batch = torch.cat([batch, small], 1)
         out = forward(batch)
         if out.shape[1:] != (out_channels, tile, tile):
             raise ValueError(
@@ -132,5 +176,5 @@ def sliding_window(
         for (y, x), o in zip(chunk, out, strict=True):
             acc[:, y : y + tile, x : x + tile] += o
             wsum[y : y + tile, x : x + tile] += weights
-    acc /= wsum
+    acc /= wsum.clamp_(min=1e-12) if windows is not None else wsum  # skipped-only pixels: 0 / tiny = 0
     return acc[:, top : top + h, left : left + w].cpu()

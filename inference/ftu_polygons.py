@@ -1,0 +1,239 @@
+"""FTU outlines of a slide-sized mask, block by block: one polygon (holes as inner rings) and one table row per FTU.
+
+The mask is any 2-D array that slices like numpy (a zarr array on disk): it is read in blocks plus a halo,
+each 8-connected component is emitted once, by the block holding its first pixel in raster order, and a
+component reaching the halo's edge is re-read in a window grown around it. Memory is one block, whatever
+the slide size. Outlines follow pixel edges (traced on a 4x nearest-upsampled crop), so polygon areas match
+pixel counts; coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's frame).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
+log = logging.getLogger("inference.ftu_polygons")
+MAX_WINDOW = 8192 * 8192  # a component is not followed beyond a window this large (labels: 256 MiB)
+
+
+@dataclass
+class Ftu:
+    """One connected FTU: rings in level-0 pixels and its measurements."""
+
+    polygons: list[list[Ring]]  # [[outer, hole, ...], ...]: one entry unless the outline pinches apart
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    centroid_x: float
+    centroid_y: float
+    area_px: float  # level-0 pixels (mask pixels times the level's downsample squared)
+    mean_probability: float | None
+
+
+def shoelace(ring: Ring) -> float:
+    """Absolute area of a closed ring."""
+    xy = np.asarray(ring, dtype=np.float64)
+    if len(xy) < 3:
+        return 0.0
+    x, y = xy[:, 0], xy[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def polygon_area(polygons: list[list[Ring]]) -> float:
+    """Area of outer rings minus their holes."""
+    return sum(shoelace(rings[0]) - sum(shoelace(h) for h in rings[1:]) for rings in polygons)
+
+
+def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, float]) -> list[list[Ring]]:
+    """Pixel-edge rings of a bool crop: [[outer, holes...], ...], as (x, y) = (offset + edge coordinate) * scale."""
+    k = 4 if crop.size <= 1_000_000 else 2 if crop.size <= 4_000_000 else 1  # upsampled crop <= 16M px
+    up = cv2.resize(crop.view(np.uint8), None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
+    up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    sx, sy = scale
+    ox, oy = offset
+
+    def ring(contour: np.ndarray) -> Ring:
+        pts = cv2.approxPolyDP(contour, 1.0, True)[:, 0].astype(np.float64)
+        if len(pts) < 3:
+            pts = contour[:, 0].astype(np.float64)
+        # a sub-pixel centre of the upsampled, 1-padded crop sits at (p - 1 + 0.5) / k crop-pixel edges
+        xy = np.stack([(ox + (pts[:, 0] - 0.5) / k) * sx, (oy + (pts[:, 1] - 0.5) / k) * sy], axis=1)
+        return np.round(np.concatenate([xy, xy[:1]]), 2)
+
+    polygons: list[list[Ring]] = []
+    index: dict[int, int] = {}
+    for i, (_, _, _, parent) in enumerate(hierarchy[0]):
+        if parent == -1:
+            index[i] = len(polygons)
+            polygons.append([ring(contours[i])])
+    for i, (_, _, _, parent) in enumerate(hierarchy[0]):
+        if parent != -1 and len(contours[i]) >= 2:
+            polygons[index[parent]].append(ring(contours[i]))
+    return polygons
+
+
+def _window(y0: int, x0: int, y1: int, x1: int, halo: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    return max(0, y0 - halo), max(0, x0 - halo), min(shape[0], y1 + halo), min(shape[1], x1 + halo)
+
+
+def _touches(box: tuple[int, int, int, int], win: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
+    """Does a component's box (y0, x0, y1, x1) reach a window edge that is not the mask's edge?"""
+    y0, x0, y1, x1 = box
+    wy0, wx0, wy1, wx1 = win
+    return (y0 == wy0 > 0) or (x0 == wx0 > 0) or (y1 == wy1 < shape[0]) or (x1 == wx1 < shape[1])
+
+
+def _labels(mask, win: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    wy0, wx0, wy1, wx1 = win
+    m = (np.asarray(mask[wy0:wy1, wx0:wx1]) > 0).view(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    return labels, stats
+
+
+def _component(mask, seed: tuple[int, int], box: tuple[int, int, int, int], halo: int) -> tuple[np.ndarray, tuple]:
+    """(bool crop, its (y0, x0, y1, x1)) of the component holding `seed`, growing the window until it fits."""
+    shape = mask.shape
+    while True:
+        win = _window(*box, halo, shape)
+        labels, stats = _labels(mask, win)
+        label = labels[seed[0] - win[0], seed[1] - win[1]]
+        left, top, w, h = (int(v) for v in stats[label, :4])
+        box = (win[0] + top, win[1] + left, win[0] + top + h, win[1] + left + w)
+        area = (win[2] - win[0]) * (win[3] - win[1])
+        if _touches(box, win, shape) and area > MAX_WINDOW:
+            log.warning("an FTU reaches beyond a %d px window at %s (level px); its outline is cut there", area, seed)
+        if not _touches(box, win, shape) or area > MAX_WINDOW:
+            crop = labels[top : top + h, left : left + w] == label
+            return crop, box
+        halo *= 2
+
+
+def iter_ftus(
+    mask, scale: tuple[float, float] = (1.0, 1.0), probability=None, block: int = 2048, halo: int = 256
+) -> Iterator[Ftu]:
+    """Every 8-connected component of a 2-D mask (nonzero = FTU), once, in raster order of its first pixel.
+
+    `scale` = (sx, sy) level-0 pixels per mask pixel; `probability` (same shape, uint8 0..255) gives each
+    FTU's mean probability.
+    """
+    shape = tuple(mask.shape)
+    sx, sy = scale
+    for by in range(0, shape[0], block):
+        for bx in range(0, shape[1], block):
+            core = (by, bx, min(by + block, shape[0]), min(bx + block, shape[1]))
+            win = _window(*core, halo, shape)
+            labels, stats = _labels(mask, win)
+            for label in range(1, len(stats)):
+                left, top, w, h = (int(v) for v in stats[label, :4])
+                first = int(np.argmax(labels[top] == label))
+                seed = (win[0] + top, win[1] + first)
+                if not (core[0] <= seed[0] < core[2] and core[1] <= seed[1] < core[3]):
+                    continue  # another block owns it
+                box = (win[0] + top, win[1] + left, win[0] + top + h, win[1] + left + w)
+                if _touches(box, win, shape):
+                    crop, box = _component(mask, seed, box, halo)
+                else:
+                    crop = labels[top : top + h, left : left + w] == label
+                yield _measure(crop, box, (sx, sy), probability)
+
+
+def _measure(crop: np.ndarray, box: tuple[int, int, int, int], scale: tuple[float, float], probability) -> Ftu:
+    sx, sy = scale
+    y0, x0, y1, x1 = box
+    moments = cv2.moments(crop.view(np.uint8), binaryImage=True)  # no index arrays for huge components
+    count = moments["m00"]
+    mean_p = None
+    if probability is not None:
+        mean_p = round(float(np.asarray(probability[y0:y1, x0:x1])[crop].mean()) / 255.0, 4)
+    return Ftu(
+        polygons=outline(crop, scale, (x0, y0)),
+        x0=x0 * sx, y0=y0 * sy, x1=x1 * sx, y1=y1 * sy,
+        centroid_x=round(float((moments["m10"] / count + x0 + 0.5) * sx), 2),
+        centroid_y=round(float((moments["m01"] / count + y0 + 0.5) * sy), 2),
+        area_px=float(count) * sx * sy,
+        mean_probability=mean_p,
+    )
+
+
+def _ring_json(ring: Ring, chunk: int = 20000) -> Iterator[str]:
+    """JSON text of one ring, a chunk of vertices at a time (huge outlines never become Python lists)."""
+    yield "["
+    for i in range(0, len(ring), chunk):
+        part = ring[i : i + chunk]
+        yield ("," if i else "") + ",".join(f"[{x:.2f},{y:.2f}]" for x, y in part)
+    yield "]"
+
+
+def write_feature(fh, ftu: Ftu, index: int, name: str, mpp: float | None) -> None:
+    """Write one QuPath-importable GeoJSON annotation feature (Polygon, or MultiPolygon if pinched apart)."""
+    measurements = {"area_px": round(ftu.area_px, 2)}
+    if mpp:
+        measurements["area_um2"] = round(ftu.area_px * mpp * mpp, 2)
+    if ftu.mean_probability is not None:
+        measurements["mean_probability"] = ftu.mean_probability
+    properties = {
+        "objectType": "annotation",
+        "name": f"FTU {index}",
+        "classification": {"name": name, "color": [255, 64, 64]},
+        "measurements": measurements,
+    }
+    multi = len(ftu.polygons) > 1
+    fh.write(f'{{"type": "Feature", "id": "ftu-{index}", "geometry": {{"type": '
+             f'"{"MultiPolygon" if multi else "Polygon"}", "coordinates": ')
+    fh.write("[" if multi else "")
+    for p, rings in enumerate(ftu.polygons):
+        fh.write(("," if p else "") + "[")
+        for r, ring in enumerate(rings):
+            fh.write("," if r else "")
+            for text in _ring_json(ring):
+                fh.write(text)
+        fh.write("]")
+    fh.write("]" if multi else "")
+    fh.write(f"}}, \"properties\": {json.dumps(properties)}}}")
+
+
+def write_ftus(
+    ftus: Iterator[Ftu], geojson_path: Path, csv_path: Path, mpp: float | None, name: str = "FTU"
+) -> dict:
+    """Stream FTUs into a GeoJSON FeatureCollection and a CSV (one row each); return totals."""
+    import pandas as pd
+
+    rows = []
+    tmp_geo = geojson_path.with_name(geojson_path.name + ".tmp")
+    with tmp_geo.open("w") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [\n')
+        for i, ftu in enumerate(ftus, start=1):
+            if not ftu.polygons:
+                continue
+            fh.write(",\n" if rows else "")
+            write_feature(fh, ftu, i, name, mpp)
+            rows.append({
+                "ftu_id": i, "centroid_x": ftu.centroid_x, "centroid_y": ftu.centroid_y,
+                "x0": ftu.x0, "y0": ftu.y0, "x1": ftu.x1, "y1": ftu.y1,
+                "area_px": round(ftu.area_px, 2),
+                "area_um2": round(ftu.area_px * mpp * mpp, 2) if mpp else None,
+                "polygon_area_px": round(polygon_area(ftu.polygons), 2),
+                "holes": sum(len(p) - 1 for p in ftu.polygons),
+                "mean_probability": ftu.mean_probability,
+            })
+        fh.write("\n]}\n")
+    tmp_geo.replace(geojson_path)
+    columns = ["ftu_id", "centroid_x", "centroid_y", "x0", "y0", "x1", "y1", "area_px", "area_um2",
+               "polygon_area_px", "holes", "mean_probability"]
+    table = pd.DataFrame(rows, columns=columns)
+    tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
+    table.to_csv(tmp_csv, index=False)
+    tmp_csv.replace(csv_path)
+    return {"ftus": len(table), "area_px": float(table["area_px"].sum()),
+            "polygon_area_px": float(table["polygon_area_px"].sum())}
