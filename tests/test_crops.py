@@ -48,9 +48,23 @@ def test_every_ftu_centred_crop_holds_ftu_pixels() -> None:
                                                                              scale_range=(0.5, 2.0)))
     rng = np.random.default_rng(2)
     crops = [sampler.sample(rng) for _ in range(200)]
-    assert all(mask.any() for _, mask in crops)
-    assert all(image.shape == (64, 64, 3) and mask.shape == (64, 64) for image, mask in crops)
-    assert set(np.unique(np.concatenate([m.ravel() for _, m in crops]))) == {0, 1}
+    assert all(crop.mask.any() for crop in crops)
+    assert all(crop.image.shape == (64, 64, 3) and crop.mask.shape == (64, 64) for crop in crops)
+    assert all(crop.context is None for crop in crops)
+    assert set(np.unique(np.concatenate([crop.mask.ravel() for crop in crops]))) == {0, 1}
+
+
+def test_context_view_covers_k_times_the_field_around_the_same_centre() -> None:
+    ys, xs = np.indices((400, 400))
+    image = np.stack([ys * 255 // 399, xs * 255 // 399, np.zeros_like(ys)], -1).astype(np.uint8)  # a coordinate ramp
+    item = ScaledImage("x", "kidney", image, _big_and_tiny(), ftu_points(_big_and_tiny(), np.random.default_rng(0)))
+    sampler = CropSampler([item], CropSettings(size=32, ftu_share=1.0, context=3))
+    for crop in (sampler.sample(np.random.default_rng(seed)) for seed in range(20)):
+        assert crop.context.shape == crop.image.shape
+        centre = crop.context[11:21, 11:21].astype(float).mean((0, 1))  # the crop sits in the view's central third
+        assert np.allclose(centre[:2], crop.image.astype(float).mean((0, 1))[:2], atol=12)
+        spread = np.ptp(crop.context[..., 1].astype(float)), np.ptp(crop.image[..., 1].astype(float))
+        assert spread[0] > 2 * spread[1] or spread[0] > 200  # 3x the field: 3x the ramp (unless reflected)
 
 
 def test_organ_balance_draws_organs_not_images() -> None:

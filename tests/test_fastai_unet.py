@@ -52,7 +52,8 @@ def test_every_config_builds_its_model(name: str) -> None:
     assert stem == name
     with torch.device("meta"):  # smp/timm build the real architecture (a typo in an encoder name fails) without memory
         model = build_model(cfg, weights=False)
-    assert model.segmentation_head[0].out_channels == 1
+    head = model.head if cfg.arch == "MRN" else model.segmentation_head[0]
+    assert head.out_channels == 1
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
 
 
@@ -169,11 +170,27 @@ def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
     return metrics
 
 
+def _assert_validation_is_the_submission_path(
+    data: Path, folder: Path, valid_rows: pd.DataFrame, metrics: dict, tmp_path: Path
+) -> None:
+    """inference.predict --split train on the checkpoint gives the Dice the trainer recorded, image by image."""
+    submission = tmp_path / "train_pred.csv"
+    assert predict_main(["--data-dir", str(data), "--split", "train", "--models", str(folder),
+                         "--out", str(submission)]) == 0
+    truth = load_train(data / "train.csv")
+    truth = truth[truth["id"].isin(valid_rows["image_id"].astype(int))]
+    predicted = score(load_submission(submission).query("id in @truth.id"), truth)
+    assert len(predicted["per_image"]) == valid_rows["image_id"].nunique()
+    for image_id, dice in predicted["per_image"].items():
+        assert dice == pytest.approx(metrics["per_image"][str(image_id)], abs=1e-3)
+    assert predicted["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
+
+
 @pytest.mark.slow
 def test_short_training_writes_a_complete_checkpoint_that_reloads(
     demo_data: Path, demo_tiles: Path, tmp_path: Path, capsys
 ) -> None:
-    cfg = tiny_config()
+    cfg = tiny_config(augment="flips", batches_per_epoch=8)  # 16 steps: enough for the loss to fall
     metrics = train(cfg, "tiny", 0, demo_tiles, tmp_path)
     folder = tmp_path / "tiny" / "fold0"
     out = capsys.readouterr().out
@@ -185,17 +202,7 @@ def test_short_training_writes_a_complete_checkpoint_that_reloads(
     history = pd.read_csv(folder / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
 
-    # validation is the submission path: inference.predict --split train gives the same Dice on those images
-    submission = tmp_path / "train_pred.csv"
-    assert predict_main(["--data-dir", str(demo_data), "--split", "train", "--models", str(folder),
-                         "--out", str(submission)]) == 0
-    truth = load_train(demo_data / "train.csv")
-    truth = truth[truth["id"].isin(valid_rows["image_id"].astype(int))]
-    predicted = score(load_submission(submission).query("id in @truth.id"), truth)
-    assert len(predicted["per_image"]) == n_valid
-    for image_id, dice in predicted["per_image"].items():
-        assert dice == pytest.approx(metrics["per_image"][str(image_id)], abs=1e-3)
-    assert predicted["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
+    _assert_validation_is_the_submission_path(demo_data, folder, valid_rows, metrics, tmp_path)
 
     assert train(cfg, "tiny", 0, demo_tiles, tmp_path) == metrics
     assert "already trained" in capsys.readouterr().out
@@ -305,3 +312,17 @@ def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_pat
     encoder_bn = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
     assert encoder_bn and not any(m.training for m in encoder_bn)
     assert all(m.training for m in model.decoder.modules())
+
+
+@pytest.mark.slow
+def test_mrn_trains_on_context_crops_and_exports_torchscript(demo_data: Path, demo_tiles: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(arch="MRN", context=2, epochs=1)
+    metrics = train(cfg, "mrn", 0, demo_tiles, tmp_path)
+    folder = tmp_path / "mrn" / "fold0"
+    config = CheckpointConfig.load(folder)
+    assert (config.framework, config.weights, config.context, config.arch) == ("torchscript", "model.ts", 2, "MRN")
+    assert (folder / "model.ts").is_file() and not (folder / "model.pth").exists()
+    _, valid_rows = split_rows(load_index(demo_tiles), 0, cfg)
+    _assert_validation_is_the_submission_path(demo_data, folder, valid_rows, metrics, tmp_path)
+    with pytest.raises(ValueError, match="MRN needs context"):
+        tiny_config(arch="MRN")

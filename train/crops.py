@@ -9,6 +9,8 @@ The sampler draws from a tile set's whole images resampled to the model's um/px 
 4. a scale s, log-uniform in scale_range: the crop covers size * s scaled pixels (s > 1 zooms out), then is
    resized to size; with probability lowres_prob it is also blurred through a lower resolution (down by a
    factor in lowres_range, back up), the look of a small HuBMAP image upsampled to the training scale.
+5. with context k > 1 (MRN models), a context view centred on the same point covering k x the crop's field,
+   resized to size, as inference.sliding builds it for MRN checkpoints.
 Crops that leave the image are reflection-padded, as the sliding-window predictor pads.
 
 Why: kidney and spleen FTUs are small or rare next to crypts and glands; the multi-scale tile sets showed each
@@ -18,6 +20,7 @@ image whole at 3000 / 256 = 12x downscale, where a glomerulus is a 17 px dot, an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,6 +39,7 @@ class CropSettings:
     scale_range: tuple[float, float] = (1.0, 1.0)  # crop side / size, log-uniform (1 = the trained um/px)
     lowres_prob: float = 0.0  # probability of blurring a crop through a lower resolution
     lowres_range: tuple[float, float] = (2.0, 8.0)  # the down-and-up factor of that blur
+    context: int = 1  # MRN: also a view of context x the crop's field around the same centre (1: none)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ftu_share <= 1.0 or not 0.0 <= self.lowres_prob <= 1.0:
@@ -45,6 +49,14 @@ class CropSettings:
             raise ValueError(f"scale_range must be 0 < low <= high, got {self.scale_range}")
         if not 1.0 <= self.lowres_range[0] <= self.lowres_range[1]:
             raise ValueError(f"lowres_range must be 1 <= low <= high, got {self.lowres_range}")
+        if self.context < 1:
+            raise ValueError(f"context must be >= 1, got {self.context}")
+
+
+class Crop(NamedTuple):
+    image: np.ndarray  # (size, size, 3) uint8
+    mask: np.ndarray  # (size, size) uint8 class index
+    context: np.ndarray | None  # (size, size, 3) uint8 view of context x the field, or None
 
 
 def ftu_points(mask: np.ndarray, rng: np.random.Generator, per_ftu: int = POINTS_PER_FTU) -> list[np.ndarray]:
@@ -110,8 +122,8 @@ class CropSampler:
             return self.images[members[rng.integers(len(members))]]
         return self.images[rng.integers(len(self.images))]
 
-    def crop(self, item: ScaledImage, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One (size, size, 3) uint8 crop and its (size, size) uint8 mask from one image."""
+    def crop(self, item: ScaledImage, rng: np.random.Generator) -> Crop:
+        """One crop of settings.size from one image (and its context view when settings.context > 1)."""
         s = self.settings
         h, w = item.mask.shape
         lo, hi = np.log(s.scale_range)
@@ -126,11 +138,19 @@ class CropSampler:
         y0, x0 = int(cy) - side // 2, int(cx) - side // 2
         image = resize_image(crop_reflect(item.image, y0, x0, side), s.size, s.size)
         mask = resize_image(crop_reflect(item.mask, y0, x0, side), s.size, s.size, nearest=True)
+        context = None
+        if s.context > 1:  # same centre as the crop: the crop is the context view's central 1/k
+            wide = side * s.context
+            context = resize_image(crop_reflect(item.image, y0 + side // 2 - wide // 2, x0 + side // 2 - wide // 2,
+                                                wide), s.size, s.size)
         if s.lowres_prob and rng.random() < s.lowres_prob:
             small = max(2, round(s.size / rng.uniform(*s.lowres_range)))
             image = resize_image(resize_image(image, small, small), s.size, s.size)
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+            if context is not None:
+                context = resize_image(resize_image(context, small, small), s.size, s.size)
+        return Crop(np.ascontiguousarray(image), np.ascontiguousarray(mask),
+                    None if context is None else np.ascontiguousarray(context))
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator) -> Crop:
         """Pick an image and crop it."""
         return self.crop(self.pick_image(rng), rng)

@@ -105,12 +105,16 @@ def crop_settings(cfg: FastaiConfig) -> CropSettings:
         scale_range=cfg.scale_range,
         lowres_prob=cfg.lowres_prob,
         lowres_range=cfg.lowres_range,
+        context=cfg.context,
     )
 
 
-def _sample(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    ftu = (mask > 0).astype(np.float32)[None]
-    return torch.from_numpy(normalise(image)), torch.from_numpy(ftu)
+def _sample(
+    image: np.ndarray, mask: np.ndarray, context: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised image (3 or, with a context view, 6, S, S), FTU mask (1, S, S)) float32 tensors."""
+    x = normalise(image) if context is None else np.concatenate([normalise(image), normalise(context)])
+    return torch.from_numpy(x), torch.from_numpy((mask > 0).astype(np.float32)[None])
 
 
 class CropDataset(Dataset):
@@ -123,6 +127,8 @@ class CropDataset(Dataset):
     def __init__(self, sampler: CropSampler, n: int, augment: str | None) -> None:
         self.sampler, self.n = sampler, n
         self.transform = train_transforms(augment) if augment else None
+        if self.transform is not None and sampler.settings.context > 1:
+            self.transform.add_targets({"context": "image"})  # the context view gets the crop's flips and colours
         self._seed: int | None = None
         self._rng = np.random.default_rng(0)
 
@@ -139,11 +145,12 @@ class CropDataset(Dataset):
         return self._rng
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.sampler.sample(self.generator())
+        image, mask, context = self.sampler.sample(self.generator())
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return _sample(image, mask)
+            views = {} if context is None else {"context": context}
+            out = self.transform(image=image, mask=mask, **views)
+            image, mask, context = out["image"], out["mask"], out.get("context")
+        return _sample(image, mask, context)
 
 
 class FixedCropDataset(Dataset):

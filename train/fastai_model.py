@@ -28,9 +28,17 @@ def build_model(cfg: FastaiConfig, weights: bool = True) -> nn.Module:
     weights=False builds the architecture only (for reloading a checkpoint or building on the meta device).
     """
     named = cfg.encoder_weights if weights and not is_weights_file(cfg.encoder_weights) else None
-    model = smp_model(cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named)
+    if cfg.arch == "MRN":
+        from train.mrn import MRN
+
+        model = MRN(cfg.encoder, cfg.context, cfg.upsampling, classes=1, encoder_weights=named)
+        encoders = [model.fine, model.wide]
+    else:
+        model = smp_model(cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named)
+        encoders = [model.encoder]
     if weights and is_weights_file(cfg.encoder_weights):
-        load_encoder_weights(model.encoder, Path(str(cfg.encoder_weights)))
+        for encoder in encoders:
+            load_encoder_weights(encoder, Path(str(cfg.encoder_weights)))
     return model
 
 

@@ -5,7 +5,8 @@
         [--encoder-weights imagenet|none|FILE]
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
-Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice), config.json
+Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice; model.ts TorchScript
+for arch "MRN"), config.json
 (inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
 history.csv (one row per epoch) and oof/ (out-of-fold probabilities of the validation images: <id>.npy float16
 FTU probability, <id>_mask.png 0/255 truth at the same size, longest side <= oof_max_side, and index.csv with
@@ -294,14 +295,16 @@ def checkpoint_config(
     cfg: FastaiConfig, name: str, fold: int, train_rows: pd.DataFrame, tiles_dir: Path
 ) -> CheckpointConfig:
     """The config.json of this run: everything inference needs to predict the way validation did."""
+    mrn = cfg.arch == "MRN"  # not an smp model: exported as TorchScript, so the kernel needs only torch
     return CheckpointConfig(
         name=name,
         fold=fold,
-        framework="smp",
+        framework="torchscript" if mrn else "smp",
         task="binary",
         classes=["ftu"],
         tile_size=cfg.tile_size,
-        weights="model.pth",
+        weights="model.ts" if mrn else "model.pth",
+        context=cfg.context,
         arch=cfg.arch,
         encoder=cfg.encoder,
         decoder_norm=cfg.decoder_norm,
@@ -465,9 +468,15 @@ def _write_outputs(
 ) -> dict:
     """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
     model = get_model(learn.model).eval()
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state_dict, folder / "model.pth")
-    config.save(folder)
+    if config.framework == "torchscript":
+        from train.mrn import export_torchscript
+
+        export_torchscript(model, folder, config)  # model.ts + config.json
+        model.to(learn.dls.device)  # the export traced it on CPU; validation below runs on the training device
+    else:
+        state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        torch.save(state_dict, folder / "model.pth")
+        config.save(folder)
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
     metrics: dict = {
         "dice": None,

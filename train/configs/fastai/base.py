@@ -20,9 +20,12 @@ CONFIG_DIR = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class FastaiConfig:
-    # model: smp.create_model(arch, encoder_name=encoder, encoder_weights=..., classes=1)
+    # model: smp.create_model(arch, encoder_name=encoder, encoder_weights=..., classes=1), or arch "MRN"
+    # (train.mrn: a second encoder sees a context view covering `context` x the crop's field; TorchScript export)
     arch: str = "Unet"
     encoder: str = "tu-resnet18"
+    context: int = 1  # MRN only: the context view's field in crop fields (2 or 4)
+    upsampling: str = "transpose"  # MRN only: "transpose" or "bilinear" decoder upsampling
     encoder_weights: str | None = "imagenet"  # "imagenet" (downloaded by timm), None (random init) or a local file
     # Normalisation for small batches: BatchNorm statistics of 2-4 images per GPU are noise. The decoder's norm
     # ("groupnorm" does not depend on the batch; inference.predictor.smp_model), and freezing the encoder's
@@ -74,6 +77,10 @@ class FastaiConfig:
             raise ValueError(f"sampler {self.sampler!r} not in {SAMPLERS}")
         if self.sampler == "crops" and not (self.pixel_size and self.pixel_size > 0):
             raise ValueError("sampler 'crops' needs pixel_size (um/px the model trains and predicts at)")
+        if (self.arch == "MRN") != (self.context > 1):
+            raise ValueError(f"arch MRN needs context >= 2 and other archs context 1; got {self.arch}, {self.context}")
+        if self.arch == "MRN" and self.sampler != "crops":
+            raise ValueError("arch MRN trains on the crop sampler (it builds the context views): set sampler='crops'")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm {self.decoder_norm!r} not in {DECODER_NORMS}")
         if self.minutes is not None and not self.minutes > 0:
