@@ -408,14 +408,15 @@ def test_time_budget_fits_schedule_and_validation(demo_tiles: Path, tmp_path: Pa
     # the schedule was fitted to the iterations that fit: it ends near eta_min, not at the start of its decay
     lrs = lr_curve(run / "work")
     assert lrs[-1][0] == trained and lrs[-1][1] < 0.1 * max(lr for _, lr in lrs), lrs[-5:]
-    # validated twice (100000 / 50000), the second time at the last iteration
+    # validated at the last iteration, and at most twice (100000 / 50000): once more half-way unless a slowdown of
+    # the shared machine used the budget up before the planned mid-run validation
     records = [
         json.loads(line)
         for log in (run / "work").glob("*/vis_data/scalars.json")
         for line in log.read_text().splitlines()
     ]
     assert [r["step"] for r in records if "dice" in r][-1] == trained
-    assert len([r for r in records if "dice" in r]) == 2
+    assert len([r for r in records if "dice" in r]) in (1, 2)
     # the folder describes what ran: iterations and schedule as trained
     cfg = Config.fromfile(str(run / "mmseg_config.py"))
     assert cfg.train_cfg.max_iters == trained and max(s.end for s in cfg.param_scheduler) == trained

@@ -71,9 +71,9 @@ def _record_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
     original = Predictor.predict_working
 
-    def spy(self: Predictor, image: np.ndarray, size: tuple[int, int], tta: int = 0) -> np.ndarray:
+    def spy(self: Predictor, image: np.ndarray, size: tuple[int, int], *args: object) -> np.ndarray:
         sizes.append(size)
-        return original(self, image, size, tta)
+        return original(self, image, size, *args)
 
     monkeypatch.setattr(Predictor, "predict_working", spy)
     return sizes
