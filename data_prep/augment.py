@@ -1,6 +1,7 @@
 """Train/validation augmentations shared by both trainers, as named presets chosen by config.
 
-Presets: "flips" (flips and 90-degree rotations), "seed10" (the seed team's ten transforms: flips/rotate90,
+Presets: "flips" (flips and 90-degree rotations), "flips+stain" (flips, and 30% of the tiles re-stained as H&E or
+PAS), "seed10" (the seed team's ten transforms: flips/rotate90,
 affine shift-scale-rotate, Gauss noise, Gauss blur, brightness/contrast, hue/saturation/value, optical,
 grid and piecewise-affine distortion), "seed10+stain" (seed10 plus stain transfer to H&E/PAS and HED stain
 jitter, for the HPA -> HuBMAP stain shift) and "hubmap" (flips, a wider-zoom affine, mild brightness/contrast
@@ -31,7 +32,7 @@ import torch.utils.data  # noqa: E402
 from albumentations.core.transforms_interface import BaseTransformInitSchema  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-PRESETS: tuple[str, ...] = ("flips", "seed10", "seed10+stain", "hubmap")
+PRESETS: tuple[str, ...] = ("flips", "flips+stain", "seed10", "seed10+stain", "hubmap")
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density, as in skimage.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -386,6 +387,8 @@ def train_transforms(preset: str, seed: int | None = None) -> A.Compose:
     """The training pipeline of a named preset (see PRESETS); seed makes it reproducible (see reseed)."""
     if preset == "flips":
         transforms = _flips()
+    elif preset == "flips+stain":  # light: a share of the crops re-stained, nothing else on top
+        transforms = [*_flips(), StainTransfer(p=0.3)]
     elif preset == "seed10":
         transforms = _seed10()
     elif preset == "seed10+stain":

@@ -47,6 +47,7 @@ def test_preset_builds_and_applies_without_warnings(preset: str) -> None:
 def test_presets_differ_and_seed10_applies_every_transform() -> None:
     names = {p: [type(t).__name__ for t in train_transforms(p)] for p in PRESETS}
     assert names["flips"] == ["HorizontalFlip", "VerticalFlip", "RandomRotate90"]
+    assert names["flips+stain"] == [*names["flips"], "StainTransfer"]
     seed10 = train_transforms("seed10")
     leaves = [type(t).__name__ for t in seed10 for t in getattr(t, "transforms", [t])]
     assert set(leaves) >= {
