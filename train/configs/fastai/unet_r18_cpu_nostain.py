@@ -1,7 +1,0 @@
-"""Ablation of unet_r18_cpu for benchmarks/domain.py: the same recipe with flips instead of stain transfer."""
-
-from dataclasses import replace
-
-from train.configs.fastai.unet_r18_cpu import config as cpu
-
-config = replace(cpu, augment="flips")
