@@ -31,7 +31,7 @@ stage "5/7 mmseg UperNet (tiny ConvNeXt, random init), fold 0, exported to Torch
 stage "6/7 predict the demo test set with both models -> $DEMO/submission.csv"
 "$PY" -m inference.predict --data-dir "$DEMO/data" \
   --models "$DEMO/outputs/unet_r18_demo/fold0" "$DEMO/outputs/upernet_convnext-demo/fold0" \
-  --ensemble union --out "$DEMO/submission.csv"
+  --ensemble union --use-organ --out "$DEMO/submission.csv"
 
 stage "7/7 score against the demo ground truth; predicted (cyan) and true (yellow) outlines in $DEMO/overlays"
 "$PY" -m inference.score --submission "$DEMO/submission.csv" --solution "$DEMO/data/test_solution.csv"
