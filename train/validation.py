@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from inference.ensemble import Member
 from inference.metric import dice
-from inference.predict import Options, _images, predict_one
+from inference.predict import Options, _images, predict_one, save_probability
 from inference.rle import decode
 from inference.score import summarise
+from inference.tiling import resize_image
 
 
 def _level_rows(rows: pd.DataFrame, split: int | None) -> pd.DataFrame:
@@ -106,15 +107,11 @@ def kernel_validation(
 
 
 def write_oof(image: ValidationImage, folder: Path, max_side: int) -> dict:
-    """Save one validation image's probability (float16 .npy) and truth (0/255 PNG) at <= max_side px."""
-    prob, truth = image.probability, image.truth.astype(np.uint8)
-    height, width = prob.shape
-    shrink = min(1.0, max_side / max(prob.shape))
-    if shrink < 1.0:
-        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-        prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
-        truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
-    np.save(folder / f"{image.image_id}.npy", prob.astype(np.float16))
+    """Save one validation image's probability (inference.predict --save-probs format) and truth (0/255 PNG)."""
+    height, width = image.probability.shape
+    save_probability(folder / f"{image.image_id}.npy", image.probability, max_side)
+    saved = np.load(folder / f"{image.image_id}.npy", mmap_mode="r").shape  # the truth at the map's size
+    truth = resize_image(image.truth.astype(np.uint8), *saved, nearest=True)
     if not cv2.imwrite(str(folder / f"{image.image_id}_mask.png"), truth * 255):
         raise OSError(f"cannot write {folder / f'{image.image_id}_mask.png'}")
     return dict(
@@ -123,8 +120,8 @@ def write_oof(image: ValidationImage, folder: Path, max_side: int) -> dict:
         data_source=image.data_source,
         img_height=height,
         img_width=width,
-        height=prob.shape[0],
-        width=prob.shape[1],
+        height=saved[0],
+        width=saved[1],
         prob_path=f"{image.image_id}.npy",
         mask_path=f"{image.image_id}_mask.png",
     )
