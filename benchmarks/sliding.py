@@ -23,7 +23,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 from checkpoints import make_smp_checkpoint  # noqa: E402
 
-from inference.predictor import load_predictor  # noqa: E402
+from inference.engine.predictor import load_predictor  # noqa: E402
 from inference.tiling import grid_boxes  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from checkpoints import make_smp_checkpoint  # noqa: E402
 
 from data_prep.make_demo import GLASS, make_image, section_outline  # noqa: E402
 from inference.organs import organ  # noqa: E402
-from inference.slide import write_pyramid  # noqa: E402
+from inference.wsi.reader import write_pyramid  # noqa: E402
 
 PATCH = 2048
 

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from data_prep.make_folds import make_folds
 from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
 from inference.organs import ORGANS, class_index
-from inference.slide import Slide, open_slide, thumbnail
+from inference.wsi.reader import Slide, open_slide, thumbnail
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
 
 

@@ -16,8 +16,8 @@ gets an empty mask; an image whose size differs from the CSV is predicted and it
 size; a failing post-processing or --save-probs keeps the raw mask; a CUDA out-of-memory is retried with
 batch size 1, then without TTA. Every such event is a `WARNING ... id N: ...` line, counted in the summary.
 
---scale-mode pixel-size (default) resamples each image to the checkpoint's um/px (see inference.predictor).
---time-budget stops the run from overrunning (see inference.budget). --folds makes each checkpoint predict
+--scale-mode pixel-size (default) resamples each image to the checkpoint's um/px (see inference.engine.predictor).
+--time-budget stops the run from overrunning (see inference.engine.budget). --folds makes each checkpoint predict
 only the images of its own validation fold (config.json fold; fold -1 checkpoints are left out), so
 --split train --save-probs DIR gives out-of-fold maps for inference.tune_thresholds. --save-probs writes
 each image's ensemble FTU probability as DIR/<id>.npy (float16, longer side at most --save-probs-max-side).
@@ -42,21 +42,15 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from inference.budget import TimeBudget, degradation_levels
-from inference.ensemble import ENSEMBLE_MODES, Decision, Member, load_thresholds, predict_image
+from inference.engine.budget import TimeBudget, degradation_levels
+from inference.engine.ensemble import ENSEMBLE_MODES, Decision, Member, load_thresholds, predict_image
 from inference.io import read_image
-from inference.postprocess import load_min_area, postprocess
-from inference.predictor import (
-    DEFAULT_MAX_SIDE,
-    DEFAULT_SCALE_MODE,
-    SCALE_MODES,
-    image_pixel_size,
-    load_predictor,
-    resolve_checkpoints,
-    resolve_device,
-)
+from inference.engine.postprocess import load_min_area, postprocess
+from inference.engine.models import resolve_checkpoints, resolve_device
+from inference.engine.predictor import DEFAULT_MAX_SIDE, DEFAULT_SCALE_MODE, load_predictor, SCALE_MODES
+from inference.organs import image_pixel_size
 from inference.rle import encode
-from inference.sliding import BLENDS, TTA_SIZES
+from inference.engine.sliding import BLENDS, TTA_SIZES
 from inference.tables import TableError, load_test_lenient
 
 log = logging.getLogger("inference.predict")
@@ -275,7 +269,7 @@ def predict_table(
 ) -> Run:
     """RLE of the predicted mask of every row of a test/train table, with what went wrong where.
 
-    time_budget (seconds, counted from `start`) degrades settings as inference.budget describes; folds
+    time_budget (seconds, counted from `start`) degrades settings as inference.engine.budget describes; folds
     (id -> fold) restricts each image to the checkpoints of its own validation fold.
     """
     if options.save_probs is not None:

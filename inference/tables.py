@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from inference.organs import DATA_SOURCES, ORGANS
+from inference.organs import DATA_SOURCES, ORGANS, valid_pixel_size
 
 TEST_COLUMNS = ("id", "organ", "data_source", "img_height", "img_width", "pixel_size", "tissue_thickness")
 TRAIN_COLUMNS = (*TEST_COLUMNS, "rle", "age", "sex")
@@ -100,7 +100,7 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
     - organ / data_source spelled another way (`HuBMAP`, `Large_Intestine`) are normalised; unknown ones are
       kept as given: inference then uses no organ threshold, no organ class, no organ min-area, and for a
       missing pixel_size the Hubmap value of the organ (unknown organ: no pixel-size rescaling);
-    - a missing, non-numeric, NaN, <= 0 or absurd pixel_size becomes NaN (inference.predictor.image_pixel_size
+    - a missing, non-numeric, NaN, <= 0 or absurd pixel_size becomes NaN (inference.organs.image_pixel_size
       chooses the organ's value); a missing column counts as all-missing;
     - a missing or non-positive img_height / img_width becomes 0: the image's own size is used.
     """
@@ -130,7 +130,6 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
             elif name != value:
                 notes.append((df.at[i, "id"], f"{col} {value!r} read as {name!r}"))
                 df.at[i, col] = name
-    from inference.predictor import valid_pixel_size  # imported here: tables stays importable without torch
 
     raw = df["pixel_size"] if "pixel_size" in df.columns else pd.Series("", index=df.index)
     values = pd.to_numeric(raw, errors="coerce")

@@ -104,3 +104,11 @@ def reassemble(
         hits[sy0:cy1, sx0:cx1] += 1.0
     np.divide(acc, hits, out=acc, where=hits > 0)
     return acc
+
+
+def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(C, h, w) float maps to (C, height, width) float32: area averaging when shrinking (no aliasing), else bilinear."""
+    if probs.shape[1:] == (height, width):
+        return probs.astype(np.float32, copy=False)
+    planes = [resize_image(np.ascontiguousarray(plane, dtype=np.float32), height, width) for plane in probs]
+    return planes[0][None] if len(planes) == 1 else np.stack(planes)

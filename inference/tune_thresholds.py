@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from inference.metric import dice
 from inference.organs import ORGANS
-from inference.predictor import resize_probs
+from inference.tiling import resize_probs
 from inference.rle import decode
 from inference.tables import TableError, load_solution
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from inference.checkpoint import CheckpointConfig
 from inference.organs import CLASSES
-from inference.predictor import TORCH_VERSION_SUFFIX
+from inference.engine.models import TORCH_VERSION_SUFFIX
 
 
 def make_smp_checkpoint(

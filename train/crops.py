@@ -10,7 +10,7 @@ The sampler draws from a tile set's whole images resampled to the model's um/px 
    resized to size; with probability lowres_prob it is also blurred through a lower resolution (down by a
    factor in lowres_range, back up), the look of a small HuBMAP image upsampled to the training scale.
 5. with context k > 1 (MRN models), a context view centred on the same point covering k x the crop's field,
-   resized to size, as inference.sliding builds it for MRN checkpoints.
+   resized to size, as inference.engine.sliding builds it for MRN checkpoints.
 Crops that leave the image are reflection-padded, as the sliding-window predictor pads.
 
 Why: kidney and spleen FTUs are small or rare next to crypts and glands; the multi-scale tile sets showed each
@@ -25,7 +25,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from inference.sliding import reflect_indices
+from inference.engine.sliding import reflect_indices
 from inference.tiling import resize_image
 
 POINTS_PER_FTU = 64  # pixels remembered per FTU component: enough to vary the centre, little memory
@@ -86,7 +86,7 @@ def _window(length: int, start: int, side: int) -> slice | np.ndarray:
 def crop_reflect(array: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
     """array[y0:y0+side, x0:x0+side], padded by symmetric reflection where it leaves the array.
 
-    The same reflection (inference.sliding.reflect_indices) as the sliding-window predictor pads images with.
+    The same reflection (inference.engine.sliding.reflect_indices) as the sliding-window predictor pads images with.
     """
     rows, cols = _window(array.shape[0], y0, side), _window(array.shape[1], x0, side)
     return array[rows][:, cols]

@@ -9,7 +9,7 @@ import torch
 from fastai.callback.core import Callback
 from torch import nn
 
-from inference.predictor import smp_model
+from inference.engine.models import smp_model
 from train.configs.fastai.base import FastaiConfig
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")

@@ -51,8 +51,8 @@ from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_dist
 
 from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
-from inference.ensemble import Member
-from inference.predictor import Predictor
+from inference.engine.ensemble import Member
+from inference.engine.predictor import Predictor
 from inference.score import format_report
 from inference.tables import load_train
 from train.configs.fastai.base import FastaiConfig, load_config

@@ -1,7 +1,7 @@
 """Multi-resolution network (MRN, Gu et al. 2018): a U-Net whose decoder also sees a wider, coarser context view.
 
 Input: one (N, 6, S, S) tensor, channels 0-2 the tile at the fine um/px, channels 3-5 a context view centred on
-the same point that covers `context` x the tile's field, resized to S x S (inference.sliding builds it from the
+the same point that covers `context` x the tile's field, resized to S x S (inference.engine.sliding builds it from the
 image for checkpoints with config.json "context" > 1; data_prep.wsi_tiles --context K writes it beside each
 tile). Two smp encoders (same name, e.g. "tu-resnet18") encode the views; at every scale the context features'
 centre 1/context is cropped, resized to the fine features' size and concatenated to the fine skip, and a

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from inference.ensemble import Member
+from inference.engine.ensemble import Member
 from inference.metric import dice
 from inference.predict import Options, _images, predict_one, save_probability
 from inference.rle import decode

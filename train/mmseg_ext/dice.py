@@ -3,7 +3,7 @@
 KernelValLoop replaces mmseg's ValLoop. mmseg's loop predicts the validation tiles and scores mIoU on them; the
 kernel never sees tiles: it resamples each whole image to the checkpoint's scale (config.json), slides over it,
 blends, picks the majority class and thresholds. So the loop wraps the live segmentor as the module the TorchScript
-export traces (train.export.SegmentorLogits), puts it in an inference.predictor.Predictor with the CheckpointConfig
+export traces (train.export.SegmentorLogits), puts it in an inference.engine.predictor.Predictor with the CheckpointConfig
 the run will write, and scores it with train.validation.kernel_validation. The tiles are not predicted at all.
 """
 
@@ -21,8 +21,8 @@ from mmseg.registry import LOOPS
 from torch import nn
 
 from inference.checkpoint import CheckpointConfig
-from inference.ensemble import Member
-from inference.predictor import Predictor
+from inference.engine.ensemble import Member
+from inference.engine.predictor import Predictor
 from inference.tables import load_train
 from train.export import SegmentorLogits
 from train.validation import ValidationImage, kernel_validation

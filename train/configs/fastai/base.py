@@ -28,7 +28,7 @@ class FastaiConfig:
     upsampling: str = "transpose"  # MRN only: "transpose" or "bilinear" decoder upsampling
     encoder_weights: str | None = "imagenet"  # "imagenet" (downloaded by timm), None (random init) or a local file
     # Normalisation for small batches: BatchNorm statistics of 2-4 images per GPU are noise. The decoder's norm
-    # ("groupnorm" does not depend on the batch; inference.predictor.smp_model), and freezing the encoder's
+    # ("groupnorm" does not depend on the batch; inference.engine.models.smp_model), and freezing the encoder's
     # pretrained BN statistics (eval-mode BN, affine still trained). Several GPUs: fastai distrib_ctx's SyncBN.
     decoder_norm: str = "batchnorm"
     freeze_encoder_bn: bool = False

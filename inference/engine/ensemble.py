@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from inference.organs import CLASSES, ORGANS, class_index
-from inference.predictor import Predictor, resize_probs
-from inference.sliding import WindowFilter
+from inference.engine.predictor import Predictor
+from inference.tiling import resize_probs
+from inference.engine.sliding import WindowFilter
 
 ENSEMBLE_MODES = ("mean", "union")
 

@@ -23,7 +23,7 @@ from torch import nn
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
 from inference.predict import main as predict_main
-from inference.predictor import build_model as inference_model
+from inference.engine.models import build_model as inference_model
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
@@ -32,7 +32,7 @@ from train.fastai_data import split_rows
 from train.fastai_model import SegmentationLoss, build_model
 from train.fastai_unet import ResumeCheckpoint, schedule, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
 TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0, minutes=None)
 

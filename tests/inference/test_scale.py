@@ -11,8 +11,10 @@ from checkpoints import ConstantNet
 
 from inference import predict
 from inference.checkpoint import CheckpointConfig
-from inference.ensemble import Member
-from inference.predictor import DEFAULT_MAX_SIDE, Predictor, image_pixel_size, resize_probs
+from inference.engine.ensemble import Member
+from inference.engine.predictor import DEFAULT_MAX_SIDE, Predictor
+from inference.organs import image_pixel_size
+from inference.tiling import resize_probs
 
 
 def predictor(tile: int = 32, **config) -> Predictor:

@@ -11,10 +11,10 @@ import pytest
 from checkpoints import ColourNet, ConstantNet
 
 from inference.checkpoint import CheckpointConfig
-from inference.ensemble import Member, load_thresholds, majority_class, predict_image
+from inference.engine.ensemble import Member, load_thresholds, majority_class, predict_image
 from inference.organs import CLASSES, class_index
-from inference.postprocess import fill_holes, load_min_area, postprocess, remove_small
-from inference.predictor import Predictor
+from inference.engine.postprocess import fill_holes, load_min_area, postprocess, remove_small
+from inference.engine.predictor import Predictor
 
 
 def logit(p: float) -> float:

@@ -8,7 +8,7 @@ How: the slide is opened through tifffile's zarr store (OME-TIFF, generic tiled 
 formats), the pyramid level nearest the models' um/px is chosen (slide um/px from the file, or --mpp), and a
 thumbnail's Otsu tissue map (inference.tissue) decides what to predict. The level is cut into blocks of
 --block pixels, each read with a margin of one model window on every side and run through
-inference.ensemble.predict_image (the same scale rule, sliding windows, blending, TTA, ensembling and
+inference.engine.ensemble.predict_image (the same scale rule, sliding windows, blending, TTA, ensembling and
 thresholds as inference.predict) with a WindowFilter, so windows over bare glass are not run; blocks without
 tissue are not even read. Each block's centre goes into two zarr arrays on disk (mask and probability at the
 level's resolution) and the block is recorded in DIR/S_work/state.json, so an interrupted run resumes at the
@@ -39,13 +39,13 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.ensemble import ENSEMBLE_MODES, Member, load_thresholds, predict_image
-from inference.ftu_polygons import iter_ftus, write_ftus
+from inference.engine.ensemble import ENSEMBLE_MODES, Member, load_thresholds, predict_image
+from inference.wsi.polygons import iter_ftus, write_ftus
 from inference.io import ImageReadError
 from inference.organs import ORGANS
 from inference.predict import load_members
-from inference.slide import READERS, Slide, open_slide, thumbnail, write_pyramid
-from inference.sliding import BLENDS, TTA_SIZES, WindowFilter
+from inference.wsi.reader import READERS, Slide, open_slide, thumbnail, write_pyramid
+from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
 from inference.tiling import window_starts
 from inference.tissue import tissue_mask
 

@@ -39,7 +39,7 @@ from train.mmseg_upernet import ARTIFACTS, check_config, inference_scale, main  
 
 pytestmark = pytest.mark.mmseg
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "train" / "configs" / "mmseg"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "train" / "configs" / "mmseg"
 CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
 DEMO = CONFIG_DIR / "upernet_convnext-demo.py"
 CPU = CONFIG_DIR / "upernet_convnext-cpu.py"

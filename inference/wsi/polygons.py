@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
-log = logging.getLogger("inference.ftu_polygons")
+log = logging.getLogger("inference.wsi.polygons")
 MAX_WINDOW = 8192 * 8192  # a component is not followed beyond a window this large (labels: 256 MiB)
 
 

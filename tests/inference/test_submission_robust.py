@@ -15,11 +15,11 @@ from checkpoints import ConstantNet, make_smp_checkpoint, make_torchscript_check
 from torch import nn
 
 from inference import predict, tune_thresholds
-from inference.budget import degradation_levels
+from inference.engine.budget import degradation_levels
 from inference.checkpoint import CheckpointConfig
-from inference.ensemble import Member
+from inference.engine.ensemble import Member
 from inference.io import write_image
-from inference.predictor import Predictor
+from inference.engine.predictor import Predictor
 from inference.rle import decode
 from inference.tables import load_test_lenient
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("inference.budget")
+log = logging.getLogger("inference.engine.budget")
 
 COARSER_SCALES = (0.75, 0.5)
 # Projections aim at this share of the budget: the end of the loop (writing the CSV, the last image's

@@ -14,11 +14,11 @@ import torch
 from checkpoints import make_torchscript_checkpoint
 from torch import nn
 
-from inference.ftu_polygons import iter_ftus, polygon_area
+from inference.wsi.polygons import iter_ftus, polygon_area
 from inference.metric import dice
 from inference.rle import decode
-from inference.slide import open_slide, write_pyramid
-from inference.sliding import WindowFilter, sliding_window
+from inference.wsi.reader import open_slide, write_pyramid
+from inference.engine.sliding import WindowFilter, sliding_window
 
 SIDE = 2048
 
@@ -108,7 +108,7 @@ def test_window_filter_skips_windows_without_weight() -> None:
 
 
 def _run_wsi(slide: Path, run: Path, out: Path, *extra: str) -> dict:
-    from inference.wsi import main
+    from inference.wsi.predict import main
 
     assert main(["--slide", str(slide), "--models", str(run), "--out", str(out), "--block", "512",
                  "--device", "cpu", *extra]) == 0
@@ -186,7 +186,7 @@ def test_wsi_resumes_after_interruption(demo_slides: Path, dark_run: Path, tmp_p
     np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_mask.tif"), before)
     assert again["ftus"] == first["ftus"]
     assert again["predicted_windows"] < first["predicted_windows"]  # finished blocks were not predicted again
-    from inference.wsi import main
+    from inference.wsi.predict import main
 
     assert main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "1024"]) == 2
 
@@ -230,7 +230,7 @@ def test_wsi_tiles_labels_and_folds(demo_slides: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> None:
     from data_prep.wsi_tiles import main as tiles_main
-    from inference.wsi import main as wsi_main
+    from inference.wsi.predict import main as wsi_main
     from train.fastai_unet import main as train_main
 
     tiles = tmp_path / "tiles"

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from inference.checkpoint import CheckpointConfig
-from inference.ensemble import Member
+from inference.engine.ensemble import Member
 from inference.io import write_image
-from inference.predictor import Predictor
+from inference.engine.predictor import Predictor
 from inference.rle import encode
 from inference.tables import load_train
 from train.validation import kernel_validation, validation_tiles

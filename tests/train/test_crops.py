@@ -80,7 +80,7 @@ def test_organ_balance_draws_organs_not_images() -> None:
 
 def test_crop_reflect_pads_like_the_predictor() -> None:
     array = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7)
-    padded = np.pad(array, 20, mode="symmetric")  # inference.sliding pads by symmetric reflection
+    padded = np.pad(array, 20, mode="symmetric")  # inference.engine.sliding pads by symmetric reflection
     for y0, x0 in [(-3, -4), (2, 3), (-8, 1), (1, 5), (-2, -6), (-20, -20), (0, 0)]:
         assert np.array_equal(crop_reflect(array, y0, x0, 9), padded[y0 + 20 : y0 + 29, x0 + 20 : x0 + 29])
 

@@ -165,7 +165,7 @@ def test_notebook_records_traced_torch_versions_and_a_time_budget(kernel: dict[s
 
 
 def test_older_torch_than_the_trace_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from inference.predictor import load_predictor
+    from inference.engine.predictor import load_predictor
 
     folder = make_torchscript_checkpoint(tmp_path / "run" / "fold0", tile=32)
     (folder / "model.ts.torch_version").write_text("99.0.0")

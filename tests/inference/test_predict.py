@@ -14,7 +14,8 @@ import pytest
 from checkpoints import make_smp_checkpoint, make_torchscript_checkpoint
 
 from inference import overlay, predict, tune_thresholds
-from inference.predictor import load_predictor, resolve_checkpoints
+from inference.engine.models import resolve_checkpoints
+from inference.engine.predictor import load_predictor
 from inference.rle import decode, encode
 from inference.score import score
 from inference.tables import load_solution, load_submission

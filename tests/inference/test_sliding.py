@@ -8,8 +8,8 @@ import torch
 from checkpoints import ConstantNet
 
 from inference.checkpoint import CheckpointConfig
-from inference.predictor import Predictor
-from inference.sliding import (
+from inference.engine.predictor import Predictor
+from inference.engine.sliding import (
     blend_weights,
     dihedral,
     inverse_dihedral,
