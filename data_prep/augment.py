@@ -5,7 +5,9 @@ PAS), "seed10" (the seed team's ten transforms: flips/rotate90,
 affine shift-scale-rotate, Gauss noise, Gauss blur, brightness/contrast, hue/saturation/value, optical,
 grid and piecewise-affine distortion), "seed10+stain" (seed10 plus stain transfer to H&E/PAS and HED stain
 jitter, for the HPA -> HuBMAP stain shift) and "hubmap" (flips, a wider-zoom affine, mild brightness/contrast
-and HSV, stain transfer and HED jitter). They take and return a uint8 HWC image and a uint8 class-index mask of the same size,
+and HSV, stain transfer and HED jitter); "flips+histmatch" and "seed10+histmatch" add histogram matching to
+target-domain images (the 3rd place: albumentations' HistogramMatching, blend 0.5-1.0, half the tiles; the
+reference images come from `histmatch_targets`, FastaiConfig.histmatch_targets). They take and return a uint8 HWC image and a uint8 class-index mask of the same size,
 without normalisation (trainers normalise with the checkpoint's mean/std).
 
 Argument names are albumentations 2.x ones: 2.0.8 only warns about 1.x names such as
@@ -23,6 +25,8 @@ import warnings
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import-time PyPI version check fails offline
 
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import albumentations as A  # noqa: E402
@@ -32,7 +36,10 @@ import torch.utils.data  # noqa: E402
 from albumentations.core.transforms_interface import BaseTransformInitSchema  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-PRESETS: tuple[str, ...] = ("flips", "flips+stain", "seed10", "seed10+stain", "hubmap")
+PRESETS: tuple[str, ...] = (
+    "flips", "flips+stain", "seed10", "seed10+stain", "hubmap", "flips+histmatch", "seed10+histmatch",
+)  # fmt: skip
+REFERENCE_MAX_SIDE = 1024  # references are resized to each crop anyway; this bounds the memory per worker
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density, as in skimage.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -256,6 +263,51 @@ class StainTransfer(A.ImageOnlyTransform):
         return ("strength", "stains", "hematoxylin_scale", "dab_to_stain", "background", "vector_jitter")
 
 
+class TargetHistogramMatching(A.HistogramMatching):
+    """albumentations' HistogramMatching with the reference images held by the transform.
+
+    albumentations 2.x wants the references passed with every call (`hm_metadata=[...]`) and deprecates holding
+    them; our presets are called with image and mask only, so this keeps them and draws one per call. Matching
+    is per-channel CDF matching against the reference resized to the crop, blended with the input by a ratio
+    drawn from blend_ratio (albumentations' apply_histogram, about 1 ms per 256 px crop).
+    """
+
+    def __init__(
+        self, references: Sequence[np.ndarray], blend_ratio: tuple[float, float] = (0.5, 1.0), p: float = 0.5
+    ) -> None:
+        super().__init__(blend_ratio=blend_ratio, p=p)
+        if not references:
+            raise ValueError("histogram matching needs at least one reference image")
+        self.references = [np.ascontiguousarray(r) for r in references]
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        """No per-call reference key: the references are the transform's own."""
+        return []
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Draw a reference and a blend ratio."""
+        return {
+            "reference_image": self.references[self.py_random.randrange(len(self.references))],
+            "blend_ratio": self.py_random.uniform(*self.blend_ratio),
+        }
+
+
+def load_references(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """RGB uint8 reference images from files or folders, each area-downscaled to at most REFERENCE_MAX_SIDE."""
+    from data_prep.stain_copies import image_paths, read_any  # torchstain and scikit only where asked for
+
+    images = []
+    for path in image_paths([Path(p) for p in paths]):
+        image = read_any(path)
+        factor = REFERENCE_MAX_SIDE / max(image.shape[:2])
+        if factor < 1:
+            size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        images.append(image)
+    return images
+
+
 def _cell_weights(size: int, points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel along one axis: linear weights on the control points, one-hot cell, position inside the cell."""
     position = np.linspace(0, points - 1, size, dtype=np.float32)
@@ -383,8 +435,21 @@ def _hubmap() -> list[A.BasicTransform]:
     ]
 
 
-def train_transforms(preset: str, seed: int | None = None) -> A.Compose:
-    """The training pipeline of a named preset (see PRESETS); seed makes it reproducible (see reseed)."""
+def train_transforms(
+    preset: str, seed: int | None = None, histmatch_targets: Sequence[str | Path] = ()
+) -> A.Compose:
+    """The training pipeline of a named preset (see PRESETS); seed makes it reproducible (see reseed).
+
+    histmatch_targets: reference images (files or folders) of the "+histmatch" presets.
+    """
+    if preset.endswith("+histmatch"):
+        if not histmatch_targets:
+            raise ValueError(f"preset {preset!r} needs reference images: pass histmatch_targets")
+        base = train_transforms(preset.removesuffix("+histmatch")).transforms
+        compose = A.Compose([*base, TargetHistogramMatching(load_references(histmatch_targets), (0.5, 1.0), p=0.5)])
+        if seed is not None:
+            reseed(compose, seed)
+        return compose
     if preset == "flips":
         transforms = _flips()
     elif preset == "flips+stain":  # light: a share of the crops re-stained, nothing else on top

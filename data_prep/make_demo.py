@@ -1,10 +1,15 @@
 """Write a small synthetic dataset in the exact competition layout, for demos and tests.
 
-    python -m data_prep.make_demo --out demo/data [--seed 0] [--n-train 40] [--n-test 10] [--scale 0.1667]
+    python -m data_prep.make_demo --out demo/data [--seed 0] [--n-train 40] [--n-test 10] [--n-targets 5]
+        [--scale 0.1667]
     python -m data_prep.make_demo --out demo/slides --slides N [--slide-size 8192] [--slide-mpp 0.5] [--seed 0]
 
 Writes train.csv, test.csv, sample_submission.csv, train_images/<id>.tiff, test_images/<id>.tiff and
 test_solution.csv (the test ground truth, for `python -m inference.score`). Masks are column-major RLE.
+It also writes OUT/targets/: unlabeled HuBMAP-like images (H&E, PAS for kidney; organs round-robin, ids from
+TARGET_ID_BASE so they never clash with train or test ids) and OUT/targets/images.csv (test.csv's columns),
+the target-domain images of data_prep.stain_copies --targets, data_prep.augment's histogram matching and
+train.pseudo_label --images.
 
 Each image is drawn in physical units: organ-specific functional tissue units (round glomeruli with a
 capsule, lobulated prostate glands with a lumen, rows of elongated crypts, white-pulp nodules, thin-walled
@@ -51,6 +56,8 @@ DEFAULT_SCALE = 1 / 6  # 3000 px HPA images become 500 px
 FULL_SIDE = 3000  # side of most real HPA train images, in pixels
 TINY_SIDE = 160  # the smallest hidden test images
 SAMPLE_RLE = "12 34"  # the placeholder the real sample_submission.csv uses
+TARGET_ID_BASE = 50000  # above every id plan() draws, so target images can join a train set as extra data
+TARGET_MIN_SIDE = TINY_SIDE  # as the smallest real images; enough stained pixels to fit stains (prostate: ~30 px)
 
 # Optical density per unit concentration (RGB), after Ruifrok & Johnston's colour deconvolution vectors.
 HEMATOXYLIN = (0.65, 0.70, 0.29)
@@ -489,8 +496,39 @@ def plan(seed: int, n_train: int, n_test: int, scale: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["split", "id", "organ", "data_source", "img_height", "img_width"])
 
 
-def make_demo(out: Path, seed: int = 0, n_train: int = 40, n_test: int = 10, scale: float = DEFAULT_SCALE) -> Path:
-    """Write the demo dataset under out (competition layout plus test_solution.csv) and return out."""
+def make_targets(out: Path, n: int, seed: int = 0, scale: float = DEFAULT_SCALE) -> pd.DataFrame:
+    """Write n unlabeled Hubmap-style images (organs round-robin) and their images.csv under out; return the table.
+
+    Sizes follow the Hubmap test images' rule (about a train image's tissue extent), at least TARGET_MIN_SIDE.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {f"{TARGET_ID_BASE + k}.tiff" for k in range(n)}
+    for stale in out.glob("*.tiff"):  # left over from a run with more targets
+        if stale.name not in keep:
+            stale.unlink()
+    rows = []
+    for k in range(n):
+        name = ORGANS[k % len(ORGANS)]
+        rng = np.random.default_rng([seed, 5, k])
+        extent = organ(name).pixel_size["HPA"] / organ(name).pixel_size["Hubmap"]
+        h, w = (max(TARGET_MIN_SIDE, round(FULL_SIDE * scale * extent * f)) for f in rng.uniform(0.6, 1.2, 2))
+        image, _ = make_image(name, "Hubmap", h, w, scale, rng)  # the mask is what a target does not have
+        image_id = TARGET_ID_BASE + k
+        write_image(out / f"{image_id}.tiff", image)
+        thickness = organ(name).thickness["Hubmap"]
+        rows.append((image_id, name, "Hubmap", h, w, organ(name).pixel_size["Hubmap"],
+                     int(thickness) if thickness == int(thickness) else thickness))
+    table = pd.DataFrame(rows, columns=["id", "organ", "data_source", "img_height", "img_width", "pixel_size",
+                                        "tissue_thickness"])
+    table.to_csv(out / "images.csv", index=False, lineterminator="\n")
+    return table
+
+
+def make_demo(
+    out: Path, seed: int = 0, n_train: int = 40, n_test: int = 10, scale: float = DEFAULT_SCALE, n_targets: int = 5
+) -> Path:
+    """Write the demo dataset under out (competition layout, test_solution.csv, targets/) and return out."""
     if n_train < len(ORGANS) or n_test < len(ORGANS):
         raise ValueError(
             f"n_train and n_test must be at least {len(ORGANS)} to cover every organ; got {n_train}, {n_test}"
@@ -530,6 +568,8 @@ def make_demo(out: Path, seed: int = 0, n_train: int = 40, n_test: int = 10, sca
     }
     for name, table in tables.items():
         table.to_csv(out / name, index=False, lineterminator="\n")
+    if n_targets:
+        make_targets(out / "targets", n_targets, seed, scale)
     return out
 
 
@@ -601,6 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=40, help="train images, organs round-robin (default 40)")
     ap.add_argument("--n-test", type=int, default=10, help="test images, HPA and Hubmap alternating (default 10)")
+    ap.add_argument("--n-targets", type=int, default=5, help="unlabeled Hubmap-style images in OUT/targets (default 5)")
     ap.add_argument(
         "--scale",
         type=float,
@@ -617,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {len(table)} slides to {args.out} in {time.perf_counter() - start:.1f} s")
         print(table[["slide_id", "slide", "organ", "width", "height", "mpp"]].to_string(index=False))
         return
-    out = make_demo(args.out, args.seed, args.n_train, args.n_test, args.scale)
+    out = make_demo(args.out, args.seed, args.n_train, args.n_test, args.scale, args.n_targets)
     train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")
     counts = pd.concat([train.assign(split="train"), test.assign(split="test")])
     table = counts.groupby(["organ", "split", "data_source"]).size().unstack(["split", "data_source"], fill_value=0)

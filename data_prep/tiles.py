@@ -2,7 +2,7 @@
 
     python -m data_prep.tiles --data-dir DATA --folds folds.csv --out TILES --size 768 [--splits 1,2,3]
         [--reduce 4 --reduce 6] [--overlap 0.25] [--target-pixel-size 0.4] [--tissue-threshold 0.05]
-        [--scaled 0.8 ...] [--workers 2] [--overwrite]
+        [--scaled 0.8 ...] [--extra-data DATA2 ...] [--workers 2] [--overwrite]
 
 Split tiles: each image is cut into n x n equal parts and every part is resized to size x size (area
 interpolation for images, nearest for masks), so splits 1,2,3 give 14 tiles per image. Reduce tiles: the
@@ -13,11 +13,15 @@ tiles: a split part is resized to size x size whatever the image scale, so its s
 Scaled images (--scaled P, repeatable): the whole image and mask resampled to P um/px from the CSV pixel_size
 (source "scaled", not cut, not size x size), which the trainers' crop sampler draws random crops from at the
 physical scale the checkpoint predicts at.
+Extra data (--extra-data DATA2, repeatable): another competition-layout train set (e.g. the pseudo-labels of
+train.pseudo_label) tiled the same way into training-only rows: source "extra", fold -1 (in no validation fold,
+so every fold trains on them), and an `ignore_rle` column, when present, marks mask pixels IGNORE_INDEX (255),
+which the trainers' losses ignore. Its ids must differ from the main train set's.
 
 Writes TILES/images/<tile_id>.png (RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class)
 and TILES/index.csv (INDEX_COLUMNS; boxes in original image pixels). Each finished image leaves
-TILES/parts/<image_id>.csv, so a re-run skips it; --overwrite clears the tile set (LPB tiles included) and
-redoes everything. TILES/tiles.json records the build settings and the data folder (trainers read whole
+TILES/parts/<image_id>.csv, so a re-run skips it; --overwrite clears the tile set (LPB tiles and stain copies
+included) and redoes everything; a re-run without it keeps them. TILES/tiles.json records the build settings and the data folder (trainers read whole
 validation images from it); re-running with other settings needs --overwrite or another --out.
 """
 
@@ -52,6 +56,15 @@ INDEX_COLUMNS: tuple[str, ...] = tuple(
     "img_height,img_width,tile_pixel_size,tissue_fraction,parents".split(",")
 )
 DEFAULT_TISSUE_THRESHOLD = 0.05
+# Mask value of pixels no loss may count (pseudo-labels between the two thresholds); mmseg's decode heads
+# ignore 255 by default (ignore_index=255), the fastai losses take it as ignore_index.
+IGNORE_INDEX = 255
+# Rows that only ever train, never validate: LPB blends, stain-transferred copies (data_prep.stain_copies) and
+# extra data (--extra-data). Copies and blends keep their source image's fold (a fold-k copy never trains fold
+# k); extra rows have EXTRA_FOLD, so every fold trains on them.
+TRAINING_ONLY_SOURCES = ("lpb", "stain", "extra")
+ADDED_SOURCES = ("lpb", "stain")  # written into an existing tile set by other tools; a rebuild keeps them
+EXTRA_FOLD = -1
 # PNG encoding is most of the tiling time. For tissue tiles, the SUB filter with Huffman-only deflate encodes
 # about 2x faster than level 1 defaults and 3x faster than level 6, at a smaller size than level 1; masks are
 # long runs of one value, which the RLE strategy suits.
@@ -79,6 +92,7 @@ class TileSettings:
     target_pixel_size: float | None
     tissue_threshold: float
     scaled: tuple[float, ...] = ()  # um/px of the whole-image "scaled" rows
+    extra_data: tuple[str, ...] = ()  # extra train sets (resolved folders), tiled into "extra" rows
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,8 @@ class ImageJob:
     width: int
     pixel_size: float
     rle: str
+    ignore_rle: str = ""  # pixels marked IGNORE_INDEX (extra data)
+    source: str = "original"  # "original", or "extra" for --extra-data images
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -139,6 +155,17 @@ def write_index(tiles_dir: Path, df: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def whole_image_rows(index: pd.DataFrame) -> pd.Series:
+    """True for the rows holding a whole image at a pixel size (split 0, reduce 0): "scaled" rows and their
+    stain copies or extra-data counterparts, which the crop sampler draws from and tile trainers leave out."""
+    return (index["split"] == 0) & (index["reduce"] == 0)
+
+
+def ftu_pixels(mask: np.ndarray) -> np.ndarray:
+    """Boolean FTU map of a class-index mask: any class, but not IGNORE_INDEX."""
+    return (mask > 0) & (mask != IGNORE_INDEX)
+
+
 def resize_to(array: np.ndarray, width: int, height: int, nearest: bool) -> np.ndarray:
     """Resize with area interpolation (images) or nearest (masks); a same-size call returns the input."""
     if array.shape[1] == width and array.shape[0] == height:
@@ -170,6 +197,8 @@ def load_image(job: ImageJob) -> tuple[np.ndarray, np.ndarray]:
         )
     mask = decode(job.rle, job.height, job.width)
     mask *= np.uint8(class_index(job.organ))
+    if job.ignore_rle:
+        mask[(decode(job.ignore_rle, job.height, job.width) > 0) & (mask == 0)] = IGNORE_INDEX
     return image, mask
 
 
@@ -247,7 +276,7 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
     cutoff = tissue_cutoff(image)
     rows = []
     for tile in cut_tiles(image, mask, job, settings):
-        fg = float((tile.mask > 0).mean())
+        fg = float(ftu_pixels(tile.mask).mean())
         tissue = tissue_fraction(tile.image, cutoff)
         scaled = tile.reduce == 0 and tile.split == 0
         if tile.split == 0 and not scaled and fg == 0.0 and tissue < settings.tissue_threshold:
@@ -271,7 +300,7 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
                 "fg_fraction": round(fg, 6),
                 "image_path": f"images/{tile.tile_id}.png",
                 "mask_path": f"masks/{tile.tile_id}.png",
-                "source": "scaled" if scaled else "original",
+                "source": job.source if job.source != "original" else "scaled" if scaled else "original",
                 "img_height": job.height,
                 "img_width": job.width,
                 "tile_pixel_size": round(tile.pixel_size, 6),
@@ -319,6 +348,39 @@ def _jobs(data_dir: Path, folds_csv: Path) -> list[ImageJob]:
     ]
 
 
+def _extra_jobs(extra_dirs: Sequence[Path], taken: set[int]) -> list[ImageJob]:
+    """Jobs of the --extra-data train sets: fold EXTRA_FOLD, source "extra", ignore band from `ignore_rle`."""
+    jobs = []
+    for data_dir in extra_dirs:
+        table = load_train(data_dir / "train.csv")
+        ids = [int(i) for i in table["id"]]
+        clash = sorted(taken & set(ids))
+        if clash:
+            raise TileSetError(
+                f"{data_dir / 'train.csv'}: id(s) {clash[:5]} are already in the tile set's train set or another "
+                "--extra-data folder (tile names would collide); give the extra images other ids"
+            )
+        taken |= set(ids)
+        ignore = table["ignore_rle"] if "ignore_rle" in table else pd.Series("", index=table.index)
+        for r, band in zip(table.itertuples(index=False), ignore, strict=True):
+            jobs.append(
+                ImageJob(
+                    int(r.id),
+                    str(data_dir / "train_images" / f"{r.id}.tiff"),
+                    r.organ,
+                    r.data_source,
+                    EXTRA_FOLD,
+                    int(r.img_height),
+                    int(r.img_width),
+                    float(r.pixel_size),
+                    r.rle,
+                    band if isinstance(band, str) else "",
+                    "extra",
+                )
+            )
+    return jobs
+
+
 def source_data_dir(tiles_dir: Path) -> Path | None:
     """The competition data folder a tile set was built from (recorded in tiles.json), if recorded."""
     record = Path(tiles_dir) / "tiles.json"
@@ -329,17 +391,18 @@ def source_data_dir(tiles_dir: Path) -> Path | None:
 
 
 def _prepare_out(out: Path, settings: TileSettings, overwrite: bool, data_dir: Path) -> pd.DataFrame:
-    """Create the folders, check the recorded settings; return LPB rows to keep (none on overwrite)."""
+    """Create the folders, check the recorded settings; return LPB and stain-copy rows to keep (none on overwrite)."""
     record = out / "tiles.json"
     if overwrite:
         for sub in ("images", "masks", "parts"):
             shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("index.csv", "tiles.json", "lpb.json"):
+        for name in ("index.csv", "tiles.json", "lpb.json", "stain_copies.json"):
             (out / name).unlink(missing_ok=True)
     elif record.is_file():
         before = json.loads(record.read_text())
         before.pop("data_dir", None)
         before.setdefault("scaled", [])  # tile sets from before --scaled existed
+        before.setdefault("extra_data", [])  # ... and before --extra-data
         now = json.loads(json.dumps(asdict(settings)))
         if before != now:
             raise TileSetError(
@@ -350,7 +413,7 @@ def _prepare_out(out: Path, settings: TileSettings, overwrite: bool, data_dir: P
     record.write_text(json.dumps({**asdict(settings), "data_dir": str(data_dir.resolve())}, indent=2) + "\n")
     if (out / "index.csv").is_file():
         index = load_index(out)
-        return index[index["source"] == "lpb"]
+        return index[index["source"].isin(ADDED_SOURCES)]
     return pd.DataFrame(columns=list(INDEX_COLUMNS))
 
 
@@ -367,9 +430,14 @@ def build_tiles(
     workers: int = 1,
     overwrite: bool = False,
     scaled: Sequence[float] = (),
+    extra_data: Sequence[Path] = (),
 ) -> pd.DataFrame:
-    """Tile every train image (skipping finished ones unless overwrite) and write TILES/index.csv; return it."""
+    """Tile every train image (skipping finished ones unless overwrite) and write TILES/index.csv; return it.
+
+    extra_data: more competition-layout folders whose images become training-only "extra" rows (fold -1).
+    """
     data_dir, folds_csv, out = Path(data_dir), Path(folds_csv), Path(out)
+    extra_dirs = [Path(d).resolve() for d in extra_data]
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     if not splits and not reduces and not scaled:
@@ -387,9 +455,11 @@ def build_tiles(
         None if target_pixel_size is None else float(target_pixel_size),
         float(tissue_threshold),
         tuple(float(px) for px in scaled),
+        tuple(str(d) for d in extra_dirs),
     )
     jobs = _jobs(data_dir, folds_csv)
-    lpb_rows = _prepare_out(out, settings, overwrite, data_dir)
+    jobs += _extra_jobs(extra_dirs, {j.image_id for j in jobs})
+    added_rows = _prepare_out(out, settings, overwrite, data_dir)
     todo = [j for j in jobs if not (out / "parts" / f"{j.image_id}.csv").is_file()]
     print(f"tiles: {len(jobs)} images, {len(jobs) - len(todo)} already done, {len(todo)} to tile into {out}")
     if todo and workers <= 1:
@@ -409,7 +479,7 @@ def build_tiles(
                             pool.shutdown(cancel_futures=True)
                             raise future.exception()
     parts = [_read_rows(out / "parts" / f"{j.image_id}.csv") for j in jobs]
-    frames = [p for p in [*parts, lpb_rows] if len(p)]
+    frames = [p for p in [*parts, added_rows] if len(p)]
     index = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(INDEX_COLUMNS))
     write_index(out, index)
     return load_index(out)
@@ -437,6 +507,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also store each whole image resampled to this um/px (repeatable), for the crop sampler",
     )
     ap.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="another train set (train.csv, train_images/, optional ignore_rle column), e.g. train.pseudo_label's "
+        "output, tiled into training-only rows (repeatable)",
+    )
+    ap.add_argument(
         "--tissue-threshold",
         type=float,
         default=DEFAULT_TISSUE_THRESHOLD,
@@ -459,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
             args.workers,
             args.overwrite,
             args.scaled,
+            args.extra_data,
         )
     except (TileSetError, ImageSizeError, ImageReadError, TableError) as exc:
         raise SystemExit(f"error: {exc}") from exc

@@ -12,6 +12,9 @@ The sampler draws from a tile set's whole images resampled to the model's um/px 
 5. with context k > 1 (MRN models), a context view centred on the same point covering k x the crop's field,
    resized to size, as inference.engine.sliding builds it for MRN checkpoints.
 Crops that leave the image are reflection-padded, as the sliding-window predictor pads.
+With stain_copy_share > 0 and stain-transferred copies of the image (data_prep.stain_copies), a crop is cut
+from one of the copies, drawn uniformly, with that probability (same geometry and mask, target-domain colours).
+Mask pixels of IGNORE_INDEX (pseudo-label bands) are never FTU centres.
 
 Why: kidney and spleen FTUs are small or rare next to crypts and glands; the multi-scale tile sets showed each
 image whole at 3000 / 256 = 12x downscale, where a glomerulus is a 17 px dot, and never centred a tile on one.
@@ -19,12 +22,13 @@ image whole at 3000 / 256 = 12x downscale, where a glomerulus is a 17 px dot, an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 
+from data_prep.tiles import ftu_pixels
 from inference.engine.sliding import reflect_indices
 from inference.tiling import resize_image
 
@@ -40,10 +44,13 @@ class CropSettings:
     lowres_prob: float = 0.0  # probability of blurring a crop through a lower resolution
     lowres_range: tuple[float, float] = (2.0, 8.0)  # the down-and-up factor of that blur
     context: int = 1  # MRN: also a view of context x the crop's field around the same centre (1: none)
+    stain_copy_share: float = 0.0  # probability of cutting the crop from a stain copy of the image (0: never)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ftu_share <= 1.0 or not 0.0 <= self.lowres_prob <= 1.0:
             raise ValueError(f"ftu_share and lowres_prob must be in [0, 1], got {self.ftu_share}, {self.lowres_prob}")
+        if not 0.0 <= self.stain_copy_share <= 1.0:
+            raise ValueError(f"stain_copy_share must be in [0, 1], got {self.stain_copy_share}")
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must be 0 < low <= high, got {self.scale_range}")
@@ -60,8 +67,8 @@ class Crop(NamedTuple):
 
 
 def ftu_points(mask: np.ndarray, rng: np.random.Generator, per_ftu: int = POINTS_PER_FTU) -> list[np.ndarray]:
-    """Up to per_ftu (y, x) pixels of each FTU (8-connected component of mask > 0), one array per FTU."""
-    count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
+    """Up to per_ftu (y, x) pixels of each FTU (8-connected component of FTU pixels), one array per FTU."""
+    count, labels = cv2.connectedComponents(ftu_pixels(mask).astype(np.uint8), connectivity=8)
     if count <= 1:
         return []
     ys, xs = np.nonzero(labels)
@@ -99,8 +106,9 @@ class ScaledImage:
     image_id: str
     organ: str
     image: np.ndarray  # (h, w, 3) uint8
-    mask: np.ndarray  # (h, w) uint8 class index
+    mask: np.ndarray  # (h, w) uint8 class index (IGNORE_INDEX: no loss)
     points: list[np.ndarray]
+    copies: list[np.ndarray] = field(default_factory=list)  # stain-transferred renderings of image, same size
 
 
 class CropSampler:
@@ -126,6 +134,9 @@ class CropSampler:
         """One crop of settings.size from one image (and its context view when settings.context > 1)."""
         s = self.settings
         h, w = item.mask.shape
+        source = item.image
+        if item.copies and s.stain_copy_share and rng.random() < s.stain_copy_share:  # no draw at share 0
+            source = item.copies[rng.integers(len(item.copies))]
         lo, hi = np.log(s.scale_range)
         side = max(2, round(s.size * float(np.exp(rng.uniform(lo, hi)))))
         if item.points and rng.random() < s.ftu_share:
@@ -136,12 +147,12 @@ class CropSampler:
         else:
             cy, cx = int(rng.integers(h)), int(rng.integers(w))
         y0, x0 = int(cy) - side // 2, int(cx) - side // 2
-        image = resize_image(crop_reflect(item.image, y0, x0, side), s.size, s.size)
+        image = resize_image(crop_reflect(source, y0, x0, side), s.size, s.size)
         mask = resize_image(crop_reflect(item.mask, y0, x0, side), s.size, s.size, nearest=True)
         context = None
         if s.context > 1:  # same centre as the crop: the crop is the context view's central 1/k
             wide = side * s.context
-            context = resize_image(crop_reflect(item.image, y0 + side // 2 - wide // 2, x0 + side // 2 - wide // 2,
+            context = resize_image(crop_reflect(source, y0 + side // 2 - wide // 2, x0 + side // 2 - wide // 2,
                                                 wide), s.size, s.size)
         if s.lowres_prob and rng.random() < s.lowres_prob:
             small = max(2, round(s.size / rng.uniform(*s.lowres_range)))

@@ -3,9 +3,12 @@
 Two samplers (FastaiConfig.sampler):
 - "crops" (the default recipe): random crops of the whole images resampled to cfg.pixel_size um/px
   (tile-set rows with source "scaled", data_prep.tiles --scaled P), organ-balanced and partly centred on FTUs
-  (train.crops). Validation crops are a fixed set drawn the same way from fold k's images.
+  (train.crops). Validation crops are a fixed set drawn the same way from fold k's images. With
+  stain_copy_share > 0 a training image's stain copies (source "stain", data_prep.stain_copies) join it.
 - "tiles": the tile set's own tiles of every fold but k (original tiles of the configured levels plus LPB
   blends); validation tiles are fold k's finest-split tiles.
+Either sampler also trains on the tile set's extra data (source "extra", fold -1: data_prep.tiles --extra-data,
+e.g. pseudo-labels) when use_extra_data; its IGNORE_INDEX pixels reach the loss as targets it ignores.
 Either way the monitored Dice is measured on whole validation images by the submission path
 (train.validation.kernel_validation); the fastai valid_loss only watches over-fitting on tiles.
 """
@@ -26,7 +29,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
-from data_prep.tiles import read_png
+from data_prep.tiles import IGNORE_INDEX, read_png, whole_image_rows
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig
@@ -59,8 +62,9 @@ def split_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.Da
         levels &= ~is_split | index["split"].isin(cfg.train_splits)
     if cfg.train_reduces is not None:
         levels &= is_split | index["reduce"].isin(cfg.train_reduces)
-    chosen = (original & levels) | ((index["source"] == "lpb") & cfg.use_lpb)
-    train = index[chosen & (index["fold"] != fold)].reset_index(drop=True)
+    extra = (index["source"] == "extra") & ~whole_image_rows(index) & levels & cfg.use_extra_data
+    chosen = (original & levels) | ((index["source"] == "lpb") & cfg.use_lpb) | extra
+    train = index[chosen & ((index["fold"] != fold) | (fold == -1))].reset_index(drop=True)
     valid = index[original & (index["fold"] == fold)].reset_index(drop=True)
     if train.empty:
         raise ValueError(
@@ -72,9 +76,11 @@ def split_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.Da
 
 
 def _scaled_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The whole-image rows at cfg.pixel_size: (fold != k, fold == k)."""
-    scaled = index[index["source"] == "scaled"]
-    rows = scaled[np.isclose(scaled["tile_pixel_size"].astype(float), float(cfg.pixel_size), rtol=1e-4)]
+    """The whole-image rows at cfg.pixel_size: (fold != k with their stain copies and extra rows, fold == k)."""
+    scaled = index[whole_image_rows(index)]
+    scaled = scaled[np.isclose(scaled["tile_pixel_size"].astype(float), float(cfg.pixel_size), rtol=1e-4)]
+    sources = ["scaled"] + ["stain"] * (cfg.stain_copy_share > 0) + ["extra"] * cfg.use_extra_data
+    rows = scaled[scaled["source"] == "scaled"]
     if rows.empty:
         present = sorted(scaled["tile_pixel_size"].astype(float).unique())
         raise ValueError(
@@ -82,18 +88,24 @@ def _scaled_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.
             f"that scale (it has {present or 'none'}); rebuild it with python -m data_prep.tiles ... "
             f"--scaled {cfg.pixel_size:g}"
         )
-    return rows[rows["fold"] != fold].reset_index(drop=True), rows[rows["fold"] == fold].reset_index(drop=True)
+    train = scaled[scaled["source"].isin(sources) & ((scaled["fold"] != fold) | (fold == -1))]
+    return train.reset_index(drop=True), rows[rows["fold"] == fold].reset_index(drop=True)
 
 
 def load_scaled_images(rows: pd.DataFrame, tiles_dir: Path, seed: int = 0) -> list[ScaledImage]:
-    """Read the whole-image rows into memory with their FTU points (train.crops)."""
+    """Read the whole-image rows into memory with their FTU points (train.crops); stain copies join their parent."""
     rng = np.random.default_rng(seed)
-    images = []
-    for row in tqdm(list(rows.itertuples(index=False)), desc="load images", unit="img", leave=False):
+    images: dict[str, ScaledImage] = {}
+    copies = rows[rows["source"] == "stain"] if "source" in rows else rows.iloc[:0]
+    for row in tqdm(list(rows.drop(copies.index).itertuples(index=False)), desc="load images", unit="img",
+                    leave=False):  # fmt: skip
         mask = read_png(Path(tiles_dir) / row.mask_path, mask=True)
         image = read_png(Path(tiles_dir) / row.image_path)
-        images.append(ScaledImage(str(row.image_id), str(row.organ), image, mask, ftu_points(mask, rng)))
-    return images
+        images[row.tile_id] = ScaledImage(str(row.image_id), str(row.organ), image, mask, ftu_points(mask, rng))
+    for row in tqdm(list(copies.itertuples(index=False)), desc="load stain copies", unit="img", leave=False):
+        if row.parents in images:  # a copy of an image not trained on (another fold) stays out
+            images[row.parents].copies.append(read_png(Path(tiles_dir) / row.image_path))
+    return list(images.values())
 
 
 def crop_settings(cfg: FastaiConfig) -> CropSettings:
@@ -106,6 +118,7 @@ def crop_settings(cfg: FastaiConfig) -> CropSettings:
         lowres_prob=cfg.lowres_prob,
         lowres_range=cfg.lowres_range,
         context=cfg.context,
+        stain_copy_share=cfg.stain_copy_share,
     )
 
 
@@ -114,7 +127,9 @@ def _sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised image (3 or, with a context view, 6, S, S), FTU mask (1, S, S)) float32 tensors."""
     x = normalise(image) if context is None else np.concatenate([normalise(image), normalise(context)])
-    return torch.from_numpy(x), torch.from_numpy((mask > 0).astype(np.float32)[None])
+    target = (mask > 0).astype(np.float32)
+    target[mask == IGNORE_INDEX] = IGNORE_INDEX  # the loss's ignore_index (pseudo-label bands)
+    return torch.from_numpy(x), torch.from_numpy(target[None])
 
 
 class CropDataset(Dataset):
@@ -124,9 +139,11 @@ class CropDataset(Dataset):
     which differs per DataLoader worker and per epoch, so workers never repeat each other and epochs never repeat.
     """
 
-    def __init__(self, sampler: CropSampler, n: int, augment: str | None) -> None:
+    def __init__(
+        self, sampler: CropSampler, n: int, augment: str | None, histmatch_targets: tuple[str, ...] = ()
+    ) -> None:
         self.sampler, self.n = sampler, n
-        self.transform = train_transforms(augment) if augment else None
+        self.transform = train_transforms(augment, histmatch_targets=histmatch_targets) if augment else None
         if self.transform is not None and sampler.settings.context > 1:
             self.transform.add_targets({"context": "image"})  # the context view gets the crop's flips and colours
         self._seed: int | None = None
@@ -170,11 +187,16 @@ class FixedCropDataset(Dataset):
 class TileDataset(Dataset):
     """(normalised image (3, S, S) float32, FTU mask (1, S, S) float32) per tile-index row."""
 
-    def __init__(self, rows: pd.DataFrame, tiles_dir: Path, size: int, augment: str | None) -> None:
+    def __init__(
+        self, rows: pd.DataFrame, tiles_dir: Path, size: int, augment: str | None,
+        histmatch_targets: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.image_paths = [Path(tiles_dir) / p for p in rows["image_path"]]
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
-        self.transform = train_transforms(augment) if augment else valid_transforms()
+        self.transform = (
+            train_transforms(augment, histmatch_targets=histmatch_targets) if augment else valid_transforms()
+        )
         self._aug_seed: int | None = None
 
     def __len__(self) -> int:
@@ -238,15 +260,16 @@ def make_dataloaders(
     if cfg.sampler == "crops":
         settings = crop_settings(cfg)
         sampler = CropSampler(load_scaled_images(train, tiles_dir, cfg.seed), settings)
-        n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(train) // cfg.bs)) * cfg.bs
-        train_dl = CropDataLoader(CropDataset(sampler, n, cfg.augment), shuffle=False, drop_last=True, **common)
+        n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(sampler.images) // cfg.bs)) * cfg.bs
+        train_ds = CropDataset(sampler, n, cfg.augment, cfg.histmatch_targets)
+        train_dl = CropDataLoader(train_ds, shuffle=False, drop_last=True, **common)
         if len(valid):
             valid_sampler = CropSampler(load_scaled_images(valid, tiles_dir, cfg.seed), settings)
             valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed)
         else:
             valid_ds = []
         return DataLoaders(train_dl, DataLoader(valid_ds, shuffle=False, **common), device=device)
-    train_ds = TileDataset(train, tiles_dir, cfg.tile_size, cfg.augment)
+    train_ds = TileDataset(train, tiles_dir, cfg.tile_size, cfg.augment, cfg.histmatch_targets)
     valid_rows = validation_tiles(valid, cfg.valid_split) if len(valid) else valid
     valid_ds = TileDataset(valid_rows, tiles_dir, cfg.tile_size, None)
     n = len(train_ds) if cfg.batches_per_epoch is None else min(len(train_ds), cfg.batches_per_epoch * cfg.bs)

@@ -27,11 +27,11 @@ class LoadTileImage(BaseTransform):
 class AugmentPreset(BaseTransform):
     """Apply `data_prep.augment.train_transforms(preset)` to the image and its class-index mask."""
 
-    def __init__(self, preset: str) -> None:
+    def __init__(self, preset: str, histmatch_targets: tuple[str, ...] = ()) -> None:
         if preset not in PRESETS:
             raise ValueError(f"augmentation preset {preset!r} not in {PRESETS}")
         self.preset = preset
-        self.compose = train_transforms(preset)
+        self.compose = train_transforms(preset, histmatch_targets=histmatch_targets)  # references: "+histmatch"
         self._seed: int | None = None
 
     def transform(self, results: dict) -> dict:

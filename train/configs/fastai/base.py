@@ -44,7 +44,13 @@ class FastaiConfig:
     train_splits: tuple[int, ...] | None = None  # split levels to train on (None: every split in the tile set)
     train_reduces: tuple[int, ...] | None = None  # reduce levels to train on (None: every reduce in the tile set)
     use_lpb: bool = True  # add the tile set's Laplacian-pyramid blends (source == "lpb") to training
+    # sampler crops: probability of cutting a crop from a stain-transferred copy of its image (data_prep.stain_copies;
+    # 0 = the copies are not loaded)
+    stain_copy_share: float = 0.0
+    use_extra_data: bool = True  # train on the tile set's extra rows (data_prep.tiles --extra-data, e.g. pseudo-labels)
     augment: str = "seed10"  # data_prep.augment preset
+    # reference images (paths) of the histogram-matching presets ("...+histmatch"), e.g. HuBMAP H&E / PAS images
+    histmatch_targets: tuple[str, ...] = ()
     valid_split: int | None = None  # sampler tiles: validation tiles of fastai's valid_loss (None: finest split)
     # optimisation
     epochs: int = 20
@@ -93,6 +99,10 @@ class FastaiConfig:
 
         if self.augment not in PRESETS:
             raise ValueError(f"augment {self.augment!r} not in {PRESETS}")
+        if "histmatch" in self.augment and not self.histmatch_targets:
+            raise ValueError(f"augment {self.augment!r} matches histograms to histmatch_targets: give image paths")
+        if not 0.0 <= self.stain_copy_share <= 1.0:
+            raise ValueError(f"stain_copy_share must be in [0, 1], got {self.stain_copy_share}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
