@@ -16,7 +16,8 @@ physical scale the checkpoint predicts at.
 Extra data (--extra-data DATA2, repeatable): another competition-layout train set (e.g. the pseudo-labels of
 train.pseudo_label) tiled the same way into training-only rows: source "extra", fold -1 (in no validation fold,
 so every fold trains on them), and an `ignore_rle` column, when present, marks mask pixels IGNORE_INDEX (255),
-which the trainers' losses ignore. Its ids must differ from the main train set's.
+which the trainers' losses ignore. Its ids must differ from the main train set's. Extra folders can be added
+to (or dropped from) an existing tile set without --overwrite: only their images are tiled (or left out).
 
 Writes TILES/images/<tile_id>.png (RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class)
 and TILES/index.csv (INDEX_COLUMNS; boxes in original image pixels). Each finished image leaves
@@ -402,8 +403,10 @@ def _prepare_out(out: Path, settings: TileSettings, overwrite: bool, data_dir: P
         before = json.loads(record.read_text())
         before.pop("data_dir", None)
         before.setdefault("scaled", [])  # tile sets from before --scaled existed
-        before.setdefault("extra_data", [])  # ... and before --extra-data
+        # Extra data may be added or dropped between runs: its images are tiled or left out of the index.
+        before.pop("extra_data", None)
         now = json.loads(json.dumps(asdict(settings)))
+        now.pop("extra_data")
         if before != now:
             raise TileSetError(
                 f"{out} was built with {before}, not {now}; pass --overwrite to rebuild it or choose another --out"

@@ -46,7 +46,7 @@ from inference.organs import CLASSES
 from inference.score import format_report
 from train.export import export_torchscript
 from train.mmseg_ext.checkpoint import trust_checkpoints_in
-from train.mmseg_ext.dataset import fold_rows
+from train.mmseg_ext.dataset import check_ignore_index, fold_rows
 from train.mmseg_ext.dice import kernel_dice
 from train.mmseg_ext.time_budget import scaled_schedulers
 from train.validation import write_oof
@@ -103,6 +103,7 @@ def check_config(cfg: Config, config: Path) -> None:
         head_cfg = cfg.model.get(head)
         if head_cfg is not None and head_cfg.num_classes != len(CLASSES):
             raise ValueError(f"{config}: model.{head}.num_classes is {head_cfg.num_classes}, expected {len(CLASSES)}")
+    check_ignore_index(cfg.model)
     init_cfg = cfg.model.backbone.get("init_cfg")
     if init_cfg and init_cfg.get("type") == "Pretrained":
         checkpoint = str(init_cfg.checkpoint)

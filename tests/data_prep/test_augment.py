@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch.utils.data
@@ -16,6 +17,7 @@ from data_prep.augment import (
     BoundedPiecewiseAffine,
     HEDJitter,
     StainTransfer,
+    TargetHistogramMatching,
     hed_jitter,
     piecewise_affine_maps,
     reseed,
@@ -32,11 +34,20 @@ MASK[20:50, 10:40] = 3
 MASK[60:90, 50:75] = 5
 
 
+@pytest.fixture(scope="module")
+def reference_png(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A pink H&E-like reference image for the histogram-matching presets."""
+    path = tmp_path_factory.mktemp("reference") / "reference.png"
+    pink = np.clip(RNG.normal((230, 150, 200), 20, (64, 80, 3)), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(pink, cv2.COLOR_RGB2BGR))
+    return str(path)
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_builds_and_applies_without_warnings(preset: str) -> None:
+def test_preset_builds_and_applies_without_warnings(preset: str, reference_png: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # albumentations only warns about 1.x argument names, then ignores them
-        transform = train_transforms(preset, seed=0)
+        transform = train_transforms(preset, seed=0, histmatch_targets=[reference_png])
         for _ in range(25):
             out = transform(image=IMAGE, mask=MASK)
             assert out["image"].shape == IMAGE.shape and out["image"].dtype == np.uint8
@@ -44,8 +55,8 @@ def test_preset_builds_and_applies_without_warnings(preset: str) -> None:
             assert set(np.unique(out["mask"])) <= {0, 3, 5}
 
 
-def test_presets_differ_and_seed10_applies_every_transform() -> None:
-    names = {p: [type(t).__name__ for t in train_transforms(p)] for p in PRESETS}
+def test_presets_differ_and_seed10_applies_every_transform(reference_png: str) -> None:
+    names = {p: [type(t).__name__ for t in train_transforms(p, histmatch_targets=[reference_png])] for p in PRESETS}
     assert names["flips"] == ["HorizontalFlip", "VerticalFlip", "RandomRotate90"]
     assert names["flips+stain"] == [*names["flips"], "StainTransfer"]
     seed10 = train_transforms("seed10")
@@ -64,6 +75,44 @@ def test_presets_differ_and_seed10_applies_every_transform() -> None:
     }
     assert names["seed10+stain"] == [*names["seed10"], "StainTransfer", "HEDJitter"]
     assert {"StainTransfer", "Affine", "HueSaturationValue"} <= set(names["hubmap"])
+    assert names["flips+histmatch"] == [*names["flips"], "TargetHistogramMatching"]
+    assert names["seed10+histmatch"] == [*names["seed10"], "TargetHistogramMatching"]
+
+
+def test_histmatch_preset_needs_references() -> None:
+    with pytest.raises(ValueError, match="histmatch_targets"):
+        train_transforms("flips+histmatch")
+
+
+def _matcher(reference: np.ndarray, blend: float) -> A.Compose:
+    compose = A.Compose([TargetHistogramMatching([reference], blend_ratio=(blend, blend), p=1.0)])
+    reseed(compose, 0)
+    return compose
+
+
+def _histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over channels of the L1 distance between normalised 256-bin histograms."""
+    return float(np.mean([
+        np.abs(np.bincount(a[..., c].ravel(), minlength=256) / a[..., c].size
+               - np.bincount(b[..., c].ravel(), minlength=256) / b[..., c].size).sum()
+        for c in range(3)
+    ]))  # fmt: skip
+
+
+def test_histogram_matching_identity_at_blend_zero_and_towards_the_reference(reference_png: str) -> None:
+    from data_prep.augment import load_references
+
+    reference = load_references([reference_png])[0]
+    brown = np.clip(RNG.normal((120, 80, 40), 25, IMAGE.shape), 0, 255).astype(np.uint8)  # DAB-like crop
+    still = _matcher(reference, 0.0)(image=brown, mask=MASK)
+    assert np.abs(still["image"].astype(int) - brown).max() <= 1  # blend 0: the input (up to rounding)
+    matched = _matcher(reference, 1.0)(image=brown, mask=MASK)
+    half = _matcher(reference, 0.5)(image=brown, mask=MASK)
+    assert np.array_equal(matched["mask"], MASK) and np.array_equal(half["mask"], MASK)  # masks untouched
+    before, after = _histogram_distance(brown, reference), _histogram_distance(matched["image"], reference)
+    assert after < 0.3 * before
+    assert np.abs(matched["image"].mean((0, 1)) - reference.mean((0, 1))).max() < 5
+    assert _histogram_distance(half["image"], reference) < before  # part of the way
 
 
 def test_old_argument_names_would_fail() -> None:

@@ -99,3 +99,32 @@ def test_crop_dataset_draws_differ_across_workers_and_epochs() -> None:
     loader = DataLoader(dataset, batch_size=2, num_workers=2, generator=torch.Generator().manual_seed(0))
     draws = [tuple(x.flatten()[:64].tolist()) for _ in range(2) for batch, _ in loader for x in batch]
     assert len(draws) == 16 and len(set(draws)) == 16
+
+
+def test_stain_copy_share_is_honoured_and_zero_keeps_todays_draws() -> None:
+    mask = _big_and_tiny()
+    plain = _image("kidney", mask)
+    copied = _image("kidney", mask)
+    copied.copies = [np.full_like(copied.image, 7), np.full_like(copied.image, 9)]
+    settings = CropSettings(size=32, scale_range=(0.8, 1.25))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(20):  # share 0: not even a draw, so the stream and the crops are today's
+        a, b = CropSampler([plain], settings).sample(rng_a), CropSampler([copied], settings).sample(rng_b)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    sampler = CropSampler([copied], CropSettings(size=32, scale_range=(0.8, 1.25), stain_copy_share=0.3))
+    rng = np.random.default_rng(0)
+    crops = [sampler.sample(rng) for _ in range(2000)]
+    from_copy = [int(c.image.max()) in (7, 9) and int(c.image.min()) == int(c.image.max()) for c in crops]
+    assert abs(np.mean(from_copy) - 0.3) < 0.04
+    values = {int(c.image[0, 0, 0]) for c, f in zip(crops, from_copy, strict=True) if f}
+    assert values == {7, 9}  # both copies are drawn
+    with pytest.raises(ValueError, match="stain_copy_share"):
+        CropSettings(size=32, stain_copy_share=1.5)
+
+
+def test_ignored_pixels_are_never_ftu_centres() -> None:
+    mask = np.zeros((200, 200), np.uint8)
+    mask[10:30, 10:30] = 1
+    mask[100:190, 100:190] = 255  # an ignore band (pseudo-labels), larger than the FTU
+    points = ftu_points(mask, np.random.default_rng(0))
+    assert len(points) == 1 and (mask[points[0][:, 0], points[0][:, 1]] == 1).all()

@@ -1,4 +1,8 @@
-"""mmseg dataset over our tile index: RGB tiles with class-index masks, filtered to one fold's train or validation rows."""
+"""mmseg dataset over our tile index: RGB tiles with class-index masks, filtered to one fold's train or validation rows.
+
+Mask pixels of data_prep.tiles.IGNORE_INDEX (255: the ignore band of pseudo-labelled extra data) are left out
+of the loss by the decode heads' ignore_index, which is 255 unless a config changes it (check_ignore_index).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import pandas as pd
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from data_prep.tiles import load_index
+from data_prep.tiles import IGNORE_INDEX, load_index, whole_image_rows
 from inference.organs import CLASSES
 
 SUBSETS = ("train", "val")
@@ -17,14 +21,15 @@ PALETTE = [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200
 
 
 def fold_rows(index: pd.DataFrame, fold: int, subset: str) -> pd.DataFrame:
-    """Rows of one fold's subset: train = fold != k (tiles and LPB blends), val = fold == k and source original.
+    """Rows of one fold's subset: train = fold != k (tiles, LPB blends and extra data, whose fold -1 is never k),
+    val = fold == k and source original.
 
-    fold -1 trains on every fold. Whole images at a pixel size (source "scaled", for the fastai crop sampler) are
-    not tiles of the tile size, so they are left out.
+    fold -1 trains on every fold. Whole images at a pixel size (source "scaled", their stain copies and extra
+    counterparts, for the fastai crop sampler) are not tiles of the tile size, so they are left out.
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset {subset!r} not in {SUBSETS}")
-    index = index[index["source"] != "scaled"]
+    index = index[~whole_image_rows(index)]
     if subset == "train":
         rows = index if fold == -1 else index[index["fold"] != fold]
     elif fold == -1:
@@ -35,6 +40,18 @@ def fold_rows(index: pd.DataFrame, fold: int, subset: str) -> pd.DataFrame:
         folds = sorted(index["fold"].unique().tolist())
         raise ValueError(f"fold {fold} has no {subset} tiles; the tile index holds folds {folds}")
     return rows.reset_index(drop=True)
+
+
+def check_ignore_index(model_cfg: dict) -> None:
+    """Fail when a decode head's ignore_index is not IGNORE_INDEX: the pseudo-label band would be learnt as a class."""
+    for head in ("decode_head", "auxiliary_head"):
+        head_cfg = model_cfg.get(head)
+        for one in head_cfg if isinstance(head_cfg, list) else [head_cfg]:
+            if one is not None and one.get("ignore_index", IGNORE_INDEX) != IGNORE_INDEX:
+                raise ValueError(
+                    f"model.{head}.ignore_index is {one['ignore_index']}; the tile masks mark pixels to ignore with "
+                    f"{IGNORE_INDEX}"
+                )
 
 
 @DATASETS.register_module()
