@@ -39,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from torchstain.numpy.normalizers import NumpyReinhardNormalizer

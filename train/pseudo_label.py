@@ -41,7 +41,8 @@ from inference.engine.ensemble import ENSEMBLE_MODES
 from inference.engine.predictor import DEFAULT_SCALE_MODE, SCALE_MODES
 from inference.engine.sliding import TTA_SIZES
 from inference.io import write_image
-from inference.organs import DATA_SOURCES, ORGANS, organ as organ_info
+from inference.organs import DATA_SOURCES, ORGANS
+from inference.organs import organ as organ_info
 from inference.predict import Options, _images, load_members, predict_one
 from inference.rle import encode
 from inference.tables import TRAIN_COLUMNS
