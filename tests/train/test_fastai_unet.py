@@ -22,15 +22,16 @@ from torch import nn
 
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
-from inference.predict import main as predict_main
 from inference.engine.models import build_model as inference_model
+from inference.predict import main as predict_main
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
 from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
 from train.fastai_data import split_rows
-from train.fastai_model import SegmentationLoss, build_model
 from train.fastai_unet import ResumeCheckpoint, schedule, train
+from train.losses import SegmentationLoss
+from train.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
@@ -293,7 +294,7 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
 def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from train.fastai_model import FreezeEncoderBN
+    from train.fastai_callbacks import FreezeEncoderBN
 
     cfg = tiny_config(decoder_norm="groupnorm", freeze_encoder_bn=True)
     model = build_model(cfg)

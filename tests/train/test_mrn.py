@@ -12,7 +12,7 @@ import tifffile
 import torch
 
 from inference.engine.sliding import sliding_window
-from train.mrn import MRN
+from train.models.mrn import MRN
 
 
 @pytest.mark.parametrize(("upsampling", "context"), [("transpose", 2), ("bilinear", 4)])
@@ -48,9 +48,9 @@ def test_mrn_trains_exports_and_predicts_slides(tmp_path: Path) -> None:
     from data_prep.make_demo import make_slides
     from data_prep.wsi_tiles import build_wsi_tiles
     from inference.predict import main as predict_main
-    from inference.wsi.reader import open_slide
     from inference.wsi.predict import main as wsi_main
-    from train.mrn import train_mrn
+    from inference.wsi.reader import open_slide
+    from train.mrn_wsi_tiles import train_mrn
 
     slides = make_slides(tmp_path / "slides", 2, seed=1, side=1536)
     tiles = tmp_path / "tiles"
