@@ -4,6 +4,7 @@ checkpoints, encoder BatchNorm freezing and an appending CSV log."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -81,15 +82,20 @@ class TrainingClock(Callback):
 
     The epoch's training ends with fastai's CancelTrainException; the Recorder would then drop the epoch's
     train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train. The first
-    epoch's loader is effectively endless; later ones are sized from the previous epoch (for the progress bar),
-    and one that runs out before its share of time simply hands the rest to the next epoch.
+    epoch's loader is effectively endless; later ones are sized at twice the previous epoch, and one that runs
+    out before its share of time simply hands the rest to the next epoch. The progress bar's total follows the
+    clock: the batches so far plus those the rest of the epoch's share holds at the pace so far.
     """
 
     order = Recorder.order + 1
 
-    def __init__(self, minutes: float, epochs: int, offset: int = 0, spent: float = 0.0) -> None:
+    def __init__(
+        self, minutes: float, epochs: int, offset: int = 0, spent: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.budget, self.epochs, self.offset, self.spent = minutes * 60.0, epochs, offset, spent
-        self._last = time.perf_counter()
+        self.clock = clock  # injectable: tests drive the budget with a fake clock
+        self._last = clock()
 
     @property
     def fraction(self) -> float:
@@ -97,13 +103,14 @@ class TrainingClock(Callback):
         return min(1.0, self.spent / self.budget)
 
     def before_train(self) -> None:
-        self._last = time.perf_counter()
+        self._last = self.clock()
         self._batches = 0
+        self._epoch_start = self.spent
 
     def after_batch(self) -> None:
         if not self.training:
             return
-        now = time.perf_counter()
+        now = self.clock()
         self.spent += now - self._last
         self._last = now
         self._batches += 1
@@ -111,8 +118,17 @@ class TrainingClock(Callback):
             clock = torch.tensor([self.spent], dtype=torch.float64, device=next(self.learn.model.parameters()).device)
             torch.distributed.broadcast(clock, 0)
             self.spent = float(clock.item())
-        if self.spent >= self.budget * (self.epoch + self.offset + 1) / self.epochs:
+        epoch_end = self.budget * (self.epoch + self.offset + 1) / self.epochs
+        if self.spent >= epoch_end:
             raise CancelTrainException
+        self._show_total(epoch_end)
+
+    def _show_total(self, epoch_end: float) -> None:
+        """Set the progress bar's total to the batches this epoch's share of the clock will hold at today's pace."""
+        pbar = getattr(getattr(self.learn, "progress", None), "pbar", None)
+        per_batch = (self.spent - self._epoch_start) / self._batches
+        if pbar is not None and per_batch > 0:
+            pbar.total = self._batches + max(1, math.ceil((epoch_end - self.spent) / per_batch))
 
     def after_epoch(self) -> None:
         """Size the next epoch's loader at twice this epoch's batches, so its progress bar shows a real total."""
