@@ -13,13 +13,7 @@ from data_prep.make_folds import make_folds
 from inference.organs import ORGANS
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_ROW = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n10078,spleen,Hubmap,2023,2023,0.4945,4\n"
 
-
-def _csv(tmp_path: Path, text: str, name: str = "t.csv") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 def test_folds_balanced_and_seeded() -> None:

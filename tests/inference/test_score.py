@@ -15,15 +15,6 @@ from inference.score import main as score_main
 from inference.score import score
 from inference.tables import TableError, load_solution
 
-REPO = Path(__file__).resolve().parents[2]
-TEST_ROW = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n10078,spleen,Hubmap,2023,2023,0.4945,4\n"
-
-
-def _csv(tmp_path: Path, text: str, name: str = "t.csv") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
 
 def test_dice_hand_computed() -> None:
     a = np.zeros((4, 4), np.uint8)
