@@ -38,7 +38,7 @@ from checkpoints import make_smp_checkpoint  # noqa: E402
 
 from inference.engine.ensemble import Member  # noqa: E402
 from inference.predict import Options, predict_one  # noqa: E402
-from inference.engine.models import resolve_device
+from inference.engine.models import resolve_device  # noqa: E402
 from inference.engine.predictor import load_predictor  # noqa: E402
 from inference.tiling import split_boxes, window_starts  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 Makes demo slides (data_prep.make_demo --slides), one wsi_tiles set with --context views, then trains a
 plain smp Unet (the fine tile only) and an MRN (fine tile + context view) from random init with the same
-loss (train.fastai_model.SegmentationLoss), optimiser, batch size and flips for the same number of seconds
+loss (train.losses.SegmentationLoss), optimiser, batch size and flips for the same number of seconds
 each, and reports the held-out fold's pooled pixel Dice per organ and overall, with the steps each got.
 """
 
@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 from data_prep.make_demo import make_slides  # noqa: E402
 from data_prep.tiles import load_index  # noqa: E402
 from data_prep.wsi_tiles import build_wsi_tiles  # noqa: E402
-from train.fastai_model import SegmentationLoss  # noqa: E402
-from train.mrn import MRN, ContextTileDataset  # noqa: E402
+from train.losses import SegmentationLoss  # noqa: E402
+from train.models.mrn import MRN  # noqa: E402
+from train.mrn_wsi_tiles import ContextTileDataset  # noqa: E402
 
 
 class FineOnly(torch.nn.Module):

@@ -28,8 +28,9 @@ from fastai.learner import Learner  # noqa: E402
 from fastai.optimizer import Adam  # noqa: E402
 
 from train.configs.fastai.base import FastaiConfig, load_config  # noqa: E402
-from train.fastai_model import SegmentationLoss, build_model  # noqa: E402
 from train.fastai_unet import SkipValidation  # noqa: E402
+from train.losses import SegmentationLoss  # noqa: E402
+from train.models import build_model  # noqa: E402
 
 
 class SyntheticTiles(Dataset):

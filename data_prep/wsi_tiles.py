@@ -42,8 +42,9 @@ from tqdm import tqdm
 from data_prep.make_folds import make_folds
 from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
 from inference.organs import ORGANS, class_index
-from inference.wsi.reader import Slide, open_slide, thumbnail
+from inference.tiling import context_window
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
+from inference.wsi.reader import Slide, open_slide, thumbnail
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,8 @@ def tile_slide(row: pd.Series, base: Path, out: Path, settings: WsiTileSettings)
                     write_png(out / "images" / f"{tile_id}.png", image)
                     write_png(out / "masks" / f"{tile_id}.png", ftu.astype(np.uint8) * organ_class)
                     if settings.context > 1:
-                        k = settings.context
-                        wide = read_tile(slide, cx - k * side / 2, cy - k * side / 2, k * side, settings.size)
+                        wy, wx, wide_side = context_window(y0, x0, side, settings.context)
+                        wide = read_tile(slide, wx, wy, wide_side, settings.size)
                         write_png(out / "context" / f"{tile_id}.png", wide)
                     got[positive] += 1
                     bx0, by0 = round(x0), round(y0)

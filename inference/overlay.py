@@ -10,6 +10,7 @@ Predicted outlines are cyan, true outlines yellow; a caption gives id, organ, da
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -34,13 +35,26 @@ def outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], 
 
 
 def render(
-    image: np.ndarray, predicted: np.ndarray, true: np.ndarray | None, caption: str, max_side: int = 1024
+    image: np.ndarray, predicted: np.ndarray, true: np.ndarray | None, caption: str, max_side: int = 1024,
+    min_side: int = 512,
 ) -> np.ndarray:
-    """An RGB picture: the image shrunk to max_side, outlines on top, a caption bar above."""
+    """An RGB picture: the image shrunk to max_side (or enlarged to min_side), outlines on top, a caption bar above.
+
+    Small images (a HuBMAP prostate at 6.263 um/px is about 30 px) are enlarged by a whole factor with nearest
+    neighbours, so each pixel shows as a square and outlines of 2 px do not cover the image.
+    """
     h, w = image.shape[:2]
-    factor = min(1.0, max_side / max(h, w))
+    if max(h, w) > max_side:
+        factor = max_side / max(h, w)
+    elif max(h, w) < min_side:  # a whole factor that reaches min_side without passing max_side
+        factor = float(max(1, min(math.ceil(min_side / max(h, w)), max_side // max(h, w))))
+    else:
+        factor = 1.0
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    canvas = cv2.resize(image, size, interpolation=cv2.INTER_AREA).copy() if factor < 1 else image.copy()
+    if factor == 1.0:
+        canvas = image.copy()
+    else:
+        canvas = cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_NEAREST).copy()
     if true is not None:
         outline(canvas, cv2.resize(true, size, interpolation=cv2.INTER_NEAREST), TRUE)
     outline(canvas, cv2.resize(predicted, size, interpolation=cv2.INTER_NEAREST), PREDICTED)
@@ -59,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solution", type=Path, help="CSV with true masks (id,organ,img_height,img_width,rle)")
     ap.add_argument("--split", choices=("test", "train"), default="test")
     ap.add_argument("--max-side", type=int, default=1024, help="longer side of the PNGs")
+    ap.add_argument("--min-side", type=int, default=512,
+                    help="smaller images are enlarged (whole factor, nearest) to at least this longer side")
     ap.add_argument("--ids", type=int, nargs="+", help="only these ids")
     args = ap.parse_args(argv)
     try:
@@ -91,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         caption = f"id {r.id}  {r.organ}  {r.data_source}  {w}x{h}"
         if true is not None:
             caption += f"  dice {dice(pred, true):.3f}  (cyan predicted, yellow true)"
-        rgb = render(image, pred, true, caption, args.max_side)
+        rgb = render(image, pred, true, caption, args.max_side, args.min_side)
         cv2.imwrite(str(args.out / f"{r.id}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         written += 1
     print(f"wrote {written} overlay(s) to {args.out}")

@@ -66,8 +66,10 @@ def format_report(result: dict) -> str:
         row = "".join(f" {cells[f'{organ}/{s}']:7.4f}" if f"{organ}/{s}" in cells else f" {'-':>7s}" for s in sources)
         lines.append(f"  {organ:<15s} {d:7.4f}{row}")
     if sources:
-        lines.append(f"  {'all':<15s} {result['dice']:7.4f}" + "".join(
-            f" {result['per_data_source'][s]:7.4f}" for s in sources))
+        by_source = result["per_data_source"]
+        lines.append(f"  {'all':<15s} {result['dice']:7.4f}" + "".join(f" {by_source[s]:7.4f}" for s in sources))
+        if by_source.get("HPA") and "Hubmap" in by_source:  # the private leaderboard is Hubmap, training is HPA
+            lines.append(f"  Hubmap / HPA {by_source['Hubmap'] / by_source['HPA']:.2f}")
     if result.get("missing"):
         lines.append(f"  {len(result['missing'])} id(s) missing from the submission, scored as empty: "
                      f"{result['missing'][:10]}")

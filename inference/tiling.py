@@ -112,3 +112,13 @@ def resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
         return probs.astype(np.float32, copy=False)
     planes = [resize_image(np.ascontiguousarray(plane, dtype=np.float32), height, width) for plane in probs]
     return planes[0][None] if len(planes) == 1 else np.stack(planes)
+
+
+def context_window(y0: float, x0: float, side: float, k: int) -> tuple[float, float, float]:
+    """(y0, x0, side) of the context view of a square window: k x its side around the same centre (MRN).
+
+    The one geometry of the crop sampler, data_prep.wsi_tiles --context and the sliding window. Integer windows
+    give integer squares (the margin rounds down); fractional ones (slide coordinates) stay fractional.
+    """
+    margin = (k - 1) * side // 2 if isinstance(side, int) else (k - 1) * side / 2
+    return y0 - margin, x0 - margin, k * side

@@ -30,7 +30,7 @@ import numpy as np
 
 from data_prep.tiles import ftu_pixels
 from inference.engine.sliding import reflect_indices
-from inference.tiling import resize_image
+from inference.tiling import context_window, resize_image
 
 POINTS_PER_FTU = 64  # pixels remembered per FTU component: enough to vary the centre, little memory
 
@@ -151,9 +151,8 @@ class CropSampler:
         mask = resize_image(crop_reflect(item.mask, y0, x0, side), s.size, s.size, nearest=True)
         context = None
         if s.context > 1:  # same centre as the crop: the crop is the context view's central 1/k
-            wide = side * s.context
-            context = resize_image(crop_reflect(source, y0 + side // 2 - wide // 2, x0 + side // 2 - wide // 2,
-                                                wide), s.size, s.size)
+            wy, wx, wide = context_window(y0, x0, side, s.context)
+            context = resize_image(crop_reflect(source, wy, wx, wide), s.size, s.size)
         if s.lowres_prob and rng.random() < s.lowres_prob:
             small = max(2, round(s.size / rng.uniform(*s.lowres_range)))
             image = resize_image(resize_image(image, small, small), s.size, s.size)

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,31 +36,40 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.core import Callback, CancelTrainException, CancelValidException
 from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.training import GradientAccumulation
-from fastai.data.load import DataLoader
 from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
-from fastai.learner import Learner, Metric, Recorder
+from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib, set_seed
 
 from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
-from inference.engine.ensemble import Member
-from inference.engine.predictor import Predictor
 from inference.score import format_report
 from inference.tables import load_train
 from train.configs.fastai.base import FastaiConfig, load_config
+from train.export import export_torchscript
+from train.fastai_callbacks import (
+    CHECKPOINTS,
+    STATE,
+    AppendingCSVLogger,
+    ClockScheduler,
+    EpochOffset,
+    FreezeEncoderBN,
+    KernelDice,
+    ResumeCheckpoint,
+    SkipValidation,
+    TrainingClock,
+    Validation,
+    write_json,
+)
 from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
-from train.fastai_model import FreezeEncoderBN, SegmentationLoss, build_model
-from train.validation import ValidationImage, kernel_validation, write_oof
+from train.losses import SegmentationLoss
+from train.models import build_model
+from train.validation import write_oof
 
-STATE = "state.json"
-CHECKPOINTS = "checkpoints"
 CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
 
 
@@ -83,164 +91,6 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
-class Validation:
-    """fold k's original images, scored by the submission path with the model as it is now."""
-
-    def __init__(self, table: pd.DataFrame, image_dir: Path, config: CheckpointConfig, device: torch.device) -> None:
-        self.table, self.image_dir, self.config, self.device = table, image_dir, config, device
-
-    def __call__(
-        self, model: torch.nn.Module, on_image: Callable[[ValidationImage], None] | None = None, progress: bool = False
-    ) -> dict:
-        """kernel_validation of `model` (put in eval mode) as the checkpoint this run writes."""
-        name = f"{self.config.name}/fold{self.config.fold}"
-        predictor = Predictor(self.config, model.eval(), self.device, name=name)
-        return kernel_validation([Member(predictor)], self.table, self.image_dir, on_image=on_image, progress=progress)
-
-
-class KernelDice(Metric):
-    """The monitored metric: Dice of the submission path on fold k's whole images, once per validation."""
-
-    def __init__(self, validation: Validation) -> None:
-        self.validation = validation
-        self.learn: Learner | None = None
-        self.result: dict | None = None
-
-    def reset(self) -> None:
-        self.result = None
-
-    def accumulate(self, learn: Learner) -> None:
-        self.learn = learn  # the whole images are predicted in `value`, not batch by batch
-
-    @property
-    def value(self) -> float | None:
-        if self.result is None and self.learn is not None:
-            self.result = self.validation(get_model(self.learn.model))
-        return None if self.result is None else self.result["dice"]
-
-    @property
-    def name(self) -> str:
-        return "dice"
-
-
-class TimeBudget(Callback):
-    """Training time budget: epoch e trains until (e + 1) / E of the budget is spent; validation is not counted.
-
-    The epoch's training ends with fastai's CancelTrainException; the Recorder would then drop the epoch's
-    train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train. The first
-    epoch's loader is effectively endless; later ones are sized from the previous epoch (for the progress bar),
-    and one that runs out before its share of time simply hands the rest to the next epoch.
-    """
-
-    order = Recorder.order + 1
-
-    def __init__(self, minutes: float, epochs: int, offset: int = 0, spent: float = 0.0) -> None:
-        self.budget, self.epochs, self.offset, self.spent = minutes * 60.0, epochs, offset, spent
-        self._last = time.perf_counter()
-
-    @property
-    def fraction(self) -> float:
-        """Share of the budget spent so far, in [0, 1]: the position on the LR schedule."""
-        return min(1.0, self.spent / self.budget)
-
-    def before_train(self) -> None:
-        self._last = time.perf_counter()
-        self._batches = 0
-
-    def after_batch(self) -> None:
-        if not self.training:
-            return
-        now = time.perf_counter()
-        self.spent += now - self._last
-        self._last = now
-        self._batches += 1
-        if num_distrib() > 1:  # every rank follows rank 0's clock: the same LR and the same last batch
-            clock = torch.tensor([self.spent], dtype=torch.float64, device=next(self.learn.model.parameters()).device)
-            torch.distributed.broadcast(clock, 0)
-            self.spent = float(clock.item())
-        if self.spent >= self.budget * (self.epoch + self.offset + 1) / self.epochs:
-            raise CancelTrainException
-
-    def after_epoch(self) -> None:
-        """Size the next epoch's loader at twice this epoch's batches, so its progress bar shows a real total."""
-        loader = self.dls.train
-        if isinstance(loader, DataLoader) and not hasattr(loader, "dl") and self._batches:  # not DistributedDL
-            loader.n = 2 * self._batches * loader.bs
-
-    def after_cancel_train(self) -> None:
-        self.recorder.cancel_train = False
-
-
-class ClockScheduler(ParamScheduler):
-    """fastai's ParamScheduler positioned by the share of the time budget spent instead of the batch count."""
-
-    def __init__(self, scheds: dict, clock: TimeBudget) -> None:
-        super().__init__(scheds)
-        self.clock = clock
-
-    def before_batch(self) -> None:
-        self._update_val(self.clock.fraction)
-
-
-class EpochOffset(Callback):
-    """Number the epochs of a resumed fit from where the interrupted one stopped (history.csv, progress table)."""
-
-    order = Recorder.order + 1
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-    def before_epoch(self) -> None:
-        self.recorder.log[0] = self.epoch + self.offset
-
-
-class ResumeCheckpoint(Callback):
-    """After every epoch: save model + optimizer as checkpoints/last.pth and the progress in checkpoints/state.json."""
-
-    order = SaveModelCallback.order + 1
-
-    def __init__(
-        self,
-        folder: Path,
-        offset: int,
-        record: dict,
-        tracker: SaveModelCallback | None,
-        clock: TimeBudget | None = None,
-    ) -> None:
-        self.folder, self.offset, self.record, self.tracker, self.clock = folder, offset, record, tracker, clock
-
-    def after_epoch(self) -> None:
-        saved = self.learn.save("last_tmp", with_opt=True)
-        if rank_distrib() == 0:
-            os.replace(saved, self.folder / CHECKPOINTS / "last.pth")  # never leave a half-written last.pth
-            best = None if self.tracker is None else float(self.tracker.best)
-            spent = None if self.clock is None else self.clock.spent
-            state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best, seconds_trained=spent)
-            _write_json(self.folder / CHECKPOINTS / STATE, state)
-        distrib_barrier()  # other ranks may load best.pth next: wait until rank 0 has written it
-
-
-class SkipValidation(Callback):
-    """fold -1 has no validation tiles: skip fastai's validation pass instead of iterating an empty loader."""
-
-    order = Recorder.order + 5
-
-    def before_validate(self) -> None:
-        raise CancelValidException
-
-
-class AppendingCSVLogger(CSVLogger):
-    """fastai's CSVLogger that writes the header only into a new file, so a resumed run continues history.csv."""
-
-    def before_fit(self) -> None:
-        path = self.path / self.fname
-        if not (self.append and path.is_file() and path.stat().st_size > 0):
-            super().before_fit()
-            return
-        self.file = path.open("a")
-        self.old_logger, self.learn.logger = self.logger, self._write_line
-
-
 def schedule(cfg: FastaiConfig, moms: tuple[float, ...], start_epoch: int = 0) -> dict:
     """fit_one_cycle's / fit_flat_cos's hyper-parameter curves, cut to the epochs left after start_epoch.
 
@@ -257,12 +107,6 @@ def schedule(cfg: FastaiConfig, moms: tuple[float, ...], start_epoch: int = 0) -
     if done == 0:
         return curves
     return {name: (lambda pos, f=f: f(done + pos * (1.0 - done))) for name, f in curves.items()}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def training_pixel_size(cfg: FastaiConfig, train: pd.DataFrame, tiles_dir: Path) -> float:
@@ -390,7 +234,7 @@ def train(
 
     clock = None
     if cfg.minutes is not None:
-        clock = TimeBudget(cfg.minutes, cfg.epochs, start, float((state or {}).get("seconds_trained") or 0.0))
+        clock = TrainingClock(cfg.minutes, cfg.epochs, start, float((state or {}).get("seconds_trained") or 0.0))
     dls = make_dataloaders(train_rows, valid_rows, tiles_dir, cfg, device, CLOCK_ITEMS if clock else None)
     if distributed and device.type != "cuda":
         dls.loaders = [CPUDistributedDL(dl) for dl in dls.loaders]
@@ -469,10 +313,9 @@ def _write_outputs(
     """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
     model = get_model(learn.model).eval()
     if config.framework == "torchscript":
-        from train.mrn import export_torchscript
-
-        export_torchscript(model, folder, config)  # model.ts + config.json
-        model.to(learn.dls.device)  # the export traced it on CPU; validation below runs on the training device
+        views = 2 if config.context > 1 else 1  # MRN: the fine tile and its context view, 3 channels each
+        example = torch.randn(1, 3 * views, config.tile_size, config.tile_size)
+        export_torchscript(model, example, folder, config)  # model.ts, its torch version, config.json
     else:
         state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         torch.save(state_dict, folder / "model.pth")
@@ -501,7 +344,7 @@ def _write_outputs(
             f"{config.name} fold {config.fold}: validation Dice of the submission path (best epoch {best_epoch}; "
             f"an empty prediction scores 0.0000) -> {folder}\n{format_report(result)}"
         )
-    _write_json(folder / "metrics.json", metrics)
+    write_json(folder / "metrics.json", metrics)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
     return json.loads(json.dumps(metrics))  # as a re-run reads it back (image ids become strings)
 

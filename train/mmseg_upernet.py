@@ -44,7 +44,7 @@ from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import CheckpointConfig
 from inference.organs import CLASSES
 from inference.score import format_report
-from train.export import export_torchscript
+from train.export import export_segmentor
 from train.mmseg_ext.checkpoint import trust_checkpoints_in
 from train.mmseg_ext.dataset import check_ignore_index, fold_rows
 from train.mmseg_ext.dice import kernel_dice
@@ -306,11 +306,10 @@ def finish(runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointCon
             fold=fold,
             checkpoint=Path(best).name,
         )
-        export_torchscript(segmentor, int(cfg.tile_size), run_dir / "model.ts")
+        export_segmentor(segmentor, run_dir, checkpoint)  # model.ts, its torch version, config.json
         meta = dict(iter=metrics["iter"], fold=fold, config=checkpoint.name, dataset_meta=dict(classes=list(CLASSES)))
         torch.save({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(segmentor))}, run_dir / "best.pth")
         cfg.dump(str(run_dir / "mmseg_config.py"))
-        checkpoint.save(run_dir)
         # metrics.json last: its presence marks a finished folder
         (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
     barrier()

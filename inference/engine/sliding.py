@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from inference.tiling import window_starts
+from inference.tiling import context_window, window_starts
 
 BLENDS = ("gaussian", "linear", "constant")
 TTA_SIZES = (0, 2, 4, 8)
@@ -156,14 +156,14 @@ def sliding_window(
     if windows is not None:
         starts = windows.select(starts, h, w, tile, (top, left))
     if context > 1:
-        m = (context - 1) * tile // 2
-        ys, xs = (torch.from_numpy(reflect_indices(n, m, context * tile)).to(device) for n in (ph, pw))
+        top_m, _, span = context_window(0, 0, tile, context)  # window (y, x) -> view rows y + top_m ... + span
+        ys, xs = (torch.from_numpy(reflect_indices(n, -top_m, span)).to(device) for n in (ph, pw))
         wide = padded.index_select(1, ys).index_select(2, xs)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])
         if context > 1:
-            views = torch.stack([wide[:, y : y + context * tile, x : x + context * tile] for y, x in chunk])
+            views = torch.stack([wide[:, y : y + span, x : x + span] for y, x in chunk])
             small = torch.nn.functional.avg_pool2d(views.float(), context).round().to(batch.dtype)
             batch = torch.cat([batch, small], 1)
         out = forward(batch)

@@ -156,3 +156,16 @@ def test_overlay_writes_pngs(demo_data: Path, tmp_path: Path) -> None:
     assert len(pngs) == len(sol)
     picture = cv2.imread(str(pngs[0]))
     assert max(picture.shape[:2]) <= 256 + overlay.CAPTION
+
+
+def test_overlay_enlarges_small_images_by_a_whole_factor() -> None:
+    image = np.zeros((30, 20, 3), np.uint8)
+    image[10, 5] = 255
+    mask = np.zeros((30, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    picture = overlay.render(image, mask, None, "tiny", max_side=1024, min_side=512)
+    canvas = picture[overlay.CAPTION:]
+    assert canvas.shape[:2] == (30 * 18, 20 * 18)  # ceil(512 / 30) = 18: each pixel a crisp 18 x 18 square
+    assert (canvas[10 * 18 + 9, 5 * 18 + 9] == 255).all() and canvas[0, 0].sum() == 0
+    assert max(overlay.render(image, mask, None, "t", max_side=100, min_side=512).shape[:2]) <= 100 + overlay.CAPTION
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,15 +23,16 @@ from torch import nn
 
 from data_prep.tiles import load_index
 from inference.checkpoint import CheckpointConfig
-from inference.predict import main as predict_main
 from inference.engine.models import build_model as inference_model
+from inference.predict import main as predict_main
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
 from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
 from train.fastai_data import split_rows
-from train.fastai_model import SegmentationLoss, build_model
 from train.fastai_unet import ResumeCheckpoint, schedule, train
+from train.losses import SegmentationLoss
+from train.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
@@ -209,11 +211,21 @@ def test_short_training_writes_a_complete_checkpoint_that_reloads(
 
 
 @pytest.mark.slow
-def test_time_budget_stops_on_time_and_writes_a_finished_folder(demo_tiles: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(minutes=0.1, epochs=2)  # 6 s of training in two 3 s epochs
+def test_time_budget_stops_on_time_and_writes_a_finished_folder(
+    demo_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import train.fastai_unet as trainer
+    from train.fastai_callbacks import TrainingClock
+
+    ticks = iter(range(10**6))  # a fake clock: every reading is one second after the last
+    monkeypatch.setattr(trainer, "TrainingClock", functools.partial(TrainingClock, clock=lambda: float(next(ticks))))
+    cfg = tiny_config(minutes=0.1, epochs=2)  # 6 s of training in two 3 s epochs: 3 one-second batches each
     metrics = train(cfg, "timed", -1, demo_tiles, tmp_path)
     folder = tmp_path / "timed" / "fold-1"
-    assert 6.0 <= metrics["seconds_trained"] < 6.0 + 5.0  # stops after the batch that crosses the budget
+    assert metrics["seconds_trained"] == 6.0  # epoch 0 ends after the batch that reaches 3 s, epoch 1 at 6 s
+    assert metrics["steps"] == 6  # three one-second batches per epoch: the clock is read once per batch
+    out = capsys.readouterr().out
+    assert "[1/3 " in out and "[1/2500000" not in out  # from its first batch the bar shows what the time holds
     assert (folder / "model.pth").is_file() and CheckpointConfig.load(folder).train["minutes"] == 0.1
     history = pd.read_csv(folder / "history.csv")
     assert list(history["epoch"]) == [0, 1] and history["train_loss"].notna().all()
@@ -293,7 +305,7 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
 def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from train.fastai_model import FreezeEncoderBN
+    from train.fastai_callbacks import FreezeEncoderBN
 
     cfg = tiny_config(decoder_norm="groupnorm", freeze_encoder_bn=True)
     model = build_model(cfg)

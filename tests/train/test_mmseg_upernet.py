@@ -30,7 +30,7 @@ from mmseg.registry import (  # noqa: E402
 from data_prep.tiles import load_index  # noqa: E402
 from inference.checkpoint import CheckpointConfig  # noqa: E402
 from inference.organs import CLASSES  # noqa: E402
-from train.export import SegmentorLogits, export_torchscript, max_abs_difference  # noqa: E402
+from train.export import SegmentorLogits, max_abs_difference  # noqa: E402
 from train.export import main as export_main  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
@@ -122,13 +122,6 @@ def test_missing_backbone_weights_name_the_fix() -> None:
     config = CONFIG_DIR / "upernet_convnext-b_768.py"
     with pytest.raises(FileNotFoundError, match="model.backbone.init_cfg=None"):
         check_config(Config.fromfile(str(config)), config)
-
-
-def test_export_matches_eager(tmp_path: Path) -> None:
-    model = build_segmentor(Config.fromfile(str(DEMO))).eval()
-    path = export_torchscript(model, 64, tmp_path / "model.ts")
-    x = torch.randn(3, 3, 64, 64)
-    assert max_abs_difference(SegmentorLogits(model).eval(), torch.jit.load(str(path)), x) < 1e-4
 
 
 def test_fold_rows(demo_tiles: Path) -> None:

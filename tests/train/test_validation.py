@@ -12,8 +12,8 @@ from torch import nn
 
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
-from inference.io import write_image
 from inference.engine.predictor import Predictor
+from inference.io import write_image
 from inference.rle import encode
 from inference.tables import load_train
 from train.validation import kernel_validation, validation_tiles

@@ -21,7 +21,7 @@ CONFIG_DIR = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class FastaiConfig:
     # model: smp.create_model(arch, encoder_name=encoder, encoder_weights=..., classes=1), or arch "MRN"
-    # (train.mrn: a second encoder sees a context view covering `context` x the crop's field; TorchScript export)
+    # (train.models.mrn: a second encoder sees a context view covering `context` x the crop's field; TorchScript export)
     arch: str = "Unet"
     encoder: str = "tu-resnet18"
     context: int = 1  # MRN only: the context view's field in crop fields (2 or 4)

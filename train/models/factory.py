@@ -1,16 +1,16 @@
-"""The fastai trainer's model and loss: an smp UNet with one FTU logit, BCE + Dice (or Lovasz) on it."""
+"""The one model builder of training: smp UNets through inference.engine.models.smp_model (the builder the kernel
+uses to reload model.pth), MRN from train.models.mrn; encoder weights by name or from a local file, offline."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
-from fastai.callback.core import Callback
 from torch import nn
 
 from inference.engine.models import smp_model
 from train.configs.fastai.base import FastaiConfig
+from train.models.mrn import MRN
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -29,8 +29,6 @@ def build_model(cfg: FastaiConfig, weights: bool = True) -> nn.Module:
     """
     named = cfg.encoder_weights if weights and not is_weights_file(cfg.encoder_weights) else None
     if cfg.arch == "MRN":
-        from train.mrn import MRN
-
         model = MRN(cfg.encoder, cfg.context, cfg.upsampling, classes=1, encoder_weights=named)
         encoders = [model.fine, model.wide]
     else:
@@ -86,42 +84,3 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
             f"(e.g. {missing[:3]}), {len(foreign)} extra inside its modules (e.g. {foreign[:3]}); "
             f"file keys look like {list(state)[:3]}"
         )
-
-
-class FreezeEncoderBN(Callback):
-    """Keep the encoder's BatchNorm layers in eval mode (pretrained running statistics) while training.
-
-    At 2-4 images per GPU, batch statistics are noise; the affine weights still train. Pairs with a
-    batch-independent decoder norm (decoder_norm="groupnorm").
-    """
-
-    def before_train(self) -> None:
-        for module in self.learn.model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and _in_encoder(self.learn.model, module):
-                module.eval()
-
-
-def _in_encoder(model: nn.Module, module: nn.Module) -> bool:
-    encoder = getattr(getattr(model, "module", model), "encoder", None)
-    return encoder is not None and any(m is module for m in encoder.modules())
-
-
-class SegmentationLoss(nn.Module):
-    """Sum of BCE-with-logits and a region loss (Dice or Lovasz hinge) on one-channel logits."""
-
-    def __init__(self, name: str = "bce_dice") -> None:
-        super().__init__()
-        self.name = name
-        self.bce = nn.BCEWithLogitsLoss() if name.startswith("bce") else None
-        if name.endswith("dice"):
-            self.region: nn.Module = smp.losses.DiceLoss("binary", from_logits=True)
-        elif name.endswith("lovasz"):
-            self.region = smp.losses.LovaszLoss("binary", per_image=False)
-        else:
-            raise ValueError(f"unknown loss {name!r}; expected bce_dice, bce_lovasz or lovasz")
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self.region(logits, target)
-        if self.bce is not None:
-            loss = loss + self.bce(logits, target)
-        return loss

@@ -1,0 +1,101 @@
+"""The export contract, for every family: what a trainer writes, the kernel's loader reads back to the same outputs.
+
+TorchScript families (MRN, mmseg) go through train.export.export_torchscript: model.ts, the torch version it was
+traced with, config.json with framework "torchscript". smp UNets are saved as a state_dict that inference rebuilds
+with the same builder (inference.engine.models.smp_model) the trainer used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.checkpoint import CheckpointConfig
+from inference.engine.models import TORCH_VERSION_SUFFIX
+from inference.engine.predictor import load_predictor
+from train.configs.fastai.base import FastaiConfig
+from train.export import SegmentorLogits, export_torchscript
+from train.models import MRN, build_model
+
+TILE = 64
+
+
+def _config(**kw: object) -> CheckpointConfig:
+    base = dict(name="t", fold=0, framework="smp", task="binary", classes=["ftu"], tile_size=TILE, arch="Unet",
+                encoder="tu-resnet18", pixel_size=0.8)
+    base.update(kw)
+    return CheckpointConfig(**base)
+
+
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (TILE, TILE, 3), dtype=np.uint8)
+
+
+def _assert_torchscript_folder(folder: Path) -> None:
+    data = json.loads((folder / "config.json").read_text())
+    assert data["framework"] == "torchscript" and data["weights"] == "model.ts"
+    assert (folder / "model.ts").is_file()
+    assert (folder / f"model.ts{TORCH_VERSION_SUFFIX}").read_text() == torch.__version__
+
+
+def test_mrn_export_contract(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MRN("tu-resnet18", context=2).eval()
+    config = _config(arch="MRN", context=2)
+    export_torchscript(model, torch.randn(1, 6, TILE, TILE), tmp_path, config)
+    _assert_torchscript_folder(tmp_path)
+    x = torch.randn(3, 6, TILE, TILE)
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-4)
+    assert load_predictor(tmp_path).config.context == 2
+    assert model.training is False and next(model.parameters()).device.type == "cpu"  # the module is left as it was
+
+
+def test_export_refuses_a_trace_that_differs_from_eager(tmp_path: Path) -> None:
+    class BatchDependent(torch.nn.Module):  # traced at batch 1, the python branch is frozen: batch 2 differs
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.shape[0] == 1 else x * 3
+
+    with pytest.raises(RuntimeError, match="differs from the eager model"):
+        export_torchscript(BatchDependent(), torch.randn(1, 3, 8, 8), tmp_path, _config(tile_size=8))
+    assert not (tmp_path / "config.json").exists()  # no config.json: the kernel never loads a bad export
+
+
+def test_smp_unet_contract(tmp_path: Path) -> None:
+    """The fastai trainer saves model.pth; inference rebuilds it with the same builder and gets the same output."""
+    torch.manual_seed(0)
+    cfg = FastaiConfig(encoder="tu-resnet18", encoder_weights=None, tile_size=TILE, decoder_norm="groupnorm")
+    model = build_model(cfg).eval()
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    _config(decoder_norm="groupnorm").save(tmp_path)
+    predictor = load_predictor(tmp_path)
+    x = torch.from_numpy(_image()).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        mine = model((x.float() - predictor._mean) / predictor._std).sigmoid()
+        theirs = predictor._forward(x)
+    assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+@pytest.mark.mmseg
+def test_mmseg_export_contract(tmp_path: Path) -> None:
+    pytest.importorskip("mmseg")
+    from mmengine.config import Config
+
+    from train.export import export_segmentor
+    from train.mmseg_ext.checkpoint import build_segmentor
+
+    demo = Path(__file__).resolve().parents[2] / "train/configs/mmseg/upernet_convnext-demo.py"
+    segmentor = build_segmentor(Config.fromfile(str(demo))).eval()
+    config = _config(task="multiclass", classes=["background", "kidney", "prostate", "largeintestine", "spleen",
+                                                 "lung"], framework="torchscript", weights="model.ts")
+    export_segmentor(segmentor, tmp_path, config)
+    _assert_torchscript_folder(tmp_path)
+    x = torch.randn(3, 3, TILE, TILE)
+    with torch.no_grad():
+        assert torch.allclose(SegmentorLogits(segmentor).eval()(x), torch.jit.load(str(tmp_path / "model.ts"))(x),
+                              atol=1e-4)

@@ -1,0 +1,228 @@
+"""The fastai trainer's callbacks and metric: submission-path validation, the training clock, resumable
+checkpoints, encoder BatchNorm freezing and an appending CSV log."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.callback.core import Callback, CancelTrainException, CancelValidException
+from fastai.callback.progress import CSVLogger
+from fastai.callback.schedule import ParamScheduler
+from fastai.callback.tracker import SaveModelCallback
+from fastai.data.load import DataLoader
+from fastai.learner import Learner, Metric, Recorder
+from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib
+from torch import nn
+
+from inference.checkpoint import CheckpointConfig
+from inference.engine.ensemble import Member
+from inference.engine.predictor import Predictor
+from train.validation import ValidationImage, kernel_validation
+
+STATE = "state.json"
+CHECKPOINTS = "checkpoints"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (a temporary file, then os.replace): a kill never leaves half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Validation:
+    """fold k's original images, scored by the submission path with the model as it is now."""
+
+    def __init__(self, table: pd.DataFrame, image_dir: Path, config: CheckpointConfig, device: torch.device) -> None:
+        self.table, self.image_dir, self.config, self.device = table, image_dir, config, device
+
+    def __call__(
+        self, model: torch.nn.Module, on_image: Callable[[ValidationImage], None] | None = None, progress: bool = False
+    ) -> dict:
+        """kernel_validation of `model` (put in eval mode) as the checkpoint this run writes."""
+        name = f"{self.config.name}/fold{self.config.fold}"
+        predictor = Predictor(self.config, model.eval(), self.device, name=name)
+        return kernel_validation([Member(predictor)], self.table, self.image_dir, on_image=on_image, progress=progress)
+
+
+class KernelDice(Metric):
+    """The monitored metric: Dice of the submission path on fold k's whole images, once per validation."""
+
+    def __init__(self, validation: Validation) -> None:
+        self.validation = validation
+        self.learn: Learner | None = None
+        self.result: dict | None = None
+
+    def reset(self) -> None:
+        self.result = None
+
+    def accumulate(self, learn: Learner) -> None:
+        self.learn = learn  # the whole images are predicted in `value`, not batch by batch
+
+    @property
+    def value(self) -> float | None:
+        if self.result is None and self.learn is not None:
+            self.result = self.validation(get_model(self.learn.model))
+        return None if self.result is None else self.result["dice"]
+
+    @property
+    def name(self) -> str:
+        return "dice"
+
+
+class TrainingClock(Callback):
+    """Training time budget: epoch e trains until (e + 1) / E of the budget is spent; validation is not counted.
+
+    The epoch's training ends with fastai's CancelTrainException; the Recorder would then drop the epoch's
+    train_loss, so after_cancel_train (ordered after the Recorder's) keeps it: the epoch did train. The first
+    epoch's loader is effectively endless; later ones are sized at twice the previous epoch, and one that runs
+    out before its share of time simply hands the rest to the next epoch. The progress bar's total follows the
+    clock: the batches so far plus those the rest of the epoch's share holds at the pace so far.
+    """
+
+    order = Recorder.order + 1
+
+    def __init__(
+        self, minutes: float, epochs: int, offset: int = 0, spent: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.budget, self.epochs, self.offset, self.spent = minutes * 60.0, epochs, offset, spent
+        self.clock = clock  # injectable: tests drive the budget with a fake clock
+        self._last = clock()
+
+    @property
+    def fraction(self) -> float:
+        """Share of the budget spent so far, in [0, 1]: the position on the LR schedule."""
+        return min(1.0, self.spent / self.budget)
+
+    def before_train(self) -> None:
+        self._last = self.clock()
+        self._batches = 0
+        self._epoch_start = self.spent
+
+    def after_batch(self) -> None:
+        if not self.training:
+            return
+        now = self.clock()
+        self.spent += now - self._last
+        self._last = now
+        self._batches += 1
+        if num_distrib() > 1:  # every rank follows rank 0's clock: the same LR and the same last batch
+            clock = torch.tensor([self.spent], dtype=torch.float64, device=next(self.learn.model.parameters()).device)
+            torch.distributed.broadcast(clock, 0)
+            self.spent = float(clock.item())
+        epoch_end = self.budget * (self.epoch + self.offset + 1) / self.epochs
+        if self.spent >= epoch_end:
+            raise CancelTrainException
+        self._show_total(epoch_end)
+
+    def _show_total(self, epoch_end: float) -> None:
+        """Set the progress bar's total to the batches this epoch's share of the clock will hold at today's pace."""
+        pbar = getattr(getattr(self.learn, "progress", None), "pbar", None)
+        per_batch = (self.spent - self._epoch_start) / self._batches
+        if pbar is not None and per_batch > 0:
+            pbar.total = self._batches + max(1, math.ceil((epoch_end - self.spent) / per_batch))
+
+    def after_epoch(self) -> None:
+        """Size the next epoch's loader at twice this epoch's batches, so its progress bar shows a real total."""
+        loader = self.dls.train
+        if isinstance(loader, DataLoader) and not hasattr(loader, "dl") and self._batches:  # not DistributedDL
+            loader.n = 2 * self._batches * loader.bs
+
+    def after_cancel_train(self) -> None:
+        self.recorder.cancel_train = False
+
+
+class ClockScheduler(ParamScheduler):
+    """fastai's ParamScheduler positioned by the share of the time budget spent instead of the batch count."""
+
+    def __init__(self, scheds: dict, clock: TrainingClock) -> None:
+        super().__init__(scheds)
+        self.clock = clock
+
+    def before_batch(self) -> None:
+        self._update_val(self.clock.fraction)
+
+
+class EpochOffset(Callback):
+    """Number the epochs of a resumed fit from where the interrupted one stopped (history.csv, progress table)."""
+
+    order = Recorder.order + 1
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def before_epoch(self) -> None:
+        self.recorder.log[0] = self.epoch + self.offset
+
+
+class ResumeCheckpoint(Callback):
+    """After every epoch: save model + optimizer as checkpoints/last.pth and the progress in checkpoints/state.json."""
+
+    order = SaveModelCallback.order + 1
+
+    def __init__(
+        self,
+        folder: Path,
+        offset: int,
+        record: dict,
+        tracker: SaveModelCallback | None,
+        clock: TrainingClock | None = None,
+    ) -> None:
+        self.folder, self.offset, self.record, self.tracker, self.clock = folder, offset, record, tracker, clock
+
+    def after_epoch(self) -> None:
+        saved = self.learn.save("last_tmp", with_opt=True)
+        if rank_distrib() == 0:
+            os.replace(saved, self.folder / CHECKPOINTS / "last.pth")  # never leave a half-written last.pth
+            best = None if self.tracker is None else float(self.tracker.best)
+            spent = None if self.clock is None else self.clock.spent
+            state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best, seconds_trained=spent)
+            write_json(self.folder / CHECKPOINTS / STATE, state)
+        distrib_barrier()  # other ranks may load best.pth next: wait until rank 0 has written it
+
+
+class SkipValidation(Callback):
+    """fold -1 has no validation tiles: skip fastai's validation pass instead of iterating an empty loader."""
+
+    order = Recorder.order + 5
+
+    def before_validate(self) -> None:
+        raise CancelValidException
+
+
+class AppendingCSVLogger(CSVLogger):
+    """fastai's CSVLogger that writes the header only into a new file, so a resumed run continues history.csv."""
+
+    def before_fit(self) -> None:
+        path = self.path / self.fname
+        if not (self.append and path.is_file() and path.stat().st_size > 0):
+            super().before_fit()
+            return
+        self.file = path.open("a")
+        self.old_logger, self.learn.logger = self.logger, self._write_line
+
+
+class FreezeEncoderBN(Callback):
+    """Keep the encoder's BatchNorm layers in eval mode (pretrained running statistics) while training.
+
+    At 2-4 images per GPU, batch statistics are noise; the affine weights still train. Pairs with a
+    batch-independent decoder norm (decoder_norm="groupnorm").
+    """
+
+    def before_train(self) -> None:
+        for module in self.learn.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and _in_encoder(self.learn.model, module):
+                module.eval()
+
+
+def _in_encoder(model: nn.Module, module: nn.Module) -> bool:
+    encoder = getattr(getattr(model, "module", model), "encoder", None)
+    return encoder is not None and any(m is module for m in encoder.modules())
