@@ -129,3 +129,46 @@ def test_mmseg_configs_ignore_the_band() -> None:
     cfg.model.decode_head.ignore_index = 0
     with pytest.raises(ValueError, match="ignore_index"):
         check_ignore_index(cfg.model)
+
+
+@pytest.mark.parametrize("name", ["bce_dice", "bce_lovasz", "lovasz"])
+def test_loss_ignores_the_band_and_is_unchanged_without_one(name: str) -> None:
+    import segmentation_models_pytorch as smp
+    import torch
+    from torch import nn
+
+    from train.losses import SegmentationLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 16, 16, requires_grad=True)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:10, 4:10] = 1.0
+    loss = SegmentationLoss(name)
+    region = (smp.losses.DiceLoss("binary", from_logits=True) if name.endswith("dice")
+              else smp.losses.LovaszLoss("binary", per_image=False))  # fmt: skip
+    plain = region(logits, target) + (nn.BCEWithLogitsLoss()(logits, target) if name.startswith("bce") else 0)
+    assert torch.allclose(loss(logits, target), plain, atol=1e-6)  # no band: today's loss
+    banded = target.clone()
+    banded[:, :, 10:16, :] = IGNORE_INDEX
+    value = loss(logits, banded)
+    value.backward()
+    assert torch.isfinite(value)
+    assert logits.grad[:, :, 10:16, :].abs().max() == 0  # the band sends no gradient
+    assert logits.grad[:, :, :10, :].abs().max() > 0
+    wild = logits.detach().clone()
+    wild[:, :, 10:16, :] = 50.0  # whatever the model says inside the band costs nothing
+    assert torch.allclose(loss(wild, banded), loss(logits.detach(), banded), atol=1e-6)
+
+
+def test_crop_batches_carry_the_band_to_the_loss() -> None:
+    from train.crops import CropSampler, CropSettings, ScaledImage, ftu_points
+    from train.fastai_data import CropDataset
+
+    mask = np.zeros((96, 96), np.uint8)
+    mask[:, 0::3] = 1  # stripes, so that every crop holds FTU, band and background
+    mask[:, 1::3] = IGNORE_INDEX
+    image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    item = ScaledImage("1", "kidney", image, mask, ftu_points(mask, np.random.default_rng(0)))
+    dataset = CropDataset(CropSampler([item], CropSettings(size=96, ftu_share=0.0)), n=4, augment="flips")
+    targets = [dataset[i][1] for i in range(4)]
+    assert all(set(t.unique().tolist()) == {0.0, 1.0, float(IGNORE_INDEX)} for t in targets)
