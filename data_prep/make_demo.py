@@ -662,7 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")
     counts = pd.concat([train.assign(split="train"), test.assign(split="test")])
     table = counts.groupby(["organ", "split", "data_source"]).size().unstack(["split", "data_source"], fill_value=0)
-    print(f"wrote {len(train)} train + {len(test)} test images to {out} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {len(train)} train + {len(test)} test images (+ {args.n_targets} unlabeled Hubmap-style targets in "
+          f"{out / 'targets'}) to {out} in {time.perf_counter() - start:.1f} s")
     print(table.reindex(ORGANS).fillna(0).astype(int).sort_index(axis=1).to_string())
 
 

@@ -116,3 +116,19 @@ def test_masks_lie_on_stained_tissue(demo_data: Path) -> None:
 def test_rejects_too_few_images_to_cover_organs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 5"):
         make_demo(tmp_path, n_train=4)
+
+
+def test_targets_are_unlabeled_hubmap_images_with_ids_apart(demo_data: Path) -> None:
+    from data_prep.make_demo import TARGET_ID_BASE, TARGET_MIN_SIDE
+
+    table = load_test(demo_data / "targets" / "images.csv")  # test.csv's columns: organ, source, size, pixel size
+    train, test = load_train(demo_data / "train.csv"), load_test(demo_data / "test.csv")
+    assert sorted(table["organ"]) == sorted(ORGANS) and (table["data_source"] == "Hubmap").all()
+    assert (table["id"] >= TARGET_ID_BASE).all() and not set(table["id"]) & (set(train["id"]) | set(test["id"]))
+    for row in table.itertuples():
+        image = read_image(demo_data / "targets" / f"{row.id}.tiff")
+        assert image.shape == (row.img_height, row.img_width, 3) and min(image.shape[:2]) >= TARGET_MIN_SIDE
+        assert row.pixel_size == organ(row.organ).pixel_size["Hubmap"]
+        od = -np.log((image.reshape(-1, 3).astype(float) + 1) / 256)
+        stained = od[od.sum(1) > 0.5]
+        assert len(stained) > 500 and stained[:, 1].mean() > stained[:, 2].mean()  # eosin / PAS: green absorbed
