@@ -81,5 +81,6 @@ def test_fastai_trainer_writes_the_averaged_model_and_its_dice(demo_data: Path, 
     out = tmp_path / "pred.csv"
     assert predict_main(["--data-dir", str(data), "--split", "train", "--models", str(folder), "--out", str(out)]) == 0
     ids = {int(i) for i in metrics["per_image"]}
-    truth = load_train(data / "train.csv").query("id in @ids")
-    assert score(load_submission(out).query("id in @ids"), truth)["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
+    truth = load_train(data / "train.csv")
+    truth, submission = truth[truth["id"].isin(ids)], load_submission(out)
+    assert score(submission[submission["id"].isin(ids)], truth)["dice"] == pytest.approx(metrics["dice"], abs=1e-3)
