@@ -26,7 +26,7 @@ stage "4/7 fastai UNet (resnet18, random init), fold 0"
 "$PY" -m train.fastai_unet --config train/configs/fastai/unet_r18_demo.py --fold 0 --tiles "$DEMO/tiles" --out "$DEMO/outputs"
 
 stage "5/7 mmseg UperNet (tiny ConvNeXt, random init), fold 0, exported to TorchScript"
-"$PY" -m train.mmseg_upernet --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --work-dir "$DEMO/outputs" --resume
+"$PY" -m train.mmseg_train --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --work-dir "$DEMO/outputs" --resume
 
 stage "6/7 predict the demo test set with both models -> $DEMO/submission.csv"
 "$PY" -m inference.predict --data-dir "$DEMO/data" \
