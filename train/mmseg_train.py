@@ -13,7 +13,7 @@ everything without validation. mmengine's Runner validates every val_interval it
 through the inference engine at the scale config.json will make the kernel use, and the best checkpoint is kept by
 that Dice. --minutes M fits the run into M minutes of training (train.mmseg_ext.time_budget). A config with
 average_k = K > 0 writes the mean of the weights of the K best validations (average_by 'dice') or of the last K
-validation intervals ('last') as the fold's model (train.mmseg_ext.averaging), validated again. Writes
+checkpoint intervals ('last') as the fold's model (train.mmseg_ext.averaging), validated again. Writes
 outputs/<config-stem>/fold<k>/:
     model.ts         TorchScript (normalised float NCHW at tile size -> 6 logits, or 1 FTU logit for 2-class models),
                      all the Kaggle kernel needs

@@ -96,3 +96,18 @@ def test_segformer_validation_is_what_inference_predict_scores(segformer_run: Pa
     test_out = tmp_path / "submission.csv"
     assert predict_main([*common, "--out", str(test_out)]) == 0
     assert list(load_submission(test_out)["id"]) == list(load_test(demo_data / "test.csv")["id"])
+
+
+def test_last_k_averaging_at_fold_minus_one_under_a_budget(demo_tiles: Path, tmp_path: Path) -> None:
+    """No validation to rank by: the last 2 checkpoint intervals of a budgeted run (rescaled by --minutes)."""
+    demo = CONFIG.with_name("segformer_mit-b0_demo.py")
+    options = [*tile_size_options(SIDE), "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+               "average_k=2", "average_by=last"]
+    main(["--config", str(demo), "--fold", "-1", "--tiles", str(demo_tiles), "--work-dir", str(tmp_path),
+          "--minutes", "0.3", "--cfg-options", *options])
+    run = tmp_path / demo.stem / "fold-1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    averaged = metrics["averaged"]
+    assert averaged["by"] == "last" and len(averaged["steps"]) == 2 and averaged["scores"] == [None, None]
+    assert averaged["steps"][-1] == metrics["trained_iters"] and averaged["steps"][0] < averaged["steps"][1]
+    assert metrics["dice"] is None and (run / "model.ts").is_file()

@@ -19,6 +19,6 @@ resume = False
 # --minutes adds train.mmseg_ext.time_budget.TimeBudgetHook here
 custom_hooks = []
 # weight averaging (3rd place): average_k > 0 makes the fold's model the mean of the weights of the average_k best
-# validations ('dice') or of the last average_k validation intervals ('last'); train.mmseg_ext.averaging
+# validations ('dice') or of the last average_k checkpoint intervals ('last'); train.mmseg_ext.averaging
 average_k = 0
 average_by = 'dice'
