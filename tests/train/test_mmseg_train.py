@@ -36,7 +36,7 @@ from train.export import main as export_main  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
 from train.mmseg_ext.time_budget import planned_count, scaled_schedulers  # noqa: E402
-from train.mmseg_train import ARTIFACTS, check_config, inference_scale, main  # noqa: E402
+from train.mmseg_train import ARTIFACTS, check_config, inference_scale, main, set_backbone_weights  # noqa: E402
 
 pytestmark = pytest.mark.mmseg
 
@@ -361,6 +361,25 @@ def test_backbone_loads_local_imagenet_weights(tmp_path: Path) -> None:
     model.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def test_backbone_weights_flag_loads_a_local_mit_file(tmp_path: Path) -> None:
+    """--backbone-weights: mmseg's converted mit_b*.pth hold the backbone's own keys (no prefix)."""
+    config = CONFIG_DIR / "segformer_mit-b5_960.py"
+    cfg = Config.fromfile(str(CONFIG_DIR / "segformer_mit-b0_cpu.py"))
+    source = build_segmentor(cfg)
+    torch.save({"state_dict": source.backbone.state_dict()}, tmp_path / "mit_b0.pth")
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.update(embed_dims=32, num_layers=[2, 2, 2, 2])  # b0's shape, b5's config and init_cfg
+    cfg.model.decode_head.in_channels = [32, 64, 160, 256]
+    set_backbone_weights(cfg, tmp_path / "mit_b0.pth")
+    check_config(cfg, config)
+    model = build_segmentor(cfg)
+    model.init_weights()
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    set_backbone_weights(cfg, Path("none"))
+    assert cfg.model.backbone.init_cfg is None
 
 
 def test_scaled_schedulers_keep_proportions() -> None:
