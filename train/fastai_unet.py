@@ -2,11 +2,12 @@
 
     python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
         [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--bs B] [--lr LR] [--seed S]
-        [--encoder-weights imagenet|none|FILE]
+        [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last]
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
-Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice; model.ts TorchScript
-for arch "MRN"), config.json
+Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice, or with average_k=K
+the mean of the K best or last K epochs' weights, validated again; model.ts TorchScript for arch "MRN" and CoaT
+encoders), config.json
 (inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
 history.csv (one row per epoch) and oof/ (out-of-fold probabilities of the validation images: <id>.npy float16
 FTU probability, <id>_mask.png 0/255 truth at the same size, longest side <= oof_max_side, and index.csv with
@@ -265,7 +266,10 @@ def train(
         learn.add_cb(FreezeEncoderBN())
 
     if cfg.average_k and cfg.average_by == "dice" and not validating:
-        raise ValueError("average_by 'dice' ranks epochs by validation Dice: fold -1 has none, use average_by 'last'")
+        raise ValueError(
+            "average_by 'dice' ranks epochs by validation Dice and fold -1 has none: pass --average-by last "
+            "(or --average-k 0)"
+        )
     pool = SnapshotPool(folder / CHECKPOINTS / "snapshots", cfg.average_k, cfg.average_by) if cfg.average_k else None
     tracker = None
     if validating:
@@ -391,12 +395,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bs", type=int, help="override config batch size (per process)")
     parser.add_argument("--lr", type=float, help="override config peak learning rate")
     parser.add_argument("--seed", type=int, help="override config seed")
+    parser.add_argument("--average-k", type=int, help="override config average_k (0: the best epoch alone)")
+    parser.add_argument("--average-by", choices=["dice", "last"], help="override config average_by ('last' at fold -1)")
     parser.add_argument(
         "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
     )
     args = parser.parse_args(argv)
     name, cfg = load_config(args.config)
-    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes)
+    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
+                       average_k=args.average_k, average_by=args.average_by)
     if args.encoder_weights != "keep":
         cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
     train(cfg, name, args.fold, args.tiles, args.out, args.data_dir)

@@ -312,6 +312,10 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     cfg = seen["cfg"]
     assert (seen["name"], cfg.epochs, cfg.bs, cfg.lr, cfg.encoder_weights) == ("unet_effb7_768", 3, 2, 0.01, None)
     assert cfg.encoder == "tu-tf_efficientnet_b7"
+    fastai_unet.main(["--config", "unet_mit_b5_1024", "--fold", "-1", "--tiles", str(tmp_path), "--average-by", "last"])
+    assert (seen["cfg"].average_k, seen["cfg"].average_by) == (3, "last")
+    fastai_unet.main(["--config", "unet_mit_b5_1024", "--fold", "0", "--tiles", str(tmp_path), "--average-k", "0"])
+    assert seen["cfg"].average_k == 0
 
 
 def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:
