@@ -304,13 +304,13 @@ def train(
             learn.fit(cfg.epochs - start, wd=cfg.wd, cbs=cbs)
     elif validating:
         learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
-    averaged = None
-    if pool is not None:
-        get_model(learn.model).load_state_dict(pool.average())
-        averaged = pool.record()
-        print(f"{name} fold {fold}: the model is the mean of epochs {averaged['steps']} (by {cfg.average_by})")
     result = {}
     if rank_distrib() == 0:  # the other ranks wait: one process evaluates and writes the folder
+        averaged = None
+        if pool is not None:  # rank 0 kept the snapshots
+            get_model(learn.model).load_state_dict(pool.average())
+            averaged = pool.record()
+            print(f"{name} fold {fold}: the model is the mean of epochs {averaged['steps']} (by {cfg.average_by})")
         seconds = None if clock is None else round(clock.spent, 1)
         result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds, averaged)
     distrib_barrier()
