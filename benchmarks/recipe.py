@@ -1,14 +1,15 @@
 """The repo's training recipe against a plain training loop at equal wall time, per organ and per data source.
 
     python benchmarks/recipe.py [--work benchmarks_out/recipe] [--config unet_r18_cpu [--also CFG ...]] [--minutes 20]
-        [--seeds 3] [--data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667] [--mmseg]
+        [--seeds 3] [--data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667] [--mmseg [CFG ...]]
 
 For each seed, side by side and one thread each (so every model gets the same share of the machine):
   ours   python -m train.fastai_unet --config C --fold -1 --tiles T --minutes M --seed S
   plain  python benchmarks/plain_loop.py --minutes M --seed S   (benchmarks/plain_loop.py: the 100-line loop)
   --also more fastai configs (ablations), each as another process alongside
-  mmseg  (--mmseg) python -m train.mmseg_upernet --config train/configs/mmseg/upernet_convnext-cpu.py --fold -1
-         --minutes M, as another process alongside
+  mmseg  (--mmseg [CFG ...]) python -m train.mmseg_train --config CFG --fold -1 --minutes M for each mmseg config
+         (default upernet_convnext-cpu; e.g. --mmseg upernet_convnext-cpu segformer_mit-b0_cpu), alongside
+Weight averaging is a config delta: --also unet_r18_cpu_avg3 (the mean of the last 3 epochs) beside ours.
 then every model predicts the same test set with `python -m inference.predict` (default settings) and is scored
 with inference.score. Without --data-dir the benchmark writes demo data (data_prep.make_demo, HPA train images,
 HPA + Hubmap test images at the Hubmap pixel sizes and stains). Prints mean +- std over seeds of the Dice overall,
@@ -119,19 +120,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=40)
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--scale", type=float, default=1 / 6, help="make_demo --scale (1 = 3000 px train images)")
-    ap.add_argument("--mmseg", action="store_true", help="also train the mmseg CPU config alongside")
+    ap.add_argument("--mmseg", nargs="*", default=None, help="also train these mmseg configs (stems under "
+                    f"train/configs/mmseg; none given: {MMSEG_CONFIG.stem}) alongside")
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
     name, cfg = load_config(args.config)
     data, tiles = prepare(args, float(cfg.pixel_size))
     py, rows = sys.executable, []
     fastai_runs = {"ours": args.config, **{load_config(c)[0]: c for c in args.also}}
+    mmseg_runs = {} if args.mmseg is None else {
+        Path(c).stem: MMSEG_CONFIG.parent / f"{Path(c).stem}.py" for c in (args.mmseg or [MMSEG_CONFIG.stem])}
     for seed in range(args.seeds):
         base = args.work / f"seed{seed}"
         folders = {recipe: base / recipe / load_config(c)[0] / "fold-1" for recipe, c in fastai_runs.items()}
         folders["plain"] = base / "plain" / "fold-1"
-        if args.mmseg:
-            folders["mmseg"] = base / "mmseg" / MMSEG_CONFIG.stem / "fold-1"
+        for recipe in mmseg_runs:
+            folders[recipe] = base / "mmseg" / recipe / "fold-1"
         commands = {
             recipe: [py, "-m", "train.fastai_unet", "--config", c, "--fold", "-1", "--tiles", str(tiles), "--out",
                      str(base / recipe), "--minutes", str(args.minutes), "--seed", str(seed)]
@@ -140,10 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         commands["plain"] = [py, str(REPO / "benchmarks/plain_loop.py"), "--data-dir", str(data), "--out",
                              str(folders["plain"]), "--minutes", str(args.minutes), "--seed", str(seed),
                              "--pixel-size", f"{cfg.pixel_size:g}", "--tile", str(cfg.tile_size)]
-        if args.mmseg:
-            commands["mmseg"] = [py, "-m", "train.mmseg_upernet", "--config", str(MMSEG_CONFIG), "--fold", "-1",
-                                 "--tiles", str(tiles), "--work-dir", str(base / "mmseg"), "--minutes",
-                                 str(args.minutes), "--cfg-options", f"randomness.seed={seed}"]
+        for recipe, config in mmseg_runs.items():
+            commands[recipe] = [py, "-m", "train.mmseg_train", "--config", str(config), "--fold", "-1",
+                                "--tiles", str(tiles), "--work-dir", str(base / "mmseg"), "--minutes",
+                                str(args.minutes), "--cfg-options", f"randomness.seed={seed}"]
         procs = {
             recipe: (run(command, base / f"{recipe}.log", threads=1), base / f"{recipe}.log")
             for recipe, command in commands.items()

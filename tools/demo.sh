@@ -43,7 +43,7 @@ run 4_fastai.log "$PY" -m train.fastai_unet --config train/configs/fastai/unet_r
 report 4_fastai.log
 
 stage "5/7 mmseg UperNet (tiny ConvNeXt, random init), fold 0, exported to TorchScript"
-run 5_mmseg.log "$PY" -m train.mmseg_upernet --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --work-dir "$DEMO/outputs" --resume
+run 5_mmseg.log "$PY" -m train.mmseg_train --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --work-dir "$DEMO/outputs" --resume
 report 5_mmseg.log
 
 stage "6/7 predict the demo test set with both models -> $DEMO/submission.csv"

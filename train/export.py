@@ -4,7 +4,7 @@ export_torchscript(module, example, folder, config) traces a CPU copy of the mod
 torch version it was traced with (model.ts.torch_version, checked by the kernel notebook) and config.json
 (framework "torchscript"), and checks the saved trace against the eager module at another batch size.
 An mmseg segmentor is wrapped in SegmentorLogits first: normalised float NCHW at the tile size in, len(CLASSES)
-logits at the input resolution out. Re-export a trained mmseg run folder with
+logits (multiclass) or one FTU logit (2-class models) at the input resolution out. Re-export a trained mmseg run folder with
 `python -m train.export --run-dir outputs/<config-stem>/fold<k>`.
 """
 
@@ -28,7 +28,12 @@ WEIGHTS = "model.ts"
 
 
 class SegmentorLogits(nn.Module):
-    """An mmseg EncoderDecoder as a plain module: normalised float NCHW in, class logits at input resolution out."""
+    """An mmseg EncoderDecoder as a plain module: normalised float NCHW in, class logits at input resolution out.
+
+    A 2-class (background / FTU) segmentor gives ONE channel, the FTU logit minus the background logit: its sigmoid
+    is the 2-class softmax's FTU probability, so the checkpoint is a binary one (config.json task "binary") and
+    ensembles like the fastai UNets.
+    """
 
     def __init__(self, segmentor: nn.Module) -> None:
         super().__init__()
@@ -37,12 +42,15 @@ class SegmentorLogits(nn.Module):
         self.neck = segmentor.neck if getattr(segmentor, "with_neck", False) else None
         self.decode_head = segmentor.decode_head
         self.align_corners = bool(segmentor.decode_head.align_corners)
+        self.binary = int(segmentor.decode_head.num_classes) == 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone(x)
         if self.neck is not None:
             feats = self.neck(feats)
         logits = self.decode_head(feats)
+        if self.binary:
+            logits = logits[:, 1:2] - logits[:, 0:1]
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
@@ -99,7 +107,7 @@ def export_run(run_dir: str | Path) -> Path:
     config_path, checkpoint = run_dir / "mmseg_config.py", run_dir / "best.pth"
     for p in (config_path, checkpoint, run_dir / "config.json"):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: is {run_dir} a folder written by `python -m train.mmseg_upernet`?")
+            raise FileNotFoundError(f"{p} not found: is {run_dir} a folder written by `python -m train.mmseg_train`?")
     segmentor, _ = load_segmentor(config_path, checkpoint)
     return export_segmentor(segmentor, run_dir, CheckpointConfig.load(run_dir)) / WEIGHTS
 

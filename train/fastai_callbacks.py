@@ -1,5 +1,5 @@
 """The fastai trainer's callbacks and metric: submission-path validation, the training clock, resumable
-checkpoints, encoder BatchNorm freezing and an appending CSV log."""
+checkpoints, weight snapshots for averaging, encoder BatchNorm freezing and an appending CSV log."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch import nn
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
+from train.averaging import SnapshotPool
 from train.validation import ValidationImage, kernel_validation
 
 STATE = "state.json"
@@ -187,6 +188,24 @@ class ResumeCheckpoint(Callback):
             state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best, seconds_trained=spent)
             write_json(self.folder / CHECKPOINTS / STATE, state)
         distrib_barrier()  # other ranks may load best.pth next: wait until rank 0 has written it
+
+
+class WeightSnapshots(Callback):
+    """After every epoch: offer the weights to a SnapshotPool (ranked by the epoch's validation Dice, or by epoch)."""
+
+    order = SaveModelCallback.order + 1
+
+    def __init__(self, pool: SnapshotPool, offset: int = 0) -> None:
+        self.pool, self.offset = pool, offset
+
+    def after_epoch(self) -> None:
+        score = None
+        if self.pool.rule == "dice":
+            names = list(self.recorder.metric_names[1:])
+            score = float(self.recorder.values[-1][names.index("dice")])
+        if rank_distrib() == 0:
+            self.pool.offer(self.epoch + self.offset, get_model(self.learn.model).state_dict(), score)
+        distrib_barrier()
 
 
 class SkipValidation(Callback):

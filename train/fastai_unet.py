@@ -2,11 +2,12 @@
 
     python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
         [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--bs B] [--lr LR] [--seed S]
-        [--encoder-weights imagenet|none|FILE]
+        [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last]
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
-Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice; model.ts TorchScript
-for arch "MRN"), config.json
+Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice, or with average_k=K
+the mean of the K best or last K epochs' weights, validated again; model.ts TorchScript for arch "MRN" and CoaT
+encoders), config.json
 (inference.checkpoint.CheckpointConfig), metrics.json (written last: its presence marks a finished run),
 history.csv (one row per epoch) and oof/ (out-of-fold probabilities of the validation images: <id>.npy float16
 FTU probability, <id>_mask.png 0/255 truth at the same size, longest side <= oof_max_side, and index.csv with
@@ -49,6 +50,7 @@ from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
 from inference.score import format_report
 from inference.tables import load_train
+from train.averaging import SnapshotPool
 from train.configs.fastai.base import FastaiConfig, load_config
 from train.export import export_torchscript
 from train.fastai_callbacks import (
@@ -63,11 +65,12 @@ from train.fastai_callbacks import (
     SkipValidation,
     TrainingClock,
     Validation,
+    WeightSnapshots,
     write_json,
 )
 from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
 from train.losses import SegmentationLoss
-from train.models import build_model
+from train.models import build_model, fixed_input_size
 from train.validation import write_oof
 
 CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
@@ -139,15 +142,17 @@ def checkpoint_config(
     cfg: FastaiConfig, name: str, fold: int, train_rows: pd.DataFrame, tiles_dir: Path
 ) -> CheckpointConfig:
     """The config.json of this run: everything inference needs to predict the way validation did."""
-    mrn = cfg.arch == "MRN"  # not an smp model: exported as TorchScript, so the kernel needs only torch
+    # MRN is not an smp model, and fixed-size encoders (CoaT) need arguments config.json cannot hold: both are
+    # exported as TorchScript, so the kernel needs only torch
+    scripted = cfg.arch == "MRN" or fixed_input_size(cfg.encoder)
     return CheckpointConfig(
         name=name,
         fold=fold,
-        framework="torchscript" if mrn else "smp",
+        framework="torchscript" if scripted else "smp",
         task="binary",
         classes=["ftu"],
         tile_size=cfg.tile_size,
-        weights="model.ts" if mrn else "model.pth",
+        weights="model.ts" if scripted else "model.pth",
         context=cfg.context,
         arch=cfg.arch,
         encoder=cfg.encoder,
@@ -260,6 +265,12 @@ def train(
     if cfg.freeze_encoder_bn:
         learn.add_cb(FreezeEncoderBN())
 
+    if cfg.average_k and cfg.average_by == "dice" and not validating:
+        raise ValueError(
+            "average_by 'dice' ranks epochs by validation Dice and fold -1 has none: pass --average-by last "
+            "(or --average-k 0)"
+        )
+    pool = SnapshotPool(folder / CHECKPOINTS / "snapshots", cfg.average_k, cfg.average_by) if cfg.average_k else None
     tracker = None
     if validating:
         tracker = SaveModelCallback(monitor="dice", comp=np.greater, fname="best", reset_on_fit=False)
@@ -285,6 +296,8 @@ def train(
             cbs.append(clock)
         if tracker is not None:
             cbs.append(tracker)
+        if pool is not None:
+            cbs.append(WeightSnapshots(pool, start))
         if cfg.grad_accum > 1:
             cbs.append(GradientAccumulation(n_acc=cfg.bs * cfg.grad_accum))
         with learn.distrib_ctx(sync_bn=device.type == "cuda", cpu=device.type == "cpu"):
@@ -293,8 +306,13 @@ def train(
         learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
     result = {}
     if rank_distrib() == 0:  # the other ranks wait: one process evaluates and writes the folder
+        averaged = None
+        if pool is not None:  # rank 0 kept the snapshots
+            get_model(learn.model).load_state_dict(pool.average())
+            averaged = pool.record()
+            print(f"{name} fold {fold}: the model is the mean of epochs {averaged['steps']} (by {cfg.average_by})")
         seconds = None if clock is None else round(clock.spent, 1)
-        result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds)
+        result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds, averaged)
     distrib_barrier()
     if distributed:
         torch.distributed.destroy_process_group()
@@ -309,8 +327,13 @@ def _write_outputs(
     validation: Validation | None,
     n_train: int,
     seconds_trained: float | None,
+    averaged: dict | None = None,
 ) -> dict:
-    """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints."""
+    """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints.
+
+    averaged: SnapshotPool.record() when the model is a weight average; metrics.json then holds the averaged
+    model's Dice (validated again here) beside the best single epoch's (from history.csv).
+    """
     model = get_model(learn.model).eval()
     if config.framework == "torchscript":
         views = 2 if config.context > 1 else 1  # MRN: the fine tile and its context view, 3 channels each
@@ -327,6 +350,7 @@ def _write_outputs(
         "n_train_rows": n_train,
         "seconds_trained": seconds_trained,
         "steps": int(getattr(learn, "train_iter", 0)),  # optimizer steps of the last (possibly resumed) fit
+        "averaged": averaged,
     }
     if validation is None:
         metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
@@ -340,8 +364,12 @@ def _write_outputs(
         pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
         best_epoch = int(history.loc[history["dice"].idxmax(), "epoch"]) if "dice" in history and len(history) else None
         metrics.update(result, best_epoch=best_epoch, valid_seconds=round(time.time() - start, 1))
+        chosen = f"best epoch {best_epoch}"
+        if averaged is not None:
+            metrics["best_epoch_dice"] = float(history["dice"].max())
+            chosen = f"mean of epochs {averaged['steps']}; best epoch {best_epoch} scored {metrics['best_epoch_dice']:.4f}"
         print(
-            f"{config.name} fold {config.fold}: validation Dice of the submission path (best epoch {best_epoch}; "
+            f"{config.name} fold {config.fold}: validation Dice of the submission path ({chosen}; "
             f"an empty prediction scores 0.0000) -> {folder}\n{format_report(result)}"
         )
     write_json(folder / "metrics.json", metrics)
@@ -367,12 +395,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bs", type=int, help="override config batch size (per process)")
     parser.add_argument("--lr", type=float, help="override config peak learning rate")
     parser.add_argument("--seed", type=int, help="override config seed")
+    parser.add_argument("--average-k", type=int, help="override config average_k (0: the best epoch alone)")
+    parser.add_argument("--average-by", choices=["dice", "last"], help="override config average_by ('last' at fold -1)")
     parser.add_argument(
         "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
     )
     args = parser.parse_args(argv)
     name, cfg = load_config(args.config)
-    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes)
+    cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
+                       average_k=args.average_k, average_by=args.average_by)
     if args.encoder_weights != "keep":
         cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
     train(cfg, name, args.fold, args.tiles, args.out, args.data_dir)

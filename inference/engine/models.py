@@ -45,19 +45,24 @@ def resolve_checkpoints(path: str | Path) -> list[Path]:
 
 
 def smp_model(
-    arch: str, encoder: str, classes: int, decoder_norm: str = "batchnorm", encoder_weights: str | None = None
+    arch: str,
+    encoder: str,
+    classes: int,
+    decoder_norm: str = "batchnorm",
+    encoder_weights: str | None = None,
+    **encoder_kwargs,
 ) -> torch.nn.Module:
     """smp.create_model with the decoder normalisation a checkpoint records (the one place both sides build it).
 
     decoder_norm: smp's own decoder_use_norm values ("batchnorm", "instancenorm", "identity"), or "groupnorm":
     smp's BatchNorm decoder with every BatchNorm2d replaced by GroupNorm (32 groups or fewer), which does not
-    depend on the batch size.
+    depend on the batch size. encoder_kwargs go to the timm encoder (CoaT: img_size, the one input size it takes).
     """
     import segmentation_models_pytorch as smp  # imported here: TorchScript-only kernels do not need it
 
     extra = {} if decoder_norm in ("batchnorm", "groupnorm") else {"decoder_use_norm": decoder_norm}
     model = smp.create_model(
-        arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **extra
+        arch, encoder_name=encoder, encoder_weights=encoder_weights, in_channels=3, classes=classes, **extra, **encoder_kwargs
     )
     if decoder_norm == "groupnorm":
         _batch_to_group_norm(model.decoder)

@@ -32,7 +32,7 @@ from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
 from train.fastai_data import split_rows
 from train.fastai_unet import ResumeCheckpoint, schedule, train
 from train.losses import SegmentationLoss
-from train.models import build_model
+from train.models import build_model, fixed_input_size
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
@@ -52,11 +52,34 @@ def test_required_experiments_exist() -> None:
 def test_every_config_builds_its_model(name: str) -> None:
     stem, cfg = load_config(CONFIG_DIR / f"{name}.py")
     assert stem == name
-    with torch.device("meta"):  # smp/timm build the real architecture (a typo in an encoder name fails) without memory
+    # smp/timm build the real architecture (a typo in an encoder name fails) without memory on the meta device;
+    # smp's MiT calls .item() on its drop-path schedule, which meta tensors refuse: MiT builds on CPU (mit_b5: 2 s)
+    device = "cpu" if cfg.encoder.startswith("mit_") else "meta"
+    with torch.device(device):
         model = build_model(cfg, weights=False)
     head = model.head if cfg.arch == "MRN" else model.segmentation_head[0]
     assert head.out_channels == 1
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+TRANSFORMER_AND_MODERN = ["unet_mit_b5_1024", "unet_convnext_large_768", "unet_coat_lite_medium_768",
+                          "unet_effv2_l_768", "unetpp_effb7_1024", "unet_mit_b0_cpu"]
+
+
+def test_winners_encoder_configs_exist() -> None:
+    assert set(TRANSFORMER_AND_MODERN) <= set(EXPERIMENTS)
+    sizes = {load_config(name)[1].tile_size for name in TRANSFORMER_AND_MODERN[:-1]}
+    assert sizes == {768, 1024}  # the 2nd and 3rd places' input sizes
+
+
+@pytest.mark.parametrize("encoder", ["mit_b0", "tu-coat_lite_medium"])
+def test_transformer_encoders_forward_at_a_small_tile(encoder: str) -> None:
+    """MiT takes any multiple of 32; CoaT only the size it was built at (the tile size), then exports TorchScript."""
+    cfg = replace(load_config("unet_r18_cpu")[1], encoder=encoder, tile_size=64, decoder_norm="groupnorm")
+    model = build_model(cfg, weights=False).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 64, 64)
+    assert fixed_input_size(encoder) == (encoder == "tu-coat_lite_medium")  # CoaT folds are written as model.ts
 
 
 def test_demo_config_forward_keeps_shape() -> None:
@@ -300,6 +323,10 @@ def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     cfg = seen["cfg"]
     assert (seen["name"], cfg.epochs, cfg.bs, cfg.lr, cfg.encoder_weights) == ("unet_effb7_768", 3, 2, 0.01, None)
     assert cfg.encoder == "tu-tf_efficientnet_b7"
+    fastai_unet.main(["--config", "unet_mit_b5_1024", "--fold", "-1", "--tiles", str(tmp_path), "--average-by", "last"])
+    assert (seen["cfg"].average_k, seen["cfg"].average_by) == (3, "last")
+    fastai_unet.main(["--config", "unet_mit_b5_1024", "--fold", "0", "--tiles", str(tmp_path), "--average-k", "0"])
+    assert seen["cfg"].average_k == 0
 
 
 def test_small_batch_norms_load_in_inference_and_freeze_only_the_encoder(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ class HubmapTileDataset(BaseSegDataset):
 
     def __init__(self, tiles_dir: str, fold: int, subset: str, **kwargs) -> None:
         if tiles_dir is None or fold is None:
-            raise ValueError("HubmapTileDataset needs tiles_dir and fold: run through `python -m train.mmseg_upernet`")
+            raise ValueError("HubmapTileDataset needs tiles_dir and fold: run through `python -m train.mmseg_train`")
         self.tiles_dir = Path(tiles_dir)
         self.fold = int(fold)
         self.subset = subset

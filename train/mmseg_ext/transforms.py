@@ -1,14 +1,18 @@
-"""mmseg pipeline steps: read a tile as RGB, and apply the shared augmentation presets of data_prep.augment."""
+"""mmseg pipeline steps: read a tile as RGB, apply the shared augmentation presets of data_prep.augment, and map the
+class-index mask to an FTU mask for 2-class models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from data_prep.augment import PRESETS, reseed_for_worker, train_transforms
 from data_prep.tiles import read_png
+
+IGNORE = 255  # mmseg's ignore index (decode heads' default), kept through the FTU mapping
 
 
 @TRANSFORMS.register_module()
@@ -48,3 +52,17 @@ class AugmentPreset(BaseTransform):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(preset={self.preset!r})"
+
+
+@TRANSFORMS.register_module()
+class FtuMask(BaseTransform):
+    """Class-index mask (0 background, 1-5 organs, 255 ignored) -> FTU mask (0 background, 1 FTU, 255 ignored).
+
+    For the 2-class models (1st place's SegFormers): the tile sets keep the organ in the mask for the multiclass
+    UperNet, and the organ of a test image comes from test.csv, so a binary model need not learn it.
+    """
+
+    def transform(self, results: dict) -> dict:
+        mask = results["gt_seg_map"]
+        results["gt_seg_map"] = np.where(mask == IGNORE, IGNORE, mask > 0).astype(mask.dtype)
+        return results

@@ -13,6 +13,14 @@ from train.configs.fastai.base import FastaiConfig
 from train.models.mrn import MRN
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# timm encoders built for one input size (CoaT's patch embeddings and position encodings use a fixed grid): built
+# at the tile size and exported as TorchScript, since config.json has no field for encoder arguments
+FIXED_SIZE_ENCODERS = ("tu-coat_",)
+
+
+def fixed_input_size(encoder: str) -> bool:
+    """True for encoders that only take the input size they were built for."""
+    return encoder.startswith(FIXED_SIZE_ENCODERS)
 
 
 def is_weights_file(encoder_weights: str | None) -> bool:
@@ -32,7 +40,10 @@ def build_model(cfg: FastaiConfig, weights: bool = True) -> nn.Module:
         model = MRN(cfg.encoder, cfg.context, cfg.upsampling, classes=1, encoder_weights=named)
         encoders = [model.fine, model.wide]
     else:
-        model = smp_model(cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named)
+        sized = {"img_size": cfg.tile_size} if fixed_input_size(cfg.encoder) else {}
+        model = smp_model(
+            cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named, **sized
+        )
         encoders = [model.encoder]
     if weights and is_weights_file(cfg.encoder_weights):
         for encoder in encoders:

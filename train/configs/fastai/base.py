@@ -67,6 +67,10 @@ class FastaiConfig:
     channels_last: bool = False
     num_workers: int = 4
     seed: int = 42
+    # weight averaging (3rd place): the fold's model is the mean of the weights of the average_k best epochs by
+    # validation Dice (average_by "dice") or of the last average_k epochs ("last"); 0 = the best epoch alone
+    average_k: int = 0
+    average_by: str = "dice"
     # inference settings written to config.json
     overlap: float = 0.5
     reduce: int | None = None  # fixed downscale at inference (None: adaptive, see reduce_k)
@@ -89,6 +93,9 @@ class FastaiConfig:
             raise ValueError("arch MRN trains on the crop sampler (it builds the context views): set sampler='crops'")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm {self.decoder_norm!r} not in {DECODER_NORMS}")
+        from train.averaging import check_rule
+
+        check_rule(self.average_k, self.average_by)
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if self.tile_size % 32:

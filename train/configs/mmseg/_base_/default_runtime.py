@@ -18,3 +18,7 @@ load_from = None
 resume = False
 # --minutes adds train.mmseg_ext.time_budget.TimeBudgetHook here
 custom_hooks = []
+# weight averaging (3rd place): average_k > 0 makes the fold's model the mean of the weights of the average_k best
+# validations ('dice') or of the last average_k checkpoint intervals ('last'); train.mmseg_ext.averaging
+average_k = 0
+average_by = 'dice'

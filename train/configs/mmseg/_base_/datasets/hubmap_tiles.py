@@ -1,9 +1,9 @@
 # Our tile sets (python -m data_prep.tiles): TILES/index.csv + RGB tiles + class-index masks.
-# train.mmseg_upernet fills in tiles_dir and fold from --tiles and --fold:
+# train.mmseg_train fills in tiles_dir and fold from --tiles and --fold:
 # train = rows with fold != k (all sources, LPB blends included), val = fold == k and source "original".
 tile_size = 768  # side of the tiles this config expects; checked against the tile set
 # sliding-window settings written to config.json for the inference engine; reduce_k None = the finest split
-# trained on, and config.json's pixel_size is the median um/px of those tiles (train.mmseg_upernet.inference_scale)
+# trained on, and config.json's pixel_size is the median um/px of those tiles (train.mmseg_train.inference_scale)
 inference = dict(overlap=0.5, reduce=None, reduce_k=None, threshold=0.5)
 train_pipeline = [
     dict(type='LoadTileImage'),

@@ -1,6 +1,6 @@
 # UperNet on an mmpretrain ConvNeXt-B backbone, 6 classes (inference.organs.CLASSES: background + 5 organs).
 # Tiles are read as RGB, so no channel swap; mean/std are ImageNet's on the 0-255 scale
-# (train.mmseg_upernet writes them on the 0-1 scale into config.json for inference).
+# (train.mmseg_train writes them on the 0-1 scale into config.json for inference).
 # GroupNorm in the heads (the ConvNeXt backbone has its own LayerNorm): the 768 px configs train 2 to 4 images per
 # GPU, where BatchNorm's batch statistics are noise and differ between training and inference; GroupNorm does not
 # depend on the batch, so one GPU and several GPUs train the same model. Configs at batch >= 8 may switch to BN.

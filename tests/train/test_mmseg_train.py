@@ -1,8 +1,9 @@
-"""mmseg UperNet trainer: every config builds, the demo config trains, validates like the kernel, exports, resumes,
-and fits a time budget."""
+"""mmseg trainer: every config (UperNet, SegFormer) builds, the demo config trains, validates like the kernel, exports,
+resumes and fits a time budget; the CPU SegFormer trains as a binary model, averages weights and predicts."""
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import shutil
@@ -35,7 +36,7 @@ from train.export import main as export_main  # noqa: E402
 from train.mmseg_ext.checkpoint import build_segmentor, load_segmentor  # noqa: E402
 from train.mmseg_ext.dataset import fold_rows  # noqa: E402
 from train.mmseg_ext.time_budget import planned_count, scaled_schedulers  # noqa: E402
-from train.mmseg_upernet import ARTIFACTS, check_config, inference_scale, main  # noqa: E402
+from train.mmseg_train import ARTIFACTS, check_config, inference_scale, main, set_backbone_weights  # noqa: E402
 
 pytestmark = pytest.mark.mmseg
 
@@ -73,6 +74,11 @@ def test_config_list_is_complete() -> None:
         "upernet_convnext-b_768_classweight",
         "upernet_convnext-demo",
         "upernet_convnext-cpu",
+        "segformer_mit-b3_1024",
+        "segformer_mit-b4_960",
+        "segformer_mit-b5_960",
+        "segformer_mit-b0_cpu",
+        "segformer_mit-b0_demo",
     } <= stems
 
 
@@ -82,8 +88,10 @@ def test_config_builds(config: Path) -> None:
     model = build_segmentor(cfg).eval()  # the real architecture (ConvNeXt-XL: 390M parameters, a few seconds)
     with torch.no_grad():  # tiny input: 64 px is the smallest the 1/32 stage and the pooling pyramid take
         logits = SegmentorLogits(model)(torch.zeros(1, 3, 64, 96))
-    assert tuple(logits.shape) == (1, len(CLASSES), 64, 96)
-    assert model.decode_head.num_classes == len(CLASSES)
+    binary = config.stem.startswith("segformer")  # 1st place's 2 classes: exported as one FTU logit
+    assert model.decode_head.num_classes == (2 if binary else len(CLASSES))
+    assert tuple(logits.shape) == (1, 1 if binary else len(CLASSES), 64, 96)
+    check_config(replace_init(cfg), config)  # class count, FTU masks for 2 classes, averaging settings
     # every other registry name the Runner will look up
     for step in cfg.train_dataloader.dataset.pipeline:
         assert registered(TRANSFORMS, step.type), step.type
@@ -112,16 +120,32 @@ def test_config_builds(config: Path) -> None:
         )
 
 
+def replace_init(cfg: Config) -> Config:
+    """The config with a random-init backbone (check_config refuses ImageNet files that are not on disk)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.model.backbone.init_cfg = None
+    return cfg
+
+
 def test_small_batch_configs_exist() -> None:
     # the norm check above must have something to check: the 768 px configs train 2 to 4 images per GPU
     small = [p.stem for p in CONFIGS if Config.fromfile(str(p)).train_dataloader.batch_size <= SMALL_BATCH]
-    assert {"upernet_convnext-b_768", "upernet_convnext-xl_768"} <= set(small)
+    assert {"upernet_convnext-b_768", "upernet_convnext-xl_768", "segformer_mit-b5_960"} <= set(small)
 
 
-def test_missing_backbone_weights_name_the_fix() -> None:
-    config = CONFIG_DIR / "upernet_convnext-b_768.py"
-    with pytest.raises(FileNotFoundError, match="model.backbone.init_cfg=None"):
+@pytest.mark.parametrize("stem", ["upernet_convnext-b_768", "segformer_mit-b5_960"])
+def test_missing_backbone_weights_name_the_fix(stem: str) -> None:
+    config = CONFIG_DIR / f"{stem}.py"
+    with pytest.raises(FileNotFoundError, match="--backbone-weights none"):
         check_config(Config.fromfile(str(config)), config)
+
+
+def test_two_class_configs_need_the_ftu_mask() -> None:
+    config = CONFIG_DIR / "segformer_mit-b0_cpu.py"
+    cfg = Config.fromfile(str(config))
+    cfg.train_dataloader.dataset.pipeline = [s for s in cfg.train_dataloader.dataset.pipeline if s.type != "FtuMask"]
+    with pytest.raises(ValueError, match="FtuMask"):
+        check_config(cfg, config)
 
 
 def test_fold_rows(demo_tiles: Path) -> None:
@@ -337,6 +361,25 @@ def test_backbone_loads_local_imagenet_weights(tmp_path: Path) -> None:
     model.init_weights()
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def test_backbone_weights_flag_loads_a_local_mit_file(tmp_path: Path) -> None:
+    """--backbone-weights: mmseg's converted mit_b*.pth hold the backbone's own keys (no prefix)."""
+    config = CONFIG_DIR / "segformer_mit-b5_960.py"
+    cfg = Config.fromfile(str(CONFIG_DIR / "segformer_mit-b0_cpu.py"))
+    source = build_segmentor(cfg)
+    torch.save({"state_dict": source.backbone.state_dict()}, tmp_path / "mit_b0.pth")
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.update(embed_dims=32, num_layers=[2, 2, 2, 2])  # b0's shape, b5's config and init_cfg
+    cfg.model.decode_head.in_channels = [32, 64, 160, 256]
+    set_backbone_weights(cfg, tmp_path / "mit_b0.pth")
+    check_config(cfg, config)
+    model = build_segmentor(cfg)
+    model.init_weights()
+    for key, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    set_backbone_weights(cfg, Path("none"))
+    assert cfg.model.backbone.init_cfg is None
 
 
 def test_scaled_schedulers_keep_proportions() -> None:

@@ -1,0 +1,113 @@
+"""SegFormer in the mmseg trainer: the CPU config trains on demo data for about a minute as a binary (FTU /
+background) model, averages its 2 best validations' weights, exports one FTU logit to TorchScript, and predicts
+through inference.predict like a fastai checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
+
+from inference.checkpoint import CheckpointConfig  # noqa: E402
+from inference.engine.predictor import load_predictor  # noqa: E402
+from train.export import SegmentorLogits, max_abs_difference  # noqa: E402
+from train.mmseg_ext.checkpoint import load_segmentor  # noqa: E402
+from train.mmseg_train import ARTIFACTS, main  # noqa: E402
+
+pytestmark = [pytest.mark.mmseg, pytest.mark.slow]
+
+CONFIG = Path(__file__).resolve().parents[2] / "train" / "configs" / "mmseg" / "segformer_mit-b0_cpu.py"
+SIDE = 128  # the demo tile set's tiles
+
+
+def tile_size_options(side: int) -> list[str]:
+    """--cfg-options that move the SegFormer CPU config to another tile size (its pipeline and padding follow it)."""
+    size = f"({side},{side})"
+    return [
+        f"tile_size={side}",
+        f"model.data_preprocessor.size={size}",
+        f"train_dataloader.dataset.pipeline.4.scale={size}",
+        f"train_dataloader.dataset.pipeline.5.crop_size={size}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def segformer_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("segformer_outputs")
+    options = [
+        *tile_size_options(SIDE),
+        "train_dataloader.num_workers=0",
+        "train_dataloader.persistent_workers=False",
+        "average_k=2",
+    ]
+    args = ["--config", str(CONFIG), "--fold", "0", "--tiles", str(demo_tiles), "--work-dir", str(out)]
+    main([*args, "--minutes", "1", "--cfg-options", *options])
+    return out / CONFIG.stem / "fold0"
+
+
+def test_segformer_writes_a_binary_checkpoint(segformer_run: Path) -> None:
+    assert all((segformer_run / name).is_file() for name in ARTIFACTS)
+    config = CheckpointConfig.load(segformer_run)
+    assert (config.task, config.classes, config.tile_size) == ("binary", ["ftu"], SIDE)
+    assert config.arch == "EncoderDecoder/SegformerHead" and config.encoder.startswith("MixVisionTransformer")
+    scripted = torch.jit.load(str(segformer_run / "model.ts"))
+    x = torch.randn(2, 3, SIDE, SIDE)
+    assert scripted(x).shape == (2, 1, SIDE, SIDE)  # one FTU logit: the kernel's sigmoid is the 2-class softmax
+    segmentor, _ = load_segmentor(segformer_run / "mmseg_config.py", segformer_run / "best.pth")
+    assert max_abs_difference(SegmentorLogits(segmentor).eval(), scripted, x) < 1e-4
+    with torch.no_grad():
+        two = segmentor.decode_head(segmentor.backbone(x))
+        one = SegmentorLogits(segmentor)(x)
+    softmax_ftu = torch.nn.functional.interpolate(two, size=(SIDE, SIDE), mode="bilinear").softmax(1)[:, 1:2]
+    assert torch.allclose(one.sigmoid(), softmax_ftu, atol=1e-5)
+    # the kernel loads it as a binary member: no majority-class rule
+    predictor = load_predictor(segformer_run, torch.device("cpu"))
+    assert not predictor.multiclass and predictor.channels == 1
+
+
+def test_segformer_averages_its_best_validations(segformer_run: Path) -> None:
+    metrics = json.loads((segformer_run / "metrics.json").read_text())
+    averaged = metrics["averaged"]
+    assert averaged["k"] == 2 and averaged["by"] == "dice" and 1 <= len(averaged["steps"]) <= 2
+    assert all(0.0 <= s <= 1.0 for s in averaged["scores"])
+    assert 0.0 <= metrics["best_checkpoint_dice"] <= 1.0 and 0.0 <= metrics["dice"] <= 1.0
+    assert metrics["seconds_trained"] < 60 + 20  # the 1-minute budget (the machine is shared)
+    train_record = CheckpointConfig.load(segformer_run).train
+    assert train_record["average_k"] == 2 and train_record["average_by"] == "dice"
+
+
+def test_segformer_validation_is_what_inference_predict_scores(segformer_run: Path, demo_data: Path, tmp_path: Path) -> None:
+    from inference.predict import main as predict_main
+    from inference.score import score
+    from inference.tables import load_submission, load_test, load_train
+
+    metrics = json.loads((segformer_run / "metrics.json").read_text())
+    out = tmp_path / "train_predictions.csv"
+    common = ["--data-dir", str(demo_data), "--models", str(segformer_run), "--device", "cpu"]
+    assert predict_main([*common, "--split", "train", "--out", str(out)]) == 0
+    ids = {int(i) for i in metrics["per_image"]}
+    submission, truth = load_submission(out), load_train(demo_data / "train.csv")
+    result = score(submission[submission["id"].isin(ids)], truth[truth["id"].isin(ids)])
+    assert result["dice"] == pytest.approx(metrics["dice"], abs=1e-3)  # the averaged model's Dice, recomputed
+    test_out = tmp_path / "submission.csv"
+    assert predict_main([*common, "--out", str(test_out)]) == 0
+    assert list(load_submission(test_out)["id"]) == list(load_test(demo_data / "test.csv")["id"])
+
+
+def test_last_k_averaging_at_fold_minus_one_under_a_budget(demo_tiles: Path, tmp_path: Path) -> None:
+    """No validation to rank by: the last 2 checkpoint intervals of a budgeted run (rescaled by --minutes)."""
+    demo = CONFIG.with_name("segformer_mit-b0_demo.py")
+    options = [*tile_size_options(SIDE), "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+               "average_k=2", "average_by=last"]
+    main(["--config", str(demo), "--fold", "-1", "--tiles", str(demo_tiles), "--work-dir", str(tmp_path),
+          "--minutes", "0.3", "--cfg-options", *options])
+    run = tmp_path / demo.stem / "fold-1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    averaged = metrics["averaged"]
+    assert averaged["by"] == "last" and len(averaged["steps"]) == 2 and averaged["scores"] == [None, None]
+    assert averaged["steps"][-1] == metrics["trained_iters"] and averaged["steps"][0] < averaged["steps"][1]
+    assert metrics["dice"] is None and (run / "model.ts").is_file()

@@ -1,0 +1,448 @@
+"""Train an mmseg model on one fold of a tile set: UperNet-ConvNeXt (6 classes) or SegFormer (2 classes, FTU / background).
+
+    python -m train.mmseg_train --config train/configs/mmseg/segformer_mit-b5_960.py --fold 0 --tiles TILES
+        [--data-dir DATA] [--minutes M] [--work-dir outputs] [--resume] [--overwrite] [--backbone-weights FILE]
+        [--cfg-options KEY=VALUE ...]
+    torchrun --nproc-per-node 4 -m train.mmseg_train --launcher pytorch --config CFG --fold 0 --tiles TILES
+(`python -m train.mmseg_upernet` is the former name and runs this.)
+
+Train rows are the tiles with fold != k (LPB blends included); the validation images are those of the fold == k
+original tiles, read whole from DATA (default: the competition folder TILES/tiles.json records). --fold -1 trains on
+everything without validation. mmengine's Runner validates every val_interval iterations with KernelValLoop
+(train.mmseg_ext.dice): the live model, wrapped as its TorchScript export is, predicts each whole validation image
+through the inference engine at the scale config.json will make the kernel use, and the best checkpoint is kept by
+that Dice. --minutes M fits the run into M minutes of training (train.mmseg_ext.time_budget). A config with
+average_k = K > 0 writes the mean of the weights of the K best validations (average_by 'dice') or of the last K
+checkpoint intervals ('last') as the fold's model (train.mmseg_ext.averaging), validated again. Writes
+outputs/<config-stem>/fold<k>/:
+    model.ts         TorchScript (normalised float NCHW at tile size -> 6 logits, or 1 FTU logit for 2-class models),
+                     all the Kaggle kernel needs
+    config.json      inference.checkpoint.CheckpointConfig (framework "torchscript", task "multiclass" or "binary",
+                     pixel_size)
+    mmseg_config.py  the resolved mmseg config, with the iterations and schedule actually trained
+    best.pth         the fold's weights (best checkpoint, or the average) as an mmengine checkpoint (state_dict + meta)
+    metrics.json     kernel validation of best.pth: dice, per organ, per data source, per image; iteration; averaged
+    oof/             the kernel's FTU probability of each validation image (inference.predict --save-probs format)
+    work/            mmengine's logs and latest checkpoint (for --resume)
+A finished folder (metrics.json present) is skipped; an unfinished one needs --resume or --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.dist import barrier, is_main_process
+from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner, find_latest_checkpoint, get_state_dict, weights_to_cpu
+
+from data_prep.tiles import load_index, read_png, source_data_dir
+from inference.checkpoint import CheckpointConfig
+from inference.organs import CLASSES
+from inference.score import format_report
+from train.averaging import SnapshotPool, check_rule
+from train.export import export_segmentor
+from train.mmseg_ext.checkpoint import trust_checkpoints_in
+from train.mmseg_ext.dataset import check_ignore_index, fold_rows
+from train.mmseg_ext.dice import kernel_dice
+from train.mmseg_ext.time_budget import scaled_schedulers
+from train.validation import write_oof
+
+ARTIFACTS = ("model.ts", "config.json", "mmseg_config.py", "best.pth", "metrics.json")
+OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.mmseg_train",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, type=Path, help="mmseg config under train/configs/mmseg/")
+    parser.add_argument("--fold", required=True, type=int, help="validation fold; -1 trains on all folds")
+    parser.add_argument("--tiles", required=True, type=Path, help="tile set folder with index.csv")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="competition folder (train.csv, train_images/) the validation images are read from; "
+        "default: the one TILES/tiles.json records",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="train for this many minutes: max_iters, LR schedule and intervals are fitted to the time",
+    )
+    parser.add_argument("--work-dir", default=Path("outputs"), type=Path, help="checkpoint root")
+    parser.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=None,
+        help="local ImageNet backbone file (mmseg's mit_b*.pth, mmpretrain's convnext-*.pth) instead of the path the "
+        "config names; 'none' trains from random weights",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run folder and train from scratch")
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="'pytorch' under torchrun for multi-GPU training",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        default={},
+        help="override config keys, e.g. train_cfg.max_iters=1000 train_dataloader.batch_size=2",
+    )
+    return parser.parse_args(argv)
+
+
+def run_folder(work_dir: Path, config: Path, fold: int) -> Path:
+    """outputs/<config-stem>/fold<k>: the config's stem names the run."""
+    return Path(work_dir) / Path(config).stem / f"fold{fold}"
+
+
+def check_config(cfg: Config, config: Path) -> None:
+    """Fail early on settings that would only break hours into a run."""
+    n_classes = cfg.model.decode_head.num_classes
+    if n_classes not in (2, len(CLASSES)):
+        raise ValueError(
+            f"{config}: model.decode_head.num_classes is {n_classes}: 2 (background / FTU) or {len(CLASSES)} "
+            "(background + 5 organs)"
+        )
+    head_cfg = cfg.model.get("auxiliary_head")
+    if head_cfg is not None and head_cfg.num_classes != n_classes:
+        raise ValueError(f"{config}: model.auxiliary_head.num_classes is {head_cfg.num_classes}, expected {n_classes}")
+    steps = [step.type for step in cfg.train_dataloader.dataset.pipeline]
+    if (n_classes == 2) != ("FtuMask" in steps):
+        raise ValueError(
+            f"{config}: a 2-class model trains on FTU masks and a {len(CLASSES)}-class one on organ masks: the train "
+            f"pipeline needs dict(type='FtuMask') after LoadAnnotations exactly when num_classes is 2 (steps: {steps})"
+        )
+    check_rule(int(cfg.get("average_k", 0)), str(cfg.get("average_by", "dice")))
+    check_ignore_index(cfg.model)
+    init_cfg = cfg.model.backbone.get("init_cfg")
+    if init_cfg and init_cfg.get("type") == "Pretrained":
+        checkpoint = str(init_cfg.checkpoint)
+        if "://" in checkpoint or not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"{config}: backbone weights {checkpoint} are not a local file (runs never download). Download the "
+                "file named in the config to that path, point to it with --backbone-weights PATH (or --cfg-options "
+                "model.backbone.init_cfg.checkpoint=PATH), or train from scratch with --backbone-weights none "
+                "(model.backbone.init_cfg=None)"
+            )
+
+
+def set_backbone_weights(cfg: Config, weights: Path) -> None:
+    """--backbone-weights: a local ImageNet file for model.backbone.init_cfg, or 'none' for random weights."""
+    if str(weights).lower() == "none":
+        cfg.model.backbone.init_cfg = None
+        return
+    init_cfg = dict(cfg.model.backbone.get("init_cfg") or {})
+    # mmpretrain's classification checkpoints keep the backbone under "backbone."; mmseg's mit_b*.pth do not
+    init_cfg.update(type="Pretrained", checkpoint=str(weights))
+    cfg.model.backbone.init_cfg = init_cfg
+
+
+def check_tiles(cfg: Config, tiles: Path, train_rows: pd.DataFrame) -> None:
+    """The tile set's tiles must have the config's tile_size."""
+    first = read_png(tiles / train_rows["image_path"].iloc[0])
+    if first.shape[:2] != (cfg.tile_size, cfg.tile_size):
+        raise ValueError(
+            f"{tiles} has {first.shape[1]}x{first.shape[0]} px tiles but the config expects {cfg.tile_size} px: "
+            f"build tiles with --size {cfg.tile_size} or pass --cfg-options tile_size={first.shape[0]}"
+        )
+
+
+def resolve_data_dir(data_dir: Path | None, tiles: Path) -> Path:
+    """--data-dir, else the competition folder the tile set was cut from; it must hold train.csv."""
+    data_dir = data_dir if data_dir is not None else source_data_dir(tiles)
+    if data_dir is None:
+        raise ValueError(
+            f"{tiles}/tiles.json records no source folder: pass --data-dir (the competition folder with train.csv "
+            "and train_images/) to validate on whole images"
+        )
+    if not (Path(data_dir) / "train.csv").is_file():
+        raise FileNotFoundError(
+            f"{Path(data_dir) / 'train.csv'} not found: validation reads whole images from the competition folder; "
+            "pass --data-dir DATA"
+        )
+    return Path(data_dir)
+
+
+def inference_scale(cfg: Config, train_rows: pd.DataFrame) -> tuple[float, float]:
+    """(reduce_k, pixel_size): the scale the kernel predicts at, from the config and the training tiles.
+
+    reduce_k is the config's inference.reduce_k, else the finest split trained on (the same rule as the fastai
+    trainer: the model sees that scale most, 9 of 14 tiles per image with splits 1,2,3). pixel_size is the median
+    um/px of the original training tiles at the split nearest reduce_k, so both scale modes of the inference engine
+    (reduce, pixel-size) show test images at about the scale of those tiles. Reduce-only tile sets: their finest
+    reduce.
+    """
+    original = train_rows[train_rows["source"] == "original"]
+    rows = original if len(original) else train_rows
+    splits = sorted(int(s) for s in rows.loc[rows["split"] > 0, "split"].unique())
+    reduce_k = cfg.inference.get("reduce_k")
+    if splits:
+        reduce_k = float(max(splits)) if reduce_k is None else float(reduce_k)
+        level = min(splits, key=lambda s: abs(s - reduce_k))
+        level_rows = rows[rows["split"] == level]
+    else:
+        reduce_k = 1.0 if reduce_k is None else float(reduce_k)
+        level_rows = rows[rows["reduce"] == rows["reduce"].min()]
+    return reduce_k, float(np.median(level_rows["tile_pixel_size"]))
+
+
+def fit_schedule(cfg: Config) -> None:
+    """Scale the param_scheduler boundaries to train_cfg.max_iters (configs write them for their own max_iters).
+
+    So `--cfg-options train_cfg.max_iters=N` alone gives a complete warm-up and decay over N iterations.
+    """
+    max_iters = int(cfg.train_cfg.max_iters)
+    last = max(int(s.end) for s in cfg.param_scheduler)
+    if last == max_iters:
+        return
+    cfg.param_scheduler = scaled_schedulers(cfg.param_scheduler, last, max_iters)
+    print(f"param_scheduler rescaled from {last} to {max_iters} iterations")
+
+
+def prepare_config(
+    cfg: Config,
+    tiles: Path,
+    fold: int,
+    run_dir: Path,
+    resume: bool,
+    launcher: str,
+    checkpoint: CheckpointConfig | None = None,
+    data_dir: Path | None = None,
+    minutes: float | None = None,
+) -> Config:
+    """Inject the fold's split, validation, time budget, work folder and launcher into a loaded config."""
+    cfg.work_dir = str(run_dir / "work")
+    cfg.launcher = launcher
+    cfg.resume = resume
+    cfg.load_from = None
+    fit_schedule(cfg)
+    cfg.train_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
+    if fold == -1:  # nothing held out: no validation, the last checkpoint is the result
+        cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
+        cfg.default_hooks.checkpoint.update(save_best=None, rule=None)
+    else:
+        cfg.val_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
+        # the kernel's CheckpointConfig without the training record (that is the config being prepared)
+        cfg.val_cfg.update(data_dir=str(data_dir), checkpoint=asdict(replace(checkpoint, train={})))
+    hooks = [h for h in cfg.get("custom_hooks", []) if h.type not in ("TimeBudgetHook", "WeightAverageHook")]
+    if minutes is not None:
+        hooks.append(dict(type="TimeBudgetHook", minutes=float(minutes)))
+    k, by = int(cfg.get("average_k", 0)), str(cfg.get("average_by", "dice"))
+    if k:
+        if fold == -1 and by == "dice":
+            raise ValueError("average_by='dice' ranks validations: fold -1 has none, use --cfg-options average_by=last")
+        hooks.append(dict(type="WeightAverageHook", folder=str(averaging_folder(cfg)), k=k, by=by))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+def averaging_folder(cfg: Config) -> Path:
+    """Where WeightAverageHook keeps its snapshots: inside the run's mmengine work folder (resumed with it)."""
+    return Path(cfg.work_dir) / "average"
+
+
+def record_trained_schedule(cfg: Config, runner: Runner) -> None:
+    """Write the iterations, schedule and intervals the run actually used into cfg (a time budget changes them)."""
+    max_iters = int(runner.train_loop.max_iters)
+    nominal = int(cfg.train_cfg.max_iters)
+    if max_iters == nominal:
+        return
+    cfg.param_scheduler = scaled_schedulers(cfg.param_scheduler, nominal, max_iters)
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = int(runner.train_loop.val_interval)
+    checkpoint = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+    if checkpoint is not None:
+        cfg.default_hooks.checkpoint.interval = int(checkpoint.interval)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The segmentor inside a (distributed) model wrapper."""
+    return model.module if is_model_wrapper(model) else model
+
+
+def iteration_of(checkpoint: str) -> int:
+    """Training iteration in an mmengine checkpoint name (iter_300.pth, best_dice_iter_300.pth)."""
+    match = re.search(r"iter_(\d+)\.pth$", checkpoint)
+    if match is None:
+        raise ValueError(f"cannot read the iteration from checkpoint name {checkpoint}")
+    return int(match.group(1))
+
+
+def json_safe(value):
+    """A config or metrics value as plain JSON types (tuples become lists, numpy scalars floats, the rest repr)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+def backbone_arch(backbone: dict) -> object:
+    """What names a backbone's size: ConvNeXt's arch, MiT's embed_dims and num_layers (b0-b5)."""
+    if "arch" in backbone:
+        return backbone["arch"]
+    return {k: backbone[k] for k in ("embed_dims", "num_layers") if k in backbone}
+
+
+def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float, reduce_k: float) -> CheckpointConfig:
+    """The config.json of an exported mmseg run: TorchScript, binary (2 classes) or 6 classes, mean/std on 0-1."""
+    preprocessor = cfg.model.data_preprocessor
+    backbone = cfg.model.backbone
+    binary = cfg.model.decode_head.num_classes == 2  # exported with one FTU logit (train.export.SegmentorLogits)
+    return CheckpointConfig(
+        name=name,
+        fold=fold,
+        framework="torchscript",
+        task="binary" if binary else "multiclass",
+        classes=["ftu"] if binary else list(CLASSES),
+        tile_size=int(cfg.tile_size),
+        weights="model.ts",
+        arch=f"EncoderDecoder/{cfg.model.decode_head.type}",
+        encoder=f"{backbone.type}({json.dumps(json_safe(backbone_arch(backbone)))})",
+        overlap=float(cfg.inference.overlap),
+        reduce=cfg.inference.reduce,
+        reduce_k=float(reduce_k),
+        pixel_size=float(pixel_size),
+        mean=[m / 255.0 for m in preprocessor.mean],
+        std=[s / 255.0 for s in preprocessor.std],
+        threshold=float(cfg.inference.threshold),
+        train=json_safe(cfg.to_dict()),
+    )
+
+
+def finish(runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointConfig, train_seconds: float) -> dict:
+    """Load the best checkpoint, validate it like the kernel (OOF maps), and write the checkpoint folder."""
+    fold = checkpoint.fold
+    barrier()  # rank 0 writes the checkpoints: the last one must be on disk before other ranks look for it
+    best = find_latest_checkpoint(cfg.work_dir) if fold == -1 else runner.message_hub.get_info("best_ckpt")
+    if best is None:
+        raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first validation?")
+    runner.load_checkpoint(best)
+    record_trained_schedule(cfg, runner)
+    checkpoint = replace(checkpoint, train=json_safe(cfg.to_dict()))
+    metrics: dict = {"dice": None, "seconds_trained": round(train_seconds, 1), "averaged": None}
+    segmentor = unwrap(runner.model)
+    if int(cfg.get("average_k", 0)):
+        pool = SnapshotPool(averaging_folder(cfg), int(cfg.average_k), str(cfg.get("average_by", "dice")))
+        segmentor.load_state_dict(pool.average())
+        metrics.update(averaged=pool.record(), best_checkpoint_dice=runner.message_hub.get_info("best_score"))
+        print(f"the fold's model is the mean of the weights at iterations {pool.steps} (by {pool.rule})")
+    if is_main_process():
+        if fold != -1:
+            oof, rows = run_dir / "oof", []
+            oof.mkdir(exist_ok=True)
+            loop = runner.val_loop
+            result = kernel_dice(
+                segmentor,
+                checkpoint,
+                loop.rows,
+                loop.image_dir,
+                on_image=lambda image: rows.append(write_oof(image, oof, OOF_MAX_SIDE)),
+            )
+            pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+            metrics.update(result)
+        metrics.update(
+            iter=iteration_of(best),
+            trained_iters=int(runner.iter),
+            fold=fold,
+            checkpoint=Path(best).name,
+        )
+        export_segmentor(segmentor, run_dir, checkpoint)  # model.ts, its torch version, config.json
+        meta = dict(iter=metrics["iter"], fold=fold, config=checkpoint.name, dataset_meta=dict(classes=list(CLASSES)))
+        torch.save({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(segmentor))}, run_dir / "best.pth")
+        cfg.dump(str(run_dir / "mmseg_config.py"))
+        # metrics.json last: its presence marks a finished folder
+        (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+    barrier()
+    return metrics
+
+
+def summary(name: str, fold: int, metrics: dict, run_dir: Path) -> str:
+    """The validation Dice (the competition metric) overall, per organ and per data source."""
+    if metrics["dice"] is None:
+        iters = metrics.get("trained_iters")
+        return f"{name} fold {fold}: trained on all folds (no validation), {iters} iterations -> {run_dir}"
+    averaged = metrics.get("averaged")
+    if averaged:
+        which = f"mean of iterations {averaged['steps']}"
+        if metrics.get("best_checkpoint_dice") is not None:
+            which += f"; the best checkpoint alone scored {metrics['best_checkpoint_dice']:.4f}"
+    else:
+        which = f"iteration {metrics['iter']}"
+    return f"{name} fold {fold}: validation Dice of the submission path ({which}) -> {run_dir}\n" + format_report(metrics)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train one fold and write its checkpoint folder; returns its metrics."""
+    run_dir = run_folder(args.work_dir, args.config, args.fold)
+    name = Path(args.config).stem
+    if args.overwrite:
+        if args.launcher != "none":
+            raise ValueError(f"--overwrite under a launcher would race between processes: delete {run_dir} first")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        print(
+            f"already trained ({run_dir / 'metrics.json'}; --overwrite retrains): "
+            + summary(name, args.fold, metrics, run_dir)
+        )
+        return metrics
+    if not args.resume and (run_dir / "work" / "last_checkpoint").is_file():
+        raise FileExistsError(
+            f"{run_dir} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
+        )
+
+    cfg = Config.fromfile(str(args.config))
+    cfg.merge_from_dict(args.cfg_options)
+    if args.backbone_weights is not None:
+        set_backbone_weights(cfg, args.backbone_weights)
+    check_config(cfg, args.config)
+    index = load_index(args.tiles)
+    train_rows = fold_rows(index, args.fold, "train")
+    check_tiles(cfg, args.tiles, train_rows)
+    data_dir = None if args.fold == -1 else resolve_data_dir(args.data_dir, args.tiles)
+    reduce_k, pixel_size = inference_scale(cfg, train_rows)
+    checkpoint = checkpoint_config(cfg, name, args.fold, pixel_size, reduce_k)
+    prepare_config(cfg, args.tiles, args.fold, run_dir, args.resume, args.launcher, checkpoint, data_dir, args.minutes)
+    trust_checkpoints_in(cfg.work_dir)  # resume and best-checkpoint loading of this run's own files
+
+    runner = Runner.from_cfg(cfg)
+    start = time.perf_counter()
+    runner.train()
+    metrics = finish(runner, cfg, run_dir, checkpoint, time.perf_counter() - start)
+    if is_main_process():
+        print(summary(name, args.fold, metrics, run_dir), flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
