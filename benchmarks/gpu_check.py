@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--only: unknown config(s) {unknown}; choose from {[name for _, name in plan]}")
         plan = [(k, n) for k, n in plan if n in args.only]
-    iters, seconds = (3, 5.0) if args.smoke else (args.iters, args.train_seconds)
+    iters, seconds = (3 if args.smoke else args.iters), args.train_seconds
     tile, batch = (SMOKE_TILE, 2) if args.smoke else (None, None)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     budget, start = 60.0 * args.budget_minutes, time.perf_counter()
