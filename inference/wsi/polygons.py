@@ -3,14 +3,16 @@
 The mask is any 2-D array that slices like numpy (a zarr array on disk): it is read in blocks plus a halo,
 each 8-connected component is emitted once, by the block holding its first pixel in raster order, and a
 component reaching the halo's edge is re-read in a window grown around it. Memory is one block, whatever
-the slide size. Outlines follow pixel edges (traced on a 4x nearest-upsampled crop), so polygon areas match
-pixel counts; coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's frame).
+the slide size. Outlines are traced on a k-upsampled crop (k = 8 for small FTUs) and moved onto the pixel
+edges by a mitred shapely buffer of half an upsampled pixel, so polygon areas match pixel counts (within
+1% on demo slides); coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's frame).
 
 Valid geometry (what QuPath's merge / intersect and shapely need): pixels of one FTU that touch only at a
 corner would make a figure-8 ring that visits the corner twice, so such contacts are cut (one sub-pixel of
-the upsampled crop on each side) and the FTU becomes a MultiPolygon of its 4-connected parts; any ring that
-approxPolyDP still made self-touching is repaired with shapely.make_valid. Every feature carries QuPath's
-`classification` (the organ's FTU class and colour) and objectType annotation or detection.
+the upsampled crop on each side) and the FTU becomes a MultiPolygon of its 4-connected parts; the parts are
+joined with shapely.union_all and snapped to the 0.01 px grid with shapely.set_precision, both of which
+return valid geometry. Every feature carries QuPath's `classification` (the organ's FTU class and colour)
+and objectType annotation or detection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import shapely
+import shapely.affinity
 
 Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
 log = logging.getLogger("inference.wsi.polygons")
@@ -91,21 +94,10 @@ def _cut_corner_contacts(up: np.ndarray, crop: np.ndarray, k: int) -> None:
                 up[uy + dy, ux + dx] = 0
 
 
-def _valid_parts(rings: list[Ring]) -> list[list[Ring]]:
-    """A polygon's rings as one or more valid polygons (shapely.make_valid splits what still self-touches)."""
-    polygon = shapely.Polygon(rings[0], rings[1:])
-    if polygon.is_valid:
-        return [rings]
-    fixed = shapely.make_valid(polygon, method="structure", keep_collapsed=False)
-    parts = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, shapely.Polygon) and not g.is_empty]
-    return [[np.round(np.asarray(g.exterior.coords), 2), *(np.round(np.asarray(h.coords), 2) for h in g.interiors)]
-            for g in parts]
-
-
 def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, float]) -> list[list[Ring]]:
     """Valid pixel-edge polygons of a bool crop: [[outer, holes...], ...], as (x, y) = (offset + edge) * scale."""
-    # rings run through the upsampled boundary pixels' centres, 1 / (2k) inside the edge: k = 8 keeps a
-    # 10 px FTU's area within 2% (the upsampled crop stays <= 16M px)
+    # contours run through the boundary pixels' centres of the k-upsampled crop, 1 / (2k) inside the edge;
+    # a mitred buffer by that much puts them back on the pixel edges (the upsampled crop stays <= 16M px)
     k = 8 if crop.size <= 250_000 else 4 if crop.size <= 1_000_000 else 2 if crop.size <= 4_000_000 else 1
     up = cv2.resize(crop.view(np.uint8), None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
     up = cv2.copyMakeBorder(up, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
@@ -113,35 +105,35 @@ def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, f
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    sx, sy = scale
-    ox, oy = offset
 
-    def ring(contour: np.ndarray) -> Ring:
-        pts = cv2.approxPolyDP(contour, max(1.0, k / 4), True)[:, 0].astype(np.float64)
+    def ring(contour: np.ndarray) -> np.ndarray:
+        pts = cv2.approxPolyDP(contour, 1.0, True)[:, 0].astype(np.float64)
         if len(pts) < 3:
             pts = contour[:, 0].astype(np.float64)
-        # a sub-pixel centre of the upsampled, 1-padded crop sits at (p - 1 + 0.5) / k crop-pixel edges
-        xy = np.stack([(ox + (pts[:, 0] - 0.5) / k) * sx, (oy + (pts[:, 1] - 0.5) / k) * sy], axis=1)
-        xy = np.round(xy, 2)
-        keep = np.ones(len(xy), bool)
-        keep[1:] = np.any(xy[1:] != xy[:-1], axis=1)  # rounding may merge neighbours
-        xy = xy[keep]
-        return np.concatenate([xy, xy[:1]])
+        return (pts - 0.5) / k  # crop-pixel units (the upsampled crop is padded by one pixel)
 
-    polygons: list[list[Ring]] = []
-    index: dict[int, int] = {}
+    shells: dict[int, np.ndarray] = {}
+    holes: dict[int, list[np.ndarray]] = {}
     for i, (_, _, _, parent) in enumerate(hierarchy[0]):
         if parent == -1:
-            outer = ring(contours[i])
-            if len(outer) >= 4:
-                index[i] = len(polygons)
-                polygons.append([outer])
+            shells[i], holes[i] = ring(contours[i]), []
     for i, (_, _, _, parent) in enumerate(hierarchy[0]):
-        if parent in index and len(contours[i]) >= 2:
-            hole = ring(contours[i])
-            if len(hole) >= 4:
-                polygons[index[parent]].append(hole)
-    return [part for rings in polygons for part in _valid_parts(rings)]
+        if parent in shells:
+            holes[parent].append(ring(contours[i]))
+    parts = []
+    for i, shell in shells.items():
+        polygon = shapely.Polygon(shell, [h for h in holes[i] if len(h) >= 3])
+        if not polygon.is_valid:  # approxPolyDP can still make a ring touch itself
+            polygon = shapely.make_valid(polygon)
+        parts.append(shapely.buffer(polygon, 0.5 / k, join_style="mitre", mitre_limit=2.0))
+    sx, sy = scale
+    ox, oy = offset
+    # the union keeps parts that touch at a point apart and merges any that the buffer made overlap;
+    # the 0.01 px grid of the written coordinates is applied by GEOS so the result stays valid
+    geometry = shapely.affinity.affine_transform(shapely.union_all(parts), [sx, 0, 0, sy, ox * sx, oy * sy])
+    geometry = shapely.set_precision(geometry, 0.01)
+    polygons = [g for g in getattr(geometry, "geoms", [geometry]) if isinstance(g, shapely.Polygon) and not g.is_empty]
+    return [[np.asarray(g.exterior.coords), *(np.asarray(h.coords) for h in g.interiors)] for g in polygons]
 
 
 def _window(y0: int, x0: int, y1: int, x1: int, halo: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -188,17 +180,24 @@ def iter_components(mask, block: int = 2048, halo: int = 256) -> Iterator[tuple[
             core = (by, bx, min(by + block, shape[0]), min(bx + block, shape[1]))
             win = _window(*core, halo, shape)
             labels, stats = _labels(mask, win)
+            grown: set[tuple[int, int]] = set()  # pieces of one component that join outside the window
             for label in range(1, len(stats)):
                 left, top, w, h = (int(v) for v in stats[label, :4])
-                first = int(np.argmax(labels[top] == label))
-                seed = (win[0] + top, win[1] + first)
-                if not (core[0] <= seed[0] < core[2] and core[1] <= seed[1] < core[3]):
-                    continue  # another block owns it
                 box = (win[0] + top, win[1] + left, win[0] + top + h, win[1] + left + w)
-                if _touches(box, win, shape):
-                    yield _component(mask, seed, box, halo)
-                else:
-                    yield labels[top : top + h, left : left + w] == label, box
+                if not _touches(box, win, shape):
+                    first = int(np.argmax(labels[top] == label))
+                    if core[0] <= box[0] < core[2] and core[1] <= win[1] + first < core[3]:
+                        yield labels[top : top + h, left : left + w] == label, box
+                    continue  # else another block owns it
+                if box[0] < core[0]:
+                    continue  # its first row, and so its first pixel, lies above this block
+                first = int(np.argmax(labels[top] == label))
+                crop, full = _component(mask, (box[0], win[1] + first), box, halo)
+                # the owner is the block holding the whole component's first pixel in raster order
+                seed = (full[0], full[1] + int(np.argmax(crop[0])))
+                if core[0] <= seed[0] < core[2] and core[1] <= seed[1] < core[3] and seed not in grown:
+                    grown.add(seed)
+                    yield crop, full
 
 
 def iter_ftus(

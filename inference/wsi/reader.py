@@ -221,9 +221,9 @@ class TiffSlide(Slide):
 
         The map is opened and dropped per read: its pages then leave the process's RSS.
         """
-        if page.compression != 1 or page.is_contiguous is None or page.planarconfig != 1:
+        if page.compression != 1 or not page.is_contiguous or page.planarconfig != 1:
             return None
-        offset, _ = page.is_contiguous
+        offset = page.dataoffsets[0]
         shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
         array = np.memmap(self._file, dtype=page.dtype, mode="r", offset=offset, shape=shape)
         try:

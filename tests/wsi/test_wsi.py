@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-from checkpoints import make_torchscript_checkpoint
-from torch import nn
 
 from inference.wsi.polygons import iter_ftus, polygon_area
 from inference.metric import dice
@@ -21,29 +19,6 @@ from inference.wsi.reader import open_slide, write_pyramid
 from inference.engine.sliding import WindowFilter, sliding_window
 
 SIDE = 2048
-
-
-class DarkNet(nn.Module):
-    """Binary FTU logits from local darkness: deterministic and smooth, so two predictions can be compared."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dark = -x.mean(1, keepdim=True)
-        return 6.0 * (nn.functional.avg_pool2d(dark, 31, 1, 15, count_include_pad=False) + 1.2)
-
-
-@pytest.fixture(scope="session")
-def demo_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two 2048 px demo slides (kidney as OME-TIFF with SubIFDs, prostate as a generic tiled pyramid)."""
-    from data_prep.make_demo import make_slides
-
-    return make_slides(tmp_path_factory.mktemp("slides"), 2, seed=0, side=SIDE)
-
-
-@pytest.fixture(scope="session")
-def dark_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TorchScript binary checkpoint at 1 um/px."""
-    folder = tmp_path_factory.mktemp("runs") / "dark" / "fold0"
-    return make_torchscript_checkpoint(folder, DarkNet(), tile=128, task="binary", pixel_size=1.0).parent
 
 
 def test_demo_slides_readers_agree(demo_slides: Path) -> None:
