@@ -48,6 +48,10 @@ from inference.wsi.reader import Slide, open_slide, thumbnail
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
 
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the module docstring's layout kept."""
+
 @dataclass(frozen=True)
 class WsiTileSettings:
     size: int
@@ -310,13 +314,13 @@ def _ratio(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.wsi_tiles", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--slides", type=Path, required=True, help="slides CSV (data_prep.make_demo --slides writes one)")
     ap.add_argument("--out", type=Path, required=True, help="tile set folder")
     ap.add_argument("--size", type=int, default=256, help="tile side in pixels")
-    ap.add_argument("--mpp", type=float, action="append", help="tile um/px (repeatable; default 1.0)")
+    ap.add_argument("--mpp", type=float, action="append", help="tile um/px (repeatable; unset: 1.0)")
     ap.add_argument("--tiles-per-slide", type=int, default=60, help="tiles per slide and um/px")
-    ap.add_argument("--ratio", type=_ratio, default=(2, 1), help="positive:negative tiles (default 2:1)")
+    ap.add_argument("--ratio", type=_ratio, default=(2, 1), help="positive:negative tiles")
     ap.add_argument("--centre", type=int, default=32, help="side of the centre square that labels a tile (px)")
     ap.add_argument("--annotation", choices=("mask", "geojson"), default="mask", help="which truth column to use")
     ap.add_argument("--n-folds", type=int, default=5, help="folds by slide when the CSV has no fold column")

@@ -70,6 +70,10 @@ CHUNK = 512  # zarr chunk side; blocks are whole chunks so a block's write never
 MASK_FORMATS = ("tiff", "ome")
 
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the module docstring's layout kept."""
+
 @dataclass
 class WsiOptions:
     """Everything besides the models and the slide that decides a whole-slide prediction."""
@@ -411,9 +415,9 @@ def add_prediction_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--reader", choices=READERS, default="auto",
                     help="auto: OpenSlide for vendor formats and vendor TIFFs, tifffile for OME / generic TIFF")
     ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (default equal)")
+    ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (unset: equal)")
     ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
-    ap.add_argument("--threshold", type=float, help="cut-off (default: --thresholds for the organ, else config.json)")
+    ap.add_argument("--threshold", type=float, help="cut-off (unset: --thresholds for the organ, else config.json)")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
     ap.add_argument("--use-organ", action="store_true", help="multiclass: use the slide's organ, not the majority")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in every FTU")
@@ -431,17 +435,17 @@ def add_prediction_args(ap: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m inference.wsi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m inference.wsi", description=__doc__, formatter_class=HelpFormatter
     )
     which = ap.add_mutually_exclusive_group(required=True)
     which.add_argument("--slide", type=Path, help="one whole-slide image (OME-TIFF, tiled TIFF, .svs, ...)")
     which.add_argument("--slides", type=Path, help="cohort CSV: slide (path, relative to the CSV), organ, optional mpp")
     add_prediction_args(ap)
-    ap.add_argument("--mpp", type=float, help="--slide: um per level-0 pixel (default: from the file's metadata)")
+    ap.add_argument("--mpp", type=float, help="--slide: um per level-0 pixel (unset: from the file's metadata)")
     ap.add_argument("--organ", choices=ORGANS, help="--slide: its organ (thresholds, FTU class, --use-organ)")
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="--slides: one slide after another here, or one Ray task per slide")
-    ap.add_argument("--ray-address", help="--engine ray: cluster address (default: start a local one)")
+    ap.add_argument("--ray-address", help="--engine ray: cluster address (unset: start a local one)")
     ap.add_argument("--max-retries", type=int, default=3, help="--engine ray: re-runs of a slide whose worker died")
     return ap
 
