@@ -122,7 +122,12 @@ def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, f
             holes[parent].append(ring(contours[i]))
     parts = []
     for i, shell in shells.items():
-        polygon = shapely.Polygon(shell, [h for h in holes[i] if len(h) >= 3])
+        distinct = np.unique(shell, axis=0)
+        if len(distinct) < 3:  # a sub-pixel dot or a one-sub-pixel-wide line: the square buffer is its area
+            line = shapely.Point(distinct[0]) if len(distinct) == 1 else shapely.LineString(distinct)
+            parts.append(shapely.buffer(line, 0.5 / k, cap_style="square", join_style="mitre"))
+            continue
+        polygon = shapely.Polygon(shell, [h for h in holes[i] if len(np.unique(h, axis=0)) >= 3])
         if not polygon.is_valid:  # approxPolyDP can still make a ring touch itself
             polygon = shapely.make_valid(polygon)
         parts.append(shapely.buffer(polygon, 0.5 / k, join_style="mitre", mitre_limit=2.0))

@@ -178,42 +178,96 @@ def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, in
             for y in range(0, height, block) for x in range(0, width, block)]
 
 
-def predict_blocks(
-    slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
-    tissue: np.ndarray, thumb_factor: float,
-) -> None:
-    """Predict every unfinished block into the work arrays (see the module docstring)."""
+@dataclass
+class BlockRegion:
+    """One block of the level: its core, the region read around it, and the tissue map over that region."""
+
+    index: int
+    core: tuple[int, int, int, int]  # (x0, y0, x1, y1) level pixels written from this block
+    region: tuple[int, int, int, int]  # (x0, y0, x1, y1) level pixels read and predicted
+    keep: np.ndarray  # thumbnail tissue map over the region (no True: nothing to predict)
+
+
+def block_regions(
+    slide: Slide, level: int, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float
+) -> list[BlockRegion]:
+    """Every block of a level with its read region (one model window of margin, plus half an MRN context view)."""
     lw, lh = slide.dimensions[level]
     level_mpp = slide.level_mpp(level)
     ds = slide.downsamples[level]
-    # one window on every side, plus half an MRN context view beyond it
     margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
                            * m.predictor.config.pixel_size / level_mpp) for m in members)
-    blocks = _blocks(lh, lw, options.block)
-    todo = [(i, b) for i, b in enumerate(blocks) if i not in work.done]
-    state = work.state
-    for i, (x0, y0, x1, y1) in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
+    out = []
+    for i, (x0, y0, x1, y1) in enumerate(_blocks(lh, lw, block)):
         rx0, ry0 = max(0, x0 - margin), max(0, y0 - margin)
         rx1, ry1 = min(lw, x1 + margin), min(lh, y1 + margin)
         # the region's footprint on the thumbnail tissue map (level px -> level-0 px -> thumbnail px)
         f = ds / thumb_factor
         tx0, ty0 = int(rx0 * f), int(ry0 * f)
         tx1, ty1 = max(tx0 + 1, math.ceil(rx1 * f)), max(ty0 + 1, math.ceil(ry1 * f))
-        keep = tissue[ty0:ty1, tx0:tx1]
+        out.append(BlockRegion(i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), tissue[ty0:ty1, tx0:tx1]))
+    return out
+
+
+PREDOWNSAMPLE = 1.5  # a level this much finer than the models is area-shrunk before predict_image
+
+
+def _predict_region(
+    image: np.ndarray, core: tuple[int, int, int, int], members: list[Member], options: WsiOptions,
+    level_mpp: float, target: float, windows: WindowFilter,
+) -> tuple[np.ndarray, np.ndarray, object]:
+    """(uint8 0/1 mask, uint8 probability) of a region's core (x0, y0, x1, y1), and the Decision.
+
+    A level much finer than the models (a slide without a pyramid) is area-shrunk to the models' um/px
+    first and the core's probability resized back, so a block's full-resolution float maps never exist.
+    """
+    kwargs = dict(organ=options.organ, scale_mode="pixel-size", tta=options.tta, mode=options.ensemble,
+                  organ_thresholds=options.organ_thresholds, threshold=options.threshold,
+                  use_organ=options.use_organ, windows=windows)
+    x0, y0, x1, y1 = core
+    h, w = image.shape[:2]
+    factor = target / level_mpp
+    if factor < PREDOWNSAMPLE:
+        decision = predict_image(image, members, pixel_size=level_mpp, **kwargs)
+        return (decision.mask[y0:y1, x0:x1].astype(np.uint8),
+                np.round(decision.probability[y0:y1, x0:x1] * 255).astype(np.uint8), decision)
+    sw, sh = max(1, round(w / factor)), max(1, round(h / factor))
+    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+    decision = predict_image(small, members, pixel_size=level_mpp * w / sw, **kwargs)
+    # the core's footprint in the small image, grown to whole pixels, resized to level pixels and cut exactly
+    fx, fy = sw / w, sh / h
+    cx0, cy0 = int(x0 * fx), int(y0 * fy)
+    cx1, cy1 = min(sw, math.ceil(x1 * fx) + 1), min(sh, math.ceil(y1 * fy) + 1)
+    ox0, oy0 = round(cx0 / fx), round(cy0 / fy)
+    size = (round(cx1 / fx) - ox0, round(cy1 / fy) - oy0)
+    cut = (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0))
+    prob = cv2.resize(np.ascontiguousarray(decision.probability[cy0:cy1, cx0:cx1]), size, interpolation=cv2.INTER_LINEAR)[cut]
+    mask = cv2.resize(np.ascontiguousarray(decision.mask[cy0:cy1, cx0:cx1]).view(np.uint8), size, interpolation=cv2.INTER_NEAREST)[cut]
+    return mask, np.round(prob * 255).astype(np.uint8), decision
+
+
+def predict_blocks(
+    slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
+    tissue: np.ndarray, thumb_factor: float,
+) -> None:
+    """Predict every unfinished block into the work arrays (see the module docstring)."""
+    level_mpp = slide.level_mpp(level)
+    target = model_pixel_size(members)
+    todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor)
+            if b.index not in work.done]
+    state = work.state
+    for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
+        i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
         if not keep.any():
             state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
             state["blocks_without_tissue"] += 1
         else:
             image = slide.read(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
             windows = WindowFilter(keep)
-            decision = predict_image(
-                image, members, organ=options.organ, pixel_size=level_mpp, scale_mode="pixel-size",
-                tta=options.tta, mode=options.ensemble, organ_thresholds=options.organ_thresholds,
-                threshold=options.threshold, use_organ=options.use_organ, windows=windows,
-            )
-            core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
-            work.mask[y0:y1, x0:x1] = decision.mask[core].astype(np.uint8)
-            work.prob[y0:y1, x0:x1] = np.round(decision.probability[core] * 255).astype(np.uint8)
+            core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
+            mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
+            work.mask[y0:y1, x0:x1] = mask
+            work.prob[y0:y1, x0:x1] = prob
             state["predicted_windows"] += windows.predicted
             state["skipped_windows"] += windows.skipped
             if decision.class_index is not None:  # multiclass members: the block's majority organ
@@ -241,6 +295,14 @@ def mask_strips(mask, level0: tuple[int, int], rows: int = 256) -> Iterator[np.n
     return level0_strips(mask, level0, rows, binary=True)
 
 
+def min_area_for(options: WsiOptions, organ_key: str) -> float:
+    """--min-area in um^2 for this slide: its organ's entry; a plain number (every organ equal) for any class."""
+    areas = options.min_area_um2
+    if organ_key in areas:
+        return areas[organ_key]
+    return next(iter(areas.values())) if len(set(areas.values())) == 1 else 0.0
+
+
 def clean_mask(work: WorkState, options: WsiOptions, organ_key: str, level_mpp: float) -> object:
     """The work mask after --fill-holes / --min-area (inference.engine.postprocess on each component), on disk.
 
@@ -256,9 +318,7 @@ def clean_mask(work: WorkState, options: WsiOptions, organ_key: str, level_mpp: 
         return zarr.open_array(str(path), mode="r")
     clean = zarr.create_array(store=str(path), shape=work.mask.shape, chunks=(CHUNK, CHUNK), dtype="uint8",
                               fill_value=0, overwrite=True)
-    areas = dict(options.min_area_um2)
-    if organ_key not in areas and len(set(areas.values())) == 1:  # a plain number applies to any class
-        areas[organ_key] = next(iter(areas.values()))
+    areas = {organ_key: min_area_for(options, organ_key)}
     for crop, (y0, x0, y1, x1) in tqdm(iter_components(work.mask), desc="post-process", unit="FTU"):
         kept = postprocess(crop, organ_key, level_mpp, holes=options.fill_holes, min_area_um2=areas)
         if kept.any():
@@ -392,8 +452,7 @@ def predict_slide(
                         "pixel_size": m.predictor.config.pixel_size} for m in members],
             "organ": options.organ, "thresholds": sorted(state["thresholds"]),
             "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
-            "min_area_um2": options.min_area_um2.get(organ_key, options.min_area_um2 and
-                                                      next(iter(options.min_area_um2.values()))) or 0,
+            "min_area_um2": min_area_for(options, organ_key),
             "blocks": len(_blocks(lh, lw, options.block)), "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
             "ftus": totals["ftus"], "ftu_area_um2": area_um2,

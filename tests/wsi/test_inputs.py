@@ -52,7 +52,7 @@ def test_routing_vendor_tiffs_to_openslide_and_generic_to_tifffile(tmp_path: Pat
             np.testing.assert_array_equal(slide.read(0, 100, 200, 300, 150), image[200:350, 100:400])
 
 
-def test_lzw_and_jpeg_tiles_read_and_a_broken_tile_is_one_line(tmp_path: Path, capfd) -> None:
+def test_lzw_and_jpeg_tiles_read_and_a_broken_tile_is_one_line(tmp_path: Path, dark_run: Path, capfd) -> None:
     image = _image(1024, 1024)
     for compression in ("lzw", "jpeg"):
         path = tmp_path / f"{compression}.ome.tif"
@@ -76,20 +76,11 @@ def test_lzw_and_jpeg_tiles_read_and_a_broken_tile_is_one_line(tmp_path: Path, c
     capfd.readouterr()
     from inference.wsi.predict import main
 
-    run = _binary_run(tmp_path)
-    assert main(["--slide", str(broken), "--models", str(run), "--out", str(tmp_path / "out"), "--device", "cpu",
+    assert main(["--slide", str(broken), "--models", str(dark_run), "--out", str(tmp_path / "out"), "--device", "cpu",
                  "--block", "512"]) == 2
     err = capfd.readouterr().err
     assert "error: " in err and "cannot decode tile" in err
     assert "Traceback" not in err and "Task was destroyed" not in err and "asyncio" not in err
-
-
-def _binary_run(tmp_path: Path) -> Path:
-    from checkpoints import make_torchscript_checkpoint
-    from conftest import DarkNet
-
-    folder = tmp_path / "runs" / "dark" / "fold0"
-    return make_torchscript_checkpoint(folder, DarkNet(), tile=128, task="binary", pixel_size=1.0).parent
 
 
 def test_strip_tiffs_memory_mapped_or_converted_once(tmp_path: Path, caplog) -> None:
@@ -118,7 +109,7 @@ def test_strip_tiffs_memory_mapped_or_converted_once(tmp_path: Path, caplog) -> 
     assert "converting" not in caplog.text and list(work.glob("converted-*.tif")) == converted  # once
 
 
-def test_pixel_size_checks_and_level_choice(tmp_path: Path, capsys) -> None:
+def test_pixel_size_checks_and_level_choice(tmp_path: Path, dark_run: Path, capsys) -> None:
     image = _image(1024, 1024)
     path = tmp_path / "p.tif"
     write_pyramid(path, [image], 1024, 1024, mpp=0.25, min_side=256)
@@ -136,7 +127,7 @@ def test_pixel_size_checks_and_level_choice(tmp_path: Path, capsys) -> None:
         assert slide.mpp == 0.5
     from inference.wsi.predict import main
 
-    assert main(["--slide", str(mm), "--models", str(_binary_run(tmp_path)), "--out", str(tmp_path / "o"),
+    assert main(["--slide", str(mm), "--models", str(dark_run), "--out", str(tmp_path / "o"),
                  "--device", "cpu"]) == 2
     assert "250 um/px" in capsys.readouterr().err
 
@@ -268,3 +259,22 @@ def test_wsi_tiles_array_geojson_and_classes(demo_slides: Path, tmp_path: Path) 
     positives = index[index["tile_id"].str.contains(r"_p\d+$")]
     assert set(positives["organ"]) == {"kidney"}  # prostate's glands were filtered out
     assert (index[index["organ"] == "kidney"]["tile_id"].str.contains("_p")).any()
+
+
+def test_fine_level_is_shrunk_before_prediction(
+    demo_slides: Path, dark_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A level 2x finer than the model (OpenSlide sees level 0 only of an OME pyramid) is area-shrunk first."""
+    import inference.wsi.predict as wsi
+    from inference.metric import dice
+
+    slide = demo_slides.parent / pd.read_csv(demo_slides)["slide"][0]
+    masks = []
+    for name, factor in (("shrunk", wsi.PREDOWNSAMPLE), ("full", 1e9)):
+        monkeypatch.setattr(wsi, "PREDOWNSAMPLE", factor)
+        out = tmp_path / name
+        assert wsi.main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "512",
+                         "--device", "cpu", "--reader", "openslide"]) == 0
+        assert json.loads((out / "slide00_kidney_summary.json").read_text())["level"] == 0
+        masks.append(tifffile.imread(out / "slide00_kidney_mask.tif") > 0)
+    assert masks[0].mean() > 0.05 and dice(masks[0], masks[1]) > 0.98
