@@ -33,6 +33,7 @@ import shapely.affinity
 Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
 log = logging.getLogger("inference.wsi.polygons")
 MAX_WINDOW = 8192 * 8192  # a component is not followed beyond a window this large (labels: 256 MiB)
+MAX_RINGS = 20_000  # beyond this many rings in one FTU, GEOS's buffer / union would take minutes and GBs
 OBJECT_TYPES = ("annotation", "detection")
 # QuPath classification per organ: the FTU the competition annotates, one colour each (RGB)
 FTU_CLASSES: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -94,6 +95,27 @@ def _cut_corner_contacts(up: np.ndarray, crop: np.ndarray, k: int) -> None:
                 up[uy + dy, ux + dx] = 0
 
 
+def _rings_unchecked(contours, hierarchy: np.ndarray, k: int, scale: tuple[float, float],
+                     offset: tuple[float, float]) -> list[list[Ring]]:
+    """Outer rings with their holes at the boundary pixels' centres, without shapely (pathological FTUs only)."""
+    sx, sy = scale
+    ox, oy = offset
+
+    def ring(contour: np.ndarray) -> Ring:
+        pts = (cv2.approxPolyDP(contour, 1.0, True)[:, 0].astype(np.float64) - 0.5) / k
+        xy = np.round(np.stack([(ox + pts[:, 0]) * sx, (oy + pts[:, 1]) * sy], axis=1), 2)
+        return np.concatenate([xy, xy[:1]])
+
+    polygons: dict[int, list[Ring]] = {}
+    for i, (_, _, _, parent) in enumerate(hierarchy):
+        if parent == -1:
+            polygons[i] = [ring(contours[i])]
+    for i, (_, _, _, parent) in enumerate(hierarchy):
+        if parent in polygons and len(contours[i]) >= 3:
+            polygons[parent].append(ring(contours[i]))
+    return [rings for rings in polygons.values() if len(rings[0]) >= 4]
+
+
 def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, float]) -> list[list[Ring]]:
     """Valid pixel-edge polygons of a bool crop: [[outer, holes...], ...], as (x, y) = (offset + edge) * scale."""
     # contours run through the boundary pixels' centres of the k-upsampled crop, 1 / (2k) inside the edge;
@@ -112,6 +134,10 @@ def outline(crop: np.ndarray, scale: tuple[float, float], offset: tuple[float, f
             pts = contour[:, 0].astype(np.float64)
         return (pts - 0.5) / k  # crop-pixel units (the upsampled crop is padded by one pixel)
 
+    if len(contours) > MAX_RINGS:
+        log.warning("an FTU at (%d, %d) px has %d outline rings (a noisy mask?): traced without the validity pass; "
+                    "--fill-holes / --min-area clean such masks", offset[0], offset[1], len(contours))
+        return _rings_unchecked(contours, hierarchy[0], k, scale, offset)
     shells: dict[int, np.ndarray] = {}
     holes: dict[int, list[np.ndarray]] = {}
     for i, (_, _, _, parent) in enumerate(hierarchy[0]):

@@ -356,11 +356,10 @@ def route(path: Path) -> str:
 
 
 def _converted_strips(slide: TiffSlide, rows: int = 1024) -> Iterator[np.ndarray]:
-    """Level-0 RGB row strips of a strip TIFF, a strip's worth of decoding at a time."""
+    """Level-0 RGB row strips of a strip TIFF; the tile cache keeps the last strip, so each is decoded once."""
     w, h = slide.dimensions[0]
     for y in range(0, h, rows):
         yield slide.read(0, 0, y, w, min(rows, h - y))
-        slide._cache.clear()  # converted rows are not read again
 
 
 def convert_to_pyramid(slide: TiffSlide, folder: Path) -> Path:
