@@ -156,7 +156,7 @@ def cohort_rates(work: Path, run: Path, n: int, side: int, block: int) -> dict[i
     for workers in (1, 2):
         out = work / f"cohort_out{workers}"
         code = (
-            "import sys, ray, tempfile; from inference.wsi.predict import main; "
+            "import sys, ray, tempfile; from inference.wsi.cli import main; "
             f"ray.init(num_cpus={workers}, include_dashboard=False, object_store_memory=100 * 2**20, "
             "_temp_dir=tempfile.mkdtemp(prefix='ray', dir='/tmp'), logging_level='WARNING', "
             f"runtime_env={{'env_vars': {{'PYTHONPATH': {str(ROOT)!r}, 'OMP_NUM_THREADS': '1'}}}}); "

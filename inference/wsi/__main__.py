@@ -2,7 +2,7 @@
 
 import sys
 
-from inference.wsi.predict import main
+from inference.wsi.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_importing_inference_wsi_never_imports_ray() -> None:
-    code = ("import sys, inference.wsi, inference.wsi.predict, inference.wsi.cohort, inference.wsi.__main__; "
+    code = ("import sys, inference.wsi, inference.wsi.predict, inference.wsi.cohort, inference.wsi.cli; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
@@ -42,7 +42,7 @@ def test_slides_csv_checks(tmp_path: Path) -> None:
 
 
 def _cli(csv: Path, run: Path, out: Path, *extra: str) -> int:
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     return main(["--slides", str(csv), "--models", str(run), "--out", str(out), "--block", "512", "--device", "cpu",
                  *extra])
@@ -74,7 +74,7 @@ def test_cohort_on_ray_survives_a_killed_worker(
     ray = pytest.importorskip("ray")
     from data_prep.make_demo import make_slides
     from inference.wsi.cohort import run_cohort, settings_from_args
-    from inference.wsi.predict import build_parser
+    from inference.wsi.cli import build_parser
 
     csv = make_slides(tmp_path / "slides", 3, seed=1, side=1536)  # slide, organ, mpp and more columns
     stems = [Path(s).name.split(".")[0] for s in pd.read_csv(csv)["slide"]]

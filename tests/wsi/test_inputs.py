@@ -74,7 +74,7 @@ def test_lzw_and_jpeg_tiles_read_and_a_broken_tile_is_one_line(tmp_path: Path, d
     with open_slide(broken) as slide, pytest.raises(ImageReadError, match=r"cannot decode tile 5 of level 0 \(JPEG\)"):
         slide.read(0, 0, 0, 1024, 1024)
     capfd.readouterr()
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(broken), "--models", str(dark_run), "--out", str(tmp_path / "out"), "--device", "cpu",
                  "--block", "512"]) == 2
@@ -125,7 +125,7 @@ def test_pixel_size_checks_and_level_choice(tmp_path: Path, dark_run: Path, caps
         open_slide(mm)
     with open_slide(mm, mpp=0.5) as slide:
         assert slide.mpp == 0.5
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(mm), "--models", str(dark_run), "--out", str(tmp_path / "o"),
                  "--device", "cpu"]) == 2
@@ -267,13 +267,14 @@ def test_fine_level_is_shrunk_before_prediction(
     """A level 2x finer than the model (OpenSlide sees level 0 only of an OME pyramid) is area-shrunk first."""
     import inference.wsi.predict as wsi
     from inference.metric import dice
+    from inference.wsi.cli import main
 
     slide = demo_slides.parent / pd.read_csv(demo_slides)["slide"][0]
     masks = []
     for name, factor in (("shrunk", wsi.PREDOWNSAMPLE), ("full", 1e9)):
         monkeypatch.setattr(wsi, "PREDOWNSAMPLE", factor)
         out = tmp_path / name
-        assert wsi.main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "512",
+        assert main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "512",
                          "--device", "cpu", "--reader", "openslide"]) == 0
         assert json.loads((out / "slide00_kidney_summary.json").read_text())["level"] == 0
         masks.append(tifffile.imread(out / "slide00_kidney_mask.tif") > 0)

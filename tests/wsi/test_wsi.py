@@ -12,11 +12,11 @@ import pytest
 import tifffile
 import torch
 
-from inference.wsi.polygons import iter_ftus, polygon_area
+from inference.engine.sliding import WindowFilter, sliding_window
 from inference.metric import dice
 from inference.rle import decode
+from inference.wsi.polygons import iter_ftus, polygon_area
 from inference.wsi.reader import open_slide, write_pyramid
-from inference.engine.sliding import WindowFilter, sliding_window
 
 SIDE = 2048
 
@@ -127,7 +127,7 @@ def _check_valid_features(features: list[dict]) -> None:
 
 
 def _run_wsi(slide: Path, run: Path, out: Path, *extra: str) -> dict:
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(slide), "--models", str(run), "--out", str(out), "--block", "512",
                  "--device", "cpu", *extra]) == 0
@@ -218,7 +218,7 @@ def test_wsi_resumes_after_interruption(demo_slides: Path, dark_run: Path, tmp_p
     np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_mask.tif"), before)
     assert again["ftus"] == first["ftus"]
     assert again["predicted_windows"] < first["predicted_windows"]  # finished blocks were not predicted again
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "1024"]) == 2
 
@@ -262,7 +262,7 @@ def test_wsi_tiles_labels_and_folds(demo_slides: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> None:
     from data_prep.wsi_tiles import main as tiles_main
-    from inference.wsi.predict import main as wsi_main
+    from inference.wsi.cli import main as wsi_main
     from train.fastai_unet import main as train_main
 
     tiles = tmp_path / "tiles"
