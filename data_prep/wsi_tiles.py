@@ -44,9 +44,8 @@ from tqdm import tqdm
 from data_prep.make_folds import make_folds
 from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
 from inference.organs import ORGANS, class_index
-from inference.wsi.reader import Slide, open_slide, thumbnail
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
-
+from inference.wsi.reader import Slide, open_slide, thumbnail
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

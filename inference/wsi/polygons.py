@@ -5,7 +5,7 @@ each 8-connected component is emitted once, by the block holding its first pixel
 component reaching the halo's edge is re-read in a window grown around it. Memory is one block, whatever
 the slide size. Outlines are traced on a k-upsampled crop (k = 8 for small FTUs) and moved onto the pixel
 edges by a mitred shapely buffer of half an upsampled pixel, so polygon areas match pixel counts (within
-1% on demo slides); coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's frame).
+2% in the tests); coordinates are scaled to level-0 pixels (QuPath's and OpenSlide's frame).
 
 Valid geometry (what QuPath's merge / intersect and shapely need): pixels of one FTU that touch only at a
 corner would make a figure-8 ring that visits the corner twice, so such contacts are cut (one sub-pixel of
