@@ -1,20 +1,28 @@
-"""Peak memory of inference.wsi on a large slide, against what holding the slide in memory would take.
+"""Whole-slide throughput and memory: inference.wsi against flat-image prediction, strip TIFFs, Ray cohorts.
 
-    python benchmarks/wsi.py [--side 30000] [--mpp 0.5] [--model-mpp 4.0] [--tile 256] [--block 2048] [--keep DIR]
+    python benchmarks/wsi.py [--side 30000] [--strip-side 20000] [--mpp 0.5] [--model-mpp 4.0] [--tile 256]
+        [--block 2048] [--cohort-slides 4] [--cohort-side 2048] [--keep DIR] [--skip slide,strip,cohort]
 
-Writes a --side x --side pyramidal OME-TIFF strip by strip (a few make_demo kidney patches repeated inside a
-section outline, so the slide is never whole in memory), builds a random-init smp Unet-ResNet18 checkpoint
-at --model-mpp um/px, then runs `python -m inference.wsi` on it in a child process and reports the child's
-peak RSS (VmHWM of its own address space, polled: getrusage would count the RSS it was forked with),
-its wall time, windows predicted and skipped, and the bytes a whole-slide array would
-need (RGB uint8 at level 0, and one float32 probability map at level 0). The issue's target: peak RSS under
-1.5 GB at 30k x 30k.
+1. slide: writes a --side x --side pyramidal OME-TIFF strip by strip (a few make_demo kidney patches repeated
+   inside a section outline, so the slide is never whole in memory), builds a random-init smp Unet-ResNet18
+   checkpoint at --model-mpp um/px and runs `python -m inference.wsi` on it in a child process: peak RSS
+   (VmHWM of the child's own address space, polled; getrusage would count the RSS it was forked with), wall
+   time, windows predicted and skipped (with --fill-holes --min-area 100: the random network's mask is noise).
+   Then the same tissue windows as flat images: every block region the
+   slide run predicted, already in memory, through inference.engine.ensemble.predict_image with the same
+   window filter (what predicting the tissue as a folder of flat images costs, without reading or writing
+   anything). Ratio = slide seconds / flat seconds (goal <= 1.1).
+2. strip: a --strip-side single-strip uncompressed TIFF (what `tifffile.imwrite` writes by default), predicted
+   the same way (memory-mapped per region; goal < 1.5 GB peak RSS).
+3. cohort: --cohort-slides demo slides predicted with `--engine ray` on a local Ray cluster of 1 and of 2
+   CPU workers (torch one thread each): slides per minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -34,6 +42,9 @@ from inference.organs import organ  # noqa: E402
 from inference.wsi.reader import write_pyramid  # noqa: E402
 
 PATCH = 2048
+# a random-init network's mask is noise (one slide-wide FTU with 10^5 holes): clean it as a user would
+POST = ("--fill-holes", "--min-area", "100")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def slide_strips(side: int, mpp: float, seed: int = 0, n_patches: int = 4) -> Iterator[np.ndarray]:
@@ -67,56 +78,174 @@ def _hwm_mib(pid: int) -> float | None:
 
 def run_with_peak_rss(cmd: list[str]) -> float:
     """Run a command to completion and return its peak RSS in MiB (VmHWM polled every 50 ms)."""
-    child = subprocess.Popen(cmd, cwd=ROOT)
+    child = subprocess.Popen(cmd, cwd=ROOT, env=ENV)
     peak = 0.0
     while child.poll() is None:
-        hwm = _hwm_mib(child.pid)
-        peak = max(peak, hwm or 0.0)
+        peak = max(peak, _hwm_mib(child.pid) or 0.0)
         time.sleep(0.05)
     if child.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {child.returncode}")
     return peak
 
 
+def predict_wsi(slide: Path, run: Path, out: Path, block: int) -> tuple[float, float, dict]:
+    """(peak RSS MiB, wall seconds, summary) of `python -m inference.wsi` on one slide."""
+    cmd = [sys.executable, "-m", "inference.wsi", "--slide", str(slide), "--models", str(run), "--out", str(out),
+           "--block", str(block), "--device", "cpu", "--overwrite", *POST]
+    start = time.perf_counter()
+    peak = run_with_peak_rss(cmd)
+    seconds = time.perf_counter() - start
+    stem = slide.name.split(".")[0]
+    return peak, seconds, json.loads((out / f"{stem}_summary.json").read_text())
+
+
+def flat_seconds(slide_path: Path, run: Path, block: int) -> tuple[float, int]:
+    """(seconds, windows) of predict_image on every tissue block region of the slide run, regions preloaded."""
+    import torch
+
+    from inference.engine.ensemble import predict_image
+    from inference.engine.sliding import WindowFilter
+    from inference.predict import load_members
+    from inference.tissue import tissue_mask
+    from inference.wsi.predict import block_regions, model_pixel_size
+    from inference.wsi.reader import open_slide, thumbnail
+
+    torch.set_num_threads(1)
+    members = load_members([run], None, "cpu", 4, "gaussian")
+    with open_slide(slide_path) as slide:
+        level = slide.level_for(model_pixel_size(members))
+        thumb, factor = thumbnail(slide, 2048)
+        tissue = tissue_mask(thumb, slide.mpp * factor)
+        blocks = [b for b in block_regions(slide, level, members, block, tissue, factor) if b.keep.any()]
+        images = [slide.read(level, b.region[0], b.region[1], b.region[2] - b.region[0], b.region[3] - b.region[1])
+                  for b in blocks]
+        level_mpp = slide.level_mpp(level)
+    start = time.perf_counter()
+    windows = 0
+    for b, image in zip(blocks, images, strict=True):
+        keep = WindowFilter(b.keep)
+        predict_image(image, members, organ="kidney", pixel_size=level_mpp, scale_mode="pixel-size", windows=keep)
+        windows += keep.predicted
+    return time.perf_counter() - start, windows
+
+
+def write_strip_tiff(path: Path, side: int, mpp: float) -> None:
+    """A single-strip uncompressed RGB TIFF, filled row band by row band through tifffile's memory map."""
+    image = tifffile_memmap(path, side, mpp)
+    for y, rows in zip(range(0, side, PATCH), slide_strips(side, mpp, seed=1), strict=True):
+        image[y : y + len(rows)] = rows
+        image.flush()
+    del image
+
+
+def tifffile_memmap(path: Path, side: int, mpp: float) -> np.memmap:
+    import tifffile
+
+    return tifffile.memmap(path, shape=(side, side, 3), dtype=np.uint8, photometric="rgb",
+                           resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+
+
+def cohort_rates(work: Path, run: Path, n: int, side: int, block: int) -> dict[int, tuple[float, float]]:
+    """{workers: (seconds, slides per minute)} of `--engine ray` on n demo slides, in a child process each."""
+    from data_prep.make_demo import make_slides
+
+    csv = work / "cohort" / "slides.csv"
+    if not csv.is_file():
+        make_slides(csv.parent, n, seed=3, side=side)
+    rates = {}
+    for workers in (1, 2):
+        out = work / f"cohort_out{workers}"
+        code = (
+            "import sys, ray, tempfile; from inference.wsi.cli import main; "
+            f"ray.init(num_cpus={workers}, include_dashboard=False, object_store_memory=100 * 2**20, "
+            "_temp_dir=tempfile.mkdtemp(prefix='ray', dir='/tmp'), logging_level='WARNING', "
+            f"runtime_env={{'env_vars': {{'PYTHONPATH': {str(ROOT)!r}, 'OMP_NUM_THREADS': '1'}}}}); "
+            f"sys.exit(main(['--slides', {str(csv)!r}, '--models', {str(run)!r}, '--out', {str(out)!r}, "
+            f"'--engine', 'ray', '--device', 'cpu', '--block', '{block}', '--overwrite']))"
+        )
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        rates[workers] = (seconds, n / seconds * 60)
+    return rates
+
+
+class Report(list):
+    """Lines printed as they come (a long run shows its first figures early)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+    def extend(self, lines: list[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", type=int, default=30000)
+    ap = argparse.ArgumentParser(prog="python benchmarks/wsi.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", type=int, default=30000, help="pyramidal slide side (px)")
+    ap.add_argument("--strip-side", type=int, default=20000, help="single-strip TIFF side (px)")
     ap.add_argument("--mpp", type=float, default=0.5, help="slide um/px")
     ap.add_argument("--model-mpp", type=float, default=4.0, help="checkpoint um/px (decides the pyramid level)")
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--block", type=int, default=2048)
+    ap.add_argument("--cohort-slides", type=int, default=4)
+    ap.add_argument("--cohort-side", type=int, default=2048)
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: slide, strip, cohort")
     args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    os.environ.update(OMP_NUM_THREADS="1")
+    lines = Report()
+    lines.append(f"benchmarks/wsi.py on {os.cpu_count()} CPU cores (torch one thread per process)")
     with tempfile.TemporaryDirectory() as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        slide = work / "big.ome.tif"
-        start = time.perf_counter()
-        if not slide.is_file():
-            write_pyramid(slide, slide_strips(args.side, args.mpp), args.side, args.side, mpp=args.mpp)
-        made = time.perf_counter() - start
-        own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         run = work / "runs" / "unet_r18_bench"
         make_smp_checkpoint(run / "fold0", tile=args.tile, pixel_size=args.model_mpp)
-        out = work / "wsi"
-        cmd = [sys.executable, "-m", "inference.wsi", "--slide", str(slide), "--models", str(run), "--out",
-               str(out), "--block", str(args.block), "--device", "cpu"]
-        start = time.perf_counter()
-        peak = run_with_peak_rss(cmd)
-        seconds = time.perf_counter() - start
-        summary = json.loads((out / "big_work" / "state.json").read_text())["summary"]
-        size = slide.stat().st_size / 2**20
-    rgb = args.side * args.side * 3 / 2**30
-    prob = args.side * args.side * 4 / 2**30
-    print(f"slide {args.side}x{args.side} at {args.mpp} um/px: {size:.0f} MiB on disk, written in {made:.0f} s "
-          f"with peak RSS {own_rss:.0f} MiB")
-    print(f"inference.wsi (model at {args.model_mpp} um/px, tile {args.tile}, level {summary['level']}): "
-          f"{seconds:.0f} s, {summary['predicted_windows']} windows predicted, {summary['skipped_windows']} "
-          f"background windows skipped ({summary['blocks_without_tissue']} of {summary['blocks']} blocks without "
-          f"tissue), {summary['ftus']} FTUs")
-    print(f"peak RSS of inference.wsi: {peak:.0f} MiB (target < 1536 MiB); holding the slide would take "
-          f"{rgb:.2f} GiB as RGB uint8 plus {prob:.2f} GiB per float32 level-0 map "
-          f"({rgb * 1024 / peak:.1f}x the measured peak for the RGB alone)")
+        if "slide" not in skip:
+            slide = work / "big.ome.tif"
+            start = time.perf_counter()
+            if not slide.is_file():
+                write_pyramid(slide, slide_strips(args.side, args.mpp), args.side, args.side, mpp=args.mpp,
+                              layout="subifds")
+            made = time.perf_counter() - start
+            peak, seconds, summary = predict_wsi(slide, run, work / "wsi", args.block)
+            flat, windows = flat_seconds(slide, run, args.block)
+            rgb = args.side**2 * 3 / 2**30
+            lines.extend([
+                f"slide {args.side}x{args.side} at {args.mpp} um/px (pyramidal OME-TIFF, "
+                f"{slide.stat().st_size / 2**20:.0f} MiB, written in {made:.0f} s)",
+                f"  inference.wsi (Unet-R18 at {args.model_mpp} um/px, tile {args.tile}, level {summary['level']}): "
+                f"{seconds:.0f} s wall, {summary['seconds']:.0f} s after start-up, {summary['predicted_windows']} "
+                f"windows run, {summary['skipped_windows']} background windows skipped, {summary['ftus']} FTUs",
+                f"  same {windows} tissue windows as flat in-memory images: {flat:.0f} s -> slide / flat = "
+                f"{summary['seconds'] / flat:.2f}x (goal <= 1.1x; the slide run also reads, writes the mask and "
+                f"probability pyramids, GeoJSON and CSV)",
+                f"  peak RSS {peak:.0f} MiB (goal < 1536 MiB); holding the slide as RGB uint8 would take "
+                f"{rgb:.2f} GiB",
+            ])
+        if "strip" not in skip:
+            strip = work / "strip.tif"
+            if not strip.is_file():
+                write_strip_tiff(strip, args.strip_side, args.mpp)
+            peak, seconds, summary = predict_wsi(strip, run, work / "strip_out", args.block)
+            lines.append(
+                f"single-strip uncompressed TIFF {args.strip_side}x{args.strip_side} "
+                f"({strip.stat().st_size / 2**30:.2f} GiB, read memory-mapped per region): {seconds:.0f} s wall, "
+                f"level {summary['level']}, {summary['predicted_windows']} windows; peak RSS {peak:.0f} MiB "
+                "(goal < 1536 MiB)")
+        if "cohort" not in skip:
+            rates = cohort_rates(work, run, args.cohort_slides, args.cohort_side, min(args.block, 1024))
+            (s1, r1), (s2, r2) = rates[1], rates[2]
+            lines.append(
+                f"cohort of {args.cohort_slides} demo slides ({args.cohort_side} px) on a local Ray cluster: "
+                f"1 worker {s1:.0f} s ({r1:.1f} slides/min), 2 workers {s2:.0f} s ({r2:.1f} slides/min), "
+                f"speed-up {s1 / s2:.2f}x (Ray start-up included)")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines.append(f"(benchmark process itself: peak RSS {own:.0f} MiB)")
 
 
 if __name__ == "__main__":

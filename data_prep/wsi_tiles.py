@@ -2,13 +2,15 @@
 
     python -m data_prep.wsi_tiles --slides slides.csv --out TILES [--size 256] [--mpp 1.0 --mpp 2.0]
         [--tiles-per-slide 60] [--ratio 2:1] [--centre 32] [--annotation mask|geojson] [--n-folds 5]
-        [--context K] [--seed 0] [--overwrite]
+        [--context K] [--classes NAME ...] [--seed 0] [--overwrite]
 
 slides.csv (what `python -m data_prep.make_demo --slides N` writes): slide_id, slide (path, relative to the
 CSV), organ, data_source, and an annotation: `mask` (a 0/255 or class-index mask pyramid of the same level-0
-size) and/or `geojson` (FTU polygons in level-0 pixels, holes as inner rings); optional `mpp` (um per level-0
-pixel when the file lacks it) and `fold`. Without a fold column slides get organ-stratified folds from
-data_prep.make_folds (folds by slide, so no slide is in training and validation at once).
+size) and/or `geojson` (FTU polygons in level-0 pixels, holes as inner rings, in any form QuPath writes:
+FeatureCollection, plain array of Features, one Feature, bare geometries; --classes keeps only features of
+those classification names); optional `mpp` (um per level-0 pixel when the file lacks it) and `fold`.
+Without a fold column slides get organ-stratified folds from data_prep.make_folds (folds by slide, so no
+slide is in training and validation at once).
 
 Sampling, per slide and per --mpp (Camelyon-style): tissue is Otsu's on a thumbnail (inference.tissue);
 positive tiles are centred on a random FTU pixel and kept when the centre square of --centre tile pixels
@@ -47,6 +49,9 @@ from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
 from inference.wsi.reader import Slide, open_slide, thumbnail
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the module docstring's layout kept."""
+
 @dataclass(frozen=True)
 class WsiTileSettings:
     size: int
@@ -57,12 +62,54 @@ class WsiTileSettings:
     annotation: str
     seed: int
     context: int = 1
+    classes: tuple[str, ...] = ()  # GeoJSON classification names to keep; () = every class
+
+
+def _class_name(properties: dict) -> str | None:
+    """A QuPath feature's class: classification.name (0.2+), a bare classification string, or pre-0.2 'class'."""
+    value = properties.get("classification", properties.get("class"))
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) else None
+
+
+def geojson_geometries(data: object, classes: tuple[str, ...] = (), name: str = "GeoJSON") -> list[dict]:
+    """Polygon / MultiPolygon geometries of any GeoJSON form QuPath writes, optionally of some classes only.
+
+    Forms: a FeatureCollection, a plain array of Features (QuPath's export without "FeatureCollection"), a
+    single Feature, a bare geometry (or an array of them), and GeometryCollections inside any of these.
+    With `classes`, features of other classes (and unclassified ones) are dropped; bare geometries carry no
+    class, so they are refused then.
+    """
+    items = data if isinstance(data, list) else [data]
+    out: list[dict] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise TileSetError(f"{name}: expected GeoJSON objects, got {type(item).__name__}")
+        kind = item.get("type")
+        if kind == "FeatureCollection":
+            out += geojson_geometries(item.get("features", []), classes, name)
+        elif kind == "Feature":
+            if classes and _class_name(item.get("properties") or {}) not in classes:
+                continue
+            out += geojson_geometries(item.get("geometry") or [], (), name)
+        elif kind == "GeometryCollection":
+            out += geojson_geometries(item.get("geometries", []), classes, name)
+        elif kind in ("Polygon", "MultiPolygon"):
+            if classes:
+                raise TileSetError(f"{name}: --classes needs Features with a classification; found a bare {kind}")
+            out.append(item)
+        elif kind not in ("Point", "MultiPoint", "LineString", "MultiLineString"):
+            raise TileSetError(f"{name}: unknown GeoJSON type {kind!r}")
+    return out
 
 
 class Annotation:
     """FTU truth of one slide: a mask pyramid or GeoJSON polygons, rasterised per region."""
 
-    def __init__(self, row: pd.Series, base: Path, kind: str, level0: tuple[int, int]) -> None:
+    def __init__(
+        self, row: pd.Series, base: Path, kind: str, level0: tuple[int, int], classes: tuple[str, ...] = ()
+    ) -> None:
         self.level0 = level0
         self.kind = kind
         if kind == "mask":
@@ -70,14 +117,12 @@ class Annotation:
             if self.mask.dimensions[0] != level0:
                 raise TileSetError(f"{row['mask']}: mask is {self.mask.dimensions[0]} px, slide is {level0} (w, h)")
         else:
-            data = json.loads((base / row["geojson"]).read_text())
-            features = data["features"] if data.get("type") == "FeatureCollection" else [data]
+            path = base / row["geojson"]
             self.polygons: list[list[np.ndarray]] = []
-            for f in features:
-                geometry = f.get("geometry") or {}
+            for geometry in geojson_geometries(json.loads(path.read_text()), classes, str(path)):
                 parts = [geometry["coordinates"]] if geometry.get("type") == "Polygon" else (
                     geometry.get("coordinates", []) if geometry.get("type") == "MultiPolygon" else [])
-                self.polygons += [[np.asarray(r, np.float64) for r in rings] for rings in parts]
+                self.polygons += [[np.asarray(r, np.float64) for r in rings] for rings in parts if rings]
             self.boxes = np.array([[p[0][:, 0].min(), p[0][:, 1].min(), p[0][:, 0].max(), p[0][:, 1].max()]
                                    for p in self.polygons]).reshape(-1, 4)
 
@@ -145,7 +190,7 @@ def tile_slide(row: pd.Series, base: Path, out: Path, settings: WsiTileSettings)
     slide = open_slide(base / row["slide"], mpp=float(row["mpp"]) if "mpp" in row and pd.notna(row["mpp"]) else None)
     if slide.mpp is None:
         raise TileSetError(f"{row['slide']}: no pixel size in the file; add an mpp column to the slides CSV")
-    annotation = Annotation(row, base, settings.annotation, slide.dimensions[0])
+    annotation = Annotation(row, base, settings.annotation, slide.dimensions[0], settings.classes)
     try:
         thumb, factor = thumbnail(slide, 1024)
         tissue = tissue_mask(thumb, slide.mpp * factor)
@@ -222,7 +267,7 @@ def load_slides(path: Path, n_folds: int, seed: int) -> pd.DataFrame:
 def build_wsi_tiles(
     slides_csv: Path, out: Path, size: int = 256, mpps: tuple[float, ...] = (1.0,), tiles_per_slide: int = 60,
     ratio: tuple[int, int] = (2, 1), centre: int = 32, annotation: str = "mask", n_folds: int = 5, seed: int = 0,
-    overwrite: bool = False, context: int = 1,
+    overwrite: bool = False, context: int = 1, classes: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Tile every slide of a slides CSV (skipping finished ones) and write TILES/index.csv; return it."""
     slides_csv, out = Path(slides_csv), Path(out)
@@ -230,8 +275,10 @@ def build_wsi_tiles(
         raise ValueError(f"--centre must be in (0, --size]; got {centre} for size {size}")
     if context < 1:
         raise ValueError(f"--context must be >= 1, got {context}")
+    if classes and annotation != "geojson":
+        raise ValueError("--classes filters GeoJSON classifications; it needs --annotation geojson")
     settings = WsiTileSettings(size, tuple(float(m) for m in mpps), tiles_per_slide, tuple(ratio), centre,
-                               annotation, seed, context)
+                               annotation, seed, context, tuple(classes))
     table = load_slides(slides_csv, n_folds, seed)
     if annotation not in table.columns:
         raise TileSetError(f"{slides_csv}: --annotation {annotation} needs a {annotation!r} column")
@@ -266,24 +313,27 @@ def _ratio(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.wsi_tiles", description=__doc__,
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--slides", type=Path, required=True, help="slides CSV (data_prep.make_demo --slides writes one)")
     ap.add_argument("--out", type=Path, required=True, help="tile set folder")
     ap.add_argument("--size", type=int, default=256, help="tile side in pixels")
-    ap.add_argument("--mpp", type=float, action="append", help="tile um/px (repeatable; default 1.0)")
+    ap.add_argument("--mpp", type=float, action="append", help="tile um/px (repeatable; unset: 1.0)")
     ap.add_argument("--tiles-per-slide", type=int, default=60, help="tiles per slide and um/px")
-    ap.add_argument("--ratio", type=_ratio, default=(2, 1), help="positive:negative tiles (default 2:1)")
+    ap.add_argument("--ratio", type=_ratio, default=(2, 1), help="positive:negative tiles")
     ap.add_argument("--centre", type=int, default=32, help="side of the centre square that labels a tile (px)")
     ap.add_argument("--annotation", choices=("mask", "geojson"), default="mask", help="which truth column to use")
     ap.add_argument("--n-folds", type=int, default=5, help="folds by slide when the CSV has no fold column")
     ap.add_argument("--context", type=int, default=1, help="also write a K x wider context view per tile (MRN)")
+    ap.add_argument("--classes", action="append",
+                    help="with --annotation geojson: keep only features of this QuPath class (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="delete the tile set and redo every slide")
     args = ap.parse_args(argv)
     try:
         index = build_wsi_tiles(args.slides, args.out, args.size, tuple(args.mpp or (1.0,)), args.tiles_per_slide,
                                 args.ratio, args.centre, args.annotation, args.n_folds, args.seed, args.overwrite,
-                                args.context)
+                                args.context, tuple(args.classes or ()))
     except (TileSetError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     counts = index.assign(positive=index["tile_id"].str.contains(r"_p\d+$")).groupby(

@@ -1,6 +1,8 @@
-"""`python -m inference.wsi`: predict whole slides (inference.wsi.predict)."""
+"""`python -m inference.wsi`: predict whole slides or a cohort (inference.wsi.predict, inference.wsi.cohort)."""
 
-from inference.wsi.predict import main
+import sys
+
+from inference.wsi.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

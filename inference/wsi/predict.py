@@ -1,35 +1,49 @@
-"""Predict FTUs on a whole-slide image with the checkpoints and ensembles of inference.predict.
+"""Predict FTUs on whole-slide images with the checkpoints and ensembles of inference.predict.
 
     python -m inference.wsi --slide SLIDE --models RUN [RUN ...] --out DIR [--mpp UM_PER_PX] [--organ ORGAN]
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T] [--tta 0|2|4|8]
-        [--use-organ] [--reader auto|tifffile|openslide] [--block 2048] [--device auto|cpu|cuda] [--overwrite]
+        [--use-organ] [--fill-holes] [--min-area UM2|organs.json] [--objects annotation|detection]
+        [--mask-format tiff|ome] [--reader auto|tifffile|openslide] [--block 2048] [--device auto|cpu|cuda]
+        [--overwrite]
+    python -m inference.wsi --slides slides.csv --models RUN ... --out DIR [--engine local|ray]
+        [--ray-address ADDR] [--max-retries 3] [same prediction flags]
 
-How: the slide is opened through tifffile's zarr store (OME-TIFF, generic tiled TIFF) or OpenSlide (vendor
-formats), the pyramid level nearest the models' um/px is chosen (slide um/px from the file, or --mpp), and a
-thumbnail's Otsu tissue map (inference.tissue) decides what to predict. The level is cut into blocks of
---block pixels, each read with a margin of one model window on every side and run through
-inference.engine.ensemble.predict_image (the same scale rule, sliding windows, blending, TTA, ensembling and
-thresholds as inference.predict) with a WindowFilter, so windows over bare glass are not run; blocks without
-tissue are not even read. Each block's centre goes into two zarr arrays on disk (mask and probability at the
-level's resolution) and the block is recorded in DIR/S_work/state.json, so an interrupted run resumes at the
-next block and memory stays one block whatever the slide size.
+How: the slide is opened with OpenSlide (vendor formats and vendor TIFFs) or tifffile (OME / generic TIFF;
+compressed strip TIFFs are converted once to a tiled pyramid in DIR/S_work), its um/px checked (file
+metadata, else --mpp, else objective power with a warning; outside [0.05, 50] is refused), and the coarsest
+pyramid level at most 1.1 x the models' um/px is read (then downsampled to it). A thumbnail's Otsu tissue map
+(inference.tissue) decides what to predict. The level is cut into blocks of --block pixels, each read with a
+margin of one model window on every side and run through inference.engine.ensemble.predict_image (the same
+scale rule, sliding windows, blending, TTA, ensembling and thresholds as inference.predict) with a
+WindowFilter, so windows over bare glass are not run; blocks without tissue are not even read. Each block's
+centre goes into two zarr arrays on disk (mask and probability at the level's resolution) and the block is
+recorded in DIR/S_work/state.json, so an interrupted run resumes at the next block and memory stays one
+block whatever the slide size. --fill-holes / --min-area then clean every FTU with
+inference.engine.postprocess (one connected component at a time, so memory stays bounded).
 
-Writes, for slide stem S: DIR/S_mask.tif (0/255 tiled pyramidal OME-TIFF at level-0 size, SubIFD levels),
-DIR/S_heatmap.png (probability thumbnail), DIR/S_overlay.png (thumbnail with FTU outlines), DIR/S.geojson
-(QuPath-importable FeatureCollection of FTU polygons in level-0 pixels, holes as inner rings) and DIR/S_ftus.csv
-(one row per FTU, area in um^2). A finished slide is skipped on re-run (--overwrite redoes it).
+Writes, for slide stem S (see docs/wsi.md for opening them in QuPath, OpenSlide and MONAI):
+- DIR/S_mask.tif: 0/255 tiled pyramidal TIFF at level-0 size in the layout OpenSlide reads (top-level pages,
+  reduced levels SUBFILETYPE=1, resolution in pixels per cm); --mask-format ome writes DIR/S_mask.ome.tif
+  (SubIFD levels, OME PhysicalSizeX) for Bio-Formats instead;
+- DIR/S_prob.tif: the FTU probability (uint8, 255 = 1.0), same layout, size and mpp;
+- DIR/S.geojson: QuPath-importable FeatureCollection, one valid (Multi)Polygon per FTU in level-0 pixels,
+  QuPath classification per organ (glomerulus, gland, crypt, white pulp, alveolus), objectType --objects;
+- DIR/S_ftus.csv: one row per FTU (slide, class, centroid, whole-pixel box, mpp, area in px and um^2);
+- DIR/S_summary.json: slide, mpp, level read, models, thresholds, windows run and skipped, FTUs and area
+  per class, seconds; DIR/S_heatmap.png and DIR/S_overlay.png: thumbnail previews.
+A finished slide is skipped on re-run (--overwrite redoes it). --slides runs a cohort (inference.wsi.cohort);
+the command line is inference.wsi.cli.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import sys
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,18 +53,19 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.engine.ensemble import ENSEMBLE_MODES, Member, load_thresholds, predict_image
-from inference.wsi.polygons import iter_ftus, write_ftus
-from inference.io import ImageReadError
-from inference.organs import ORGANS
-from inference.predict import load_members
-from inference.wsi.reader import READERS, Slide, open_slide, thumbnail, write_pyramid
-from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
+from inference.engine.ensemble import Member, predict_image
+from inference.engine.postprocess import postprocess
+from inference.engine.sliding import WindowFilter
+from inference.organs import CLASSES
 from inference.tiling import window_starts
 from inference.tissue import tissue_mask
+from inference.wsi.polygons import OBJECT_TYPES, ftu_class, iter_components, iter_ftus, write_ftus
+from inference.wsi.reader import Slide, open_slide, thumbnail, write_pyramid
 
 log = logging.getLogger("inference.wsi")
 CHUNK = 512  # zarr chunk side; blocks are whole chunks so a block's write never touches a neighbour's chunk
+MASK_FORMATS = ("tiff", "ome")
+
 
 
 @dataclass
@@ -65,6 +80,10 @@ class WsiOptions:
     use_organ: bool = False
     block: int = 2048  # level pixels per block side (a multiple of CHUNK)
     thumbnail_side: int = 2048  # longer side of the tissue thumbnail, heatmap and overlay
+    fill_holes: bool = False
+    min_area_um2: dict[str, float] = field(default_factory=dict)  # inference.engine.postprocess.load_min_area
+    objects: str = "annotation"  # QuPath objectType of the GeoJSON features
+    mask_format: str = "tiff"  # tiff: OpenSlide's layout (S_mask.tif); ome: SubIFD OME-TIFF (S_mask.ome.tif)
 
 
 def slide_stem(path: Path) -> str:
@@ -124,7 +143,11 @@ class WorkState:
             )
         folder.mkdir(parents=True, exist_ok=True)
         self.state = state or {"digest": digest, "fingerprint": fingerprint, "done": [], "finished": False,
-                               "predicted_windows": 0, "skipped_windows": 0, "blocks_without_tissue": 0}
+                               "predicted_windows": 0, "skipped_windows": 0, "blocks_without_tissue": 0,
+                               "classes": {}, "thresholds": []}
+        # who works on the slide now (a cohort's worker; what an operator kills or looks for in its logs)
+        self.state["owner"] = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.done = set(self.state["done"])
         kwargs = dict(shape=shape, chunks=(CHUNK, CHUNK), dtype="uint8", fill_value=0)
         if state is None:
             self.mask = zarr.create_array(store=str(folder / "mask.zarr"), overwrite=True, **kwargs)
@@ -133,11 +156,11 @@ class WorkState:
         else:
             self.mask = zarr.open_array(str(folder / "mask.zarr"), mode="r+")
             self.prob = zarr.open_array(str(folder / "prob.zarr"), mode="r+")
-        self.done = set(self.state["done"])
+            self.save()
 
     def save(self) -> None:
         """Write state.json atomically."""
-        self.state["done"] = sorted(getattr(self, "done", set()))
+        self.state["done"] = sorted(self.done)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=1) + "\n")
         os.replace(tmp, self.path)
@@ -149,57 +172,155 @@ def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, in
             for y in range(0, height, block) for x in range(0, width, block)]
 
 
-def predict_blocks(
-    slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
-    tissue: np.ndarray, thumb_factor: float,
-) -> None:
-    """Predict every unfinished block into the work arrays (see the module docstring)."""
+@dataclass
+class BlockRegion:
+    """One block of the level: its core, the region read around it, and the tissue map over that region."""
+
+    index: int
+    core: tuple[int, int, int, int]  # (x0, y0, x1, y1) level pixels written from this block
+    region: tuple[int, int, int, int]  # (x0, y0, x1, y1) level pixels read and predicted
+    keep: np.ndarray  # thumbnail tissue map over the region (no True: nothing to predict)
+
+
+def block_regions(
+    slide: Slide, level: int, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float
+) -> list[BlockRegion]:
+    """Every block of a level with its read region (one model window of margin, plus half an MRN context view)."""
     lw, lh = slide.dimensions[level]
     level_mpp = slide.level_mpp(level)
     ds = slide.downsamples[level]
-    # one window on every side, plus half an MRN context view beyond it
     margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
                            * m.predictor.config.pixel_size / level_mpp) for m in members)
-    blocks = _blocks(lh, lw, options.block)
-    todo = [(i, b) for i, b in enumerate(blocks) if i not in work.done]
-    state = work.state
-    for i, (x0, y0, x1, y1) in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
+    out = []
+    for i, (x0, y0, x1, y1) in enumerate(_blocks(lh, lw, block)):
         rx0, ry0 = max(0, x0 - margin), max(0, y0 - margin)
         rx1, ry1 = min(lw, x1 + margin), min(lh, y1 + margin)
         # the region's footprint on the thumbnail tissue map (level px -> level-0 px -> thumbnail px)
         f = ds / thumb_factor
         tx0, ty0 = int(rx0 * f), int(ry0 * f)
         tx1, ty1 = max(tx0 + 1, math.ceil(rx1 * f)), max(ty0 + 1, math.ceil(ry1 * f))
-        keep = tissue[ty0:ty1, tx0:tx1]
+        out.append(BlockRegion(i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), tissue[ty0:ty1, tx0:tx1]))
+    return out
+
+
+PREDOWNSAMPLE = 1.5  # a level this much finer than the models is area-shrunk before predict_image
+
+
+def _predict_region(
+    image: np.ndarray, core: tuple[int, int, int, int], members: list[Member], options: WsiOptions,
+    level_mpp: float, target: float, windows: WindowFilter,
+) -> tuple[np.ndarray, np.ndarray, object]:
+    """(uint8 0/1 mask, uint8 probability) of a region's core (x0, y0, x1, y1), and the Decision.
+
+    A level much finer than the models (a slide without a pyramid) is area-shrunk to the models' um/px
+    first and the core's probability resized back, so a block's full-resolution float maps never exist.
+    """
+    kwargs = dict(organ=options.organ, scale_mode="pixel-size", tta=options.tta, mode=options.ensemble,
+                  organ_thresholds=options.organ_thresholds, threshold=options.threshold,
+                  use_organ=options.use_organ, windows=windows)
+    x0, y0, x1, y1 = core
+    h, w = image.shape[:2]
+    factor = target / level_mpp
+    if factor < PREDOWNSAMPLE:
+        decision = predict_image(image, members, pixel_size=level_mpp, **kwargs)
+        return (decision.mask[y0:y1, x0:x1].astype(np.uint8),
+                np.round(decision.probability[y0:y1, x0:x1] * 255).astype(np.uint8), decision)
+    sw, sh = max(1, round(w / factor)), max(1, round(h / factor))
+    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+    decision = predict_image(small, members, pixel_size=level_mpp * w / sw, **kwargs)
+    # the core's footprint in the small image, grown to whole pixels, resized to level pixels and cut exactly
+    fx, fy = sw / w, sh / h
+    cx0, cy0 = int(x0 * fx), int(y0 * fy)
+    cx1, cy1 = min(sw, math.ceil(x1 * fx) + 1), min(sh, math.ceil(y1 * fy) + 1)
+    ox0, oy0 = round(cx0 / fx), round(cy0 / fy)
+    size = (round(cx1 / fx) - ox0, round(cy1 / fy) - oy0)
+    cut = (slice(y0 - oy0, y1 - oy0), slice(x0 - ox0, x1 - ox0))
+    prob = cv2.resize(np.ascontiguousarray(decision.probability[cy0:cy1, cx0:cx1]), size, interpolation=cv2.INTER_LINEAR)[cut]
+    mask = cv2.resize(np.ascontiguousarray(decision.mask[cy0:cy1, cx0:cx1]).view(np.uint8), size, interpolation=cv2.INTER_NEAREST)[cut]
+    return mask, np.round(prob * 255).astype(np.uint8), decision
+
+
+def predict_blocks(
+    slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
+    tissue: np.ndarray, thumb_factor: float,
+) -> None:
+    """Predict every unfinished block into the work arrays (see the module docstring)."""
+    level_mpp = slide.level_mpp(level)
+    target = model_pixel_size(members)
+    todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor)
+            if b.index not in work.done]
+    state = work.state
+    for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
+        i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
         if not keep.any():
             state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
             state["blocks_without_tissue"] += 1
         else:
             image = slide.read(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
             windows = WindowFilter(keep)
-            decision = predict_image(
-                image, members, organ=options.organ, pixel_size=level_mpp, scale_mode="pixel-size",
-                tta=options.tta, mode=options.ensemble, organ_thresholds=options.organ_thresholds,
-                threshold=options.threshold, use_organ=options.use_organ, windows=windows,
-            )
-            core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
-            work.mask[y0:y1, x0:x1] = decision.mask[core].astype(np.uint8)
-            work.prob[y0:y1, x0:x1] = np.round(decision.probability[core] * 255).astype(np.uint8)
+            core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
+            mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
+            work.mask[y0:y1, x0:x1] = mask
+            work.prob[y0:y1, x0:x1] = prob
             state["predicted_windows"] += windows.predicted
             state["skipped_windows"] += windows.skipped
+            if decision.class_index is not None:  # multiclass members: the block's majority organ
+                key = str(decision.class_index)
+                state["classes"][key] = state["classes"].get(key, 0) + windows.predicted
+            if round(decision.threshold, 4) not in state["thresholds"]:
+                state["thresholds"].append(round(decision.threshold, 4))
         work.done.add(i)
         work.save()
 
 
-def mask_strips(mask, level0: tuple[int, int], rows: int = 256) -> Iterator[np.ndarray]:
-    """Level-0 row strips (0/255 uint8) of a level-resolution mask, nearest-sampled at pixel centres."""
+def level0_strips(array, level0: tuple[int, int], rows: int = 256, binary: bool = True) -> Iterator[np.ndarray]:
+    """Level-0 row strips (uint8) of a level-resolution array, nearest-sampled at pixel centres (binary: 0/255)."""
     w0, h0 = level0
-    lh, lw = mask.shape
+    lh, lw = array.shape
     xs = np.minimum(((np.arange(w0) + 0.5) * lw / w0).astype(np.int64), lw - 1)
     for y in range(0, h0, rows):
         ys = np.minimum(((np.arange(y, min(y + rows, h0)) + 0.5) * lh / h0).astype(np.int64), lh - 1)
-        band = np.asarray(mask[int(ys[0]) : int(ys[-1]) + 1, :])
-        yield (band[ys - ys[0]][:, xs] > 0).astype(np.uint8) * np.uint8(255)
+        band = np.asarray(array[int(ys[0]) : int(ys[-1]) + 1, :])[ys - ys[0]][:, xs]
+        yield (band > 0).astype(np.uint8) * np.uint8(255) if binary else band.astype(np.uint8)
+
+
+def mask_strips(mask, level0: tuple[int, int], rows: int = 256) -> Iterator[np.ndarray]:
+    """Level-0 row strips (0/255 uint8) of a level-resolution mask."""
+    return level0_strips(mask, level0, rows, binary=True)
+
+
+def min_area_for(options: WsiOptions, organ_key: str) -> float:
+    """--min-area in um^2 for this slide: its organ's entry; a plain number (every organ equal) for any class."""
+    areas = options.min_area_um2
+    if organ_key in areas:
+        return areas[organ_key]
+    return next(iter(areas.values())) if len(set(areas.values())) == 1 else 0.0
+
+
+def clean_mask(work: WorkState, options: WsiOptions, organ_key: str, level_mpp: float) -> object:
+    """The work mask after --fill-holes / --min-area (inference.engine.postprocess on each component), on disk.
+
+    Each 8-connected component is cleaned on its own crop and OR-ed back, so a filled hole covers the
+    islands inside it (as on a whole image) and memory stays one component.
+    """
+    import zarr
+
+    if not options.fill_holes and not options.min_area_um2:
+        return work.mask
+    path = work.folder / "clean.zarr"
+    if work.state.get("cleaned"):
+        return zarr.open_array(str(path), mode="r")
+    clean = zarr.create_array(store=str(path), shape=work.mask.shape, chunks=(CHUNK, CHUNK), dtype="uint8",
+                              fill_value=0, overwrite=True)
+    areas = {organ_key: min_area_for(options, organ_key)}
+    for crop, (y0, x0, y1, x1) in tqdm(iter_components(work.mask), desc="post-process", unit="FTU"):
+        kept = postprocess(crop, organ_key, level_mpp, holes=options.fill_holes, min_area_um2=areas)
+        if kept.any():
+            region = np.asarray(clean[y0:y1, x0:x1])
+            clean[y0:y1, x0:x1] = np.maximum(region, kept.astype(np.uint8))
+    work.state["cleaned"] = True
+    work.save()
+    return clean
 
 
 def shrink(array, size: tuple[int, int], block: int = 4096) -> np.ndarray:
@@ -235,6 +356,39 @@ def write_pictures(thumb: np.ndarray, work: WorkState, heatmap: Path, overlay: P
         raise OSError(f"cannot write {overlay}")
 
 
+def output_paths(out: Path, stem: str, mask_format: str = "tiff") -> dict[str, Path]:
+    """Every file a finished slide leaves in DIR."""
+    mask = "_mask.ome.tif" if mask_format == "ome" else "_mask.tif"
+    return {k: out / f"{stem}{suffix}" for k, suffix in
+            (("mask", mask), ("prob", "_prob.tif"), ("heatmap", "_heatmap.png"), ("overlay", "_overlay.png"),
+             ("geojson", ".geojson"), ("csv", "_ftus.csv"), ("summary", "_summary.json"))}
+
+
+def is_finished(out: Path, stem: str, mask_format: str = "tiff") -> bool:
+    """Does DIR hold a finished prediction of this slide (state finished and every output present)?"""
+    state = out / f"{stem}_work" / "state.json"
+    if not state.is_file() or not json.loads(state.read_text()).get("finished"):
+        return False
+    return all(p.is_file() for p in output_paths(out, stem, mask_format).values())
+
+
+def _slide_class(options: WsiOptions, state: dict) -> tuple[str, str]:
+    """(organ key for --min-area, name for the FTU class): --organ, else the multiclass majority, else FTU."""
+    if options.organ:
+        return options.organ, options.organ
+    if state["classes"]:
+        index = int(max(state["classes"], key=lambda k: state["classes"][k]))
+        if 0 < index < len(CLASSES):
+            return CLASSES[index], CLASSES[index]
+    return "FTU", "FTU"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def predict_slide(
     slide_path: Path, members: list[Member], out: Path, options: WsiOptions, reader: str = "auto",
     mpp: float | None = None, overwrite: bool = False,
@@ -242,98 +396,66 @@ def predict_slide(
     """Predict one slide into DIR/S_* outputs (resuming unfinished work); return the summary."""
     if options.block % CHUNK:
         raise ValueError(f"--block must be a multiple of {CHUNK}, got {options.block}")
+    if options.mask_format not in MASK_FORMATS:
+        raise ValueError(f"--mask-format {options.mask_format!r} not in {MASK_FORMATS}")
+    if options.objects not in OBJECT_TYPES:
+        raise ValueError(f"--objects {options.objects!r} not in {OBJECT_TYPES}")
+    slide_path = Path(slide_path)
     out.mkdir(parents=True, exist_ok=True)
     stem = slide_stem(slide_path)
-    paths = {k: out / f"{stem}{suffix}" for k, suffix in
-             (("mask", "_mask.tif"), ("heatmap", "_heatmap.png"), ("overlay", "_overlay.png"),
-              ("geojson", ".geojson"), ("csv", "_ftus.csv"))}
+    paths = output_paths(out, stem, options.mask_format)
     start = time.perf_counter()
-    with open_slide(slide_path, reader, mpp) as slide:
+    work_dir = out / f"{stem}_work"
+    if overwrite:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open_slide(slide_path, reader, mpp, work=work_dir) as slide:
         if slide.mpp is None:
             raise ValueError(f"{slide_path}: no pixel size in the file's metadata; pass --mpp (um per level-0 pixel)")
         target = model_pixel_size(members)
-        level = slide.nearest_level(target)
+        level = slide.level_for(target)
         lw, lh = slide.dimensions[level]
-        work = WorkState(out / f"{stem}_work", _fingerprint(slide, level, members, options), (lh, lw), overwrite)
+        work = WorkState(work_dir, _fingerprint(slide, level, members, options), (lh, lw), False)
         state = work.state
         if state["finished"] and all(p.is_file() for p in paths.values()):
             print(f"{slide_path} is already predicted into {out} (pass --overwrite to redo it)")
             return state["summary"]
         thumb, thumb_factor = thumbnail(slide, options.thumbnail_side)
         tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
-        log.info("%s: %dx%d px at %.4g um/px; level %d (%dx%d, %.4g um/px) for models at %.4g um/px",
-                 slide_path.name, *slide.dimensions[0], slide.mpp, level, lw, lh, slide.level_mpp(level), target)
+        log.info("%s: %dx%d px at %.4g um/px (%s reader, mpp from %s); level %d (%dx%d, %.4g um/px) for models at "
+                 "%.4g um/px", slide_path.name, *slide.dimensions[0], slide.mpp, slide.reader, slide.mpp_source,
+                 level, lw, lh, slide.level_mpp(level), target)
         predict_blocks(slide, level, members, options, work, tissue, thumb_factor)
         level0 = slide.dimensions[0]
         scale = (level0[0] / lw, level0[1] / lh)
-        organ_name = options.organ or "FTU"
-        totals = write_ftus(iter_ftus(work.mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
-                            organ_name)
-        write_pyramid(paths["mask"], mask_strips(work.mask, level0), level0[1], level0[0], mpp=slide.mpp,
-                      layout="subifds", mask=True)
+        organ_key, class_name = _slide_class(options, state)
+        mask = clean_mask(work, options, organ_key, slide.level_mpp(level))
+        totals = write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
+                            class_name, slide=stem, objects=options.objects)
+        write_pyramid(paths["mask"], level0_strips(mask, level0), level0[1], level0[0], mpp=slide.mpp,
+                      layout="subifds" if options.mask_format == "ome" else "chain", mask=True)
+        write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False), level0[1], level0[0],
+                      mpp=slide.mpp, layout="chain", grey=True)
         write_pictures(thumb, work, paths["heatmap"], paths["overlay"])
+        area_um2 = round(totals["area_px"] * slide.mpp**2, 1)
         summary = {
-            "slide": str(slide_path), "level": level, "level_mpp": slide.level_mpp(level), "model_mpp": target,
+            "slide": str(slide_path), "stem": stem, "reader": slide.reader, "mpp": slide.mpp,
+            "mpp_source": slide.mpp_source, "dimensions": list(level0),
+            "level": level, "level_mpp": slide.level_mpp(level), "model_mpp": target,
+            "models": [{"folder": m.predictor.name, "weight": m.weight,
+                        "pixel_size": m.predictor.config.pixel_size} for m in members],
+            "organ": options.organ, "thresholds": sorted(state["thresholds"]),
+            "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
+            "min_area_um2": min_area_for(options, organ_key),
             "blocks": len(_blocks(lh, lw, options.block)), "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
-            "ftus": totals["ftus"], "ftu_area_um2": round(totals["area_px"] * slide.mpp**2, 1),
+            "ftus": totals["ftus"], "ftu_area_um2": area_um2,
+            "classes": {totals["class"]: {"ftus": totals["ftus"], "area_um2": area_um2,
+                                          "color": list(ftu_class(class_name)[1])}},
+            "heatmap_um_per_px": round(slide.mpp * thumb_factor, 4),
             "seconds": round(time.perf_counter() - start, 1), "outputs": {k: str(p) for k, p in paths.items()},
         }
+        _write_json(paths["summary"], summary)
         state.update(finished=True, summary=summary)
         work.save()
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m inference.wsi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--slide", type=Path, required=True, help="whole-slide image (OME-TIFF, tiled TIFF, .svs, ...)")
-    ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
-    ap.add_argument("--out", type=Path, required=True, help="output folder")
-    ap.add_argument("--mpp", type=float, help="um per level-0 pixel (default: from the file's metadata)")
-    ap.add_argument("--organ", choices=ORGANS, help="the slide's organ: picks --thresholds entries, --use-organ")
-    ap.add_argument("--reader", choices=READERS, default="auto", help="auto: tifffile for TIFFs, else OpenSlide")
-    ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (default equal)")
-    ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
-    ap.add_argument("--threshold", type=float, help="cut-off (default: --thresholds for --organ, else config.json)")
-    ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
-    ap.add_argument("--use-organ", action="store_true", help="multiclass: use --organ, not the majority class")
-    ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
-    ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
-    ap.add_argument("--block", type=int, default=2048, help=f"block side in level pixels (multiple of {CHUNK})")
-    ap.add_argument("--overwrite", action="store_true", help="discard finished or partial work for this slide")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.use_organ and not args.organ:
-        print("error: --use-organ needs --organ", file=sys.stderr)
-        return 2
-    try:
-        options = WsiOptions(
-            organ=args.organ or "", ensemble=args.ensemble, tta=args.tta,
-            organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-            threshold=args.threshold, use_organ=args.use_organ, block=args.block,
-        )
-        members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
-        summary = predict_slide(args.slide, members, args.out, options, args.reader, args.mpp, args.overwrite)
-    except (ImageReadError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"{summary['slide']}: level {summary['level']} at {summary['level_mpp']:.4g} um/px for models at "
-        f"{summary['model_mpp']:.4g}; {summary['predicted_windows']} windows predicted, {summary['skipped_windows']} "
-        f"background windows skipped ({summary['blocks_without_tissue']} of {summary['blocks']} blocks without "
-        f"tissue); {summary['ftus']} FTUs, {summary['ftu_area_um2']:.0f} um^2; {summary['seconds']:.1f} s -> "
-        f"{Path(summary['outputs']['mask']).parent}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,25 +1,35 @@
 """Whole-slide images: read pyramids region by region, and write tiled pyramidal TIFFs strip by strip.
 
-Readers (open_slide):
-- TiffSlide: OME-TIFF and generic tiled TIFF through tifffile's zarr store (`tifffile.imread(path, aszarr=True)`
-  opened with zarr); levels are the series' pyramid (SubIFDs or reduced-resolution pages);
-- OpenSlideSlide: vendor formats (.svs, .ndpi, .mrxs, .scn, ...) through OpenSlide (the openslide-bin wheel
-  carries the library, so no system package is needed).
-Both give level sizes, downsamples, the level-0 micrometres per pixel (OME PhysicalSizeX, openslide.mpp-x,
-Aperio's MPP, or TIFF resolution tags; `mpp=` overrides) and `read(level, x, y, w, h)` in that level's pixels
-as (h, w, 3) uint8 RGB. Memory is what one region needs, whatever the slide size.
+Readers (open_slide, `auto` routing):
+- OpenSlideSlide: vendor formats (.svs, .ndpi, .mrxs, .scn, ...) and TIFFs whose OpenSlide vendor is not
+  `generic-tiff` (Aperio, Hamamatsu, Philips, Ventana, Leica TIFFs keep the mpp only OpenSlide parses); the
+  openslide-bin wheel carries the library, so no system package is needed;
+- TiffSlide: OME-TIFF and generic TIFF through tifffile, one tile or strip decoded at a time (imagecodecs
+  covers LZW, JPEG, JPEG 2000, zstd, ...; a small LRU cache keeps recently decoded tiles). Levels are the
+  series' pyramid (SubIFDs or reduced-resolution pages). An uncompressed strip TIFF (what `tifffile.imwrite`
+  writes by default: one strip) is read through a memory map opened per region, so RSS stays one region;
+  a compressed strip TIFF is converted once, with a warning, into a tiled pyramid in the work folder.
+Both give level sizes, downsamples, the level-0 micrometres per pixel (`mpp=` > OME PhysicalSizeX /
+openslide.mpp-x / Aperio MPP / TIFF resolution tags > objective power, with a warning) and
+`read(level, x, y, w, h)` in that level's pixels as (h, w, 3) uint8 RGB. An mpp outside
+inference.organs.PIXEL_SIZE_RANGE is refused (metadata in mm read as um once made a run allocate 19.8 GB).
+A tile that does not decode raises ImageReadError with a one-line message.
 
 write_pyramid writes a tiled, zlib-compressed pyramid from level-0 row strips given in order, downsampling
-by 2 per level through temporary files, so memory stays a few strips whatever the size. Layout "subifds"
-(OME-TIFF: levels in SubIFDs, read by tifffile, Bio-Formats/QuPath; OpenSlide shows level 0) or "chain"
-(levels as reduced-resolution pages: OpenSlide's generic tiled TIFF shows every level, tifffile too).
+by 2 per level through temporary files, so memory stays a few strips whatever the size. Layout "chain"
+(OpenSlide's generic tiled TIFF: levels as top-level pages, reduced ones with SUBFILETYPE=1, X/YResolution
+in pixels per cm; OpenSlide, MONAI's WSIReader, QuPath and tifffile see every level and the mpp) or
+"subifds" (OME-TIFF with SubIFD levels, what Bio-Formats prefers; OpenSlide shows level 0 only).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -28,11 +38,14 @@ import numpy as np
 import tifffile
 
 from inference.io import ImageReadError, to_rgb_uint8
+from inference.organs import PIXEL_SIZE_RANGE
 
+log = logging.getLogger("inference.wsi.reader")
 READERS = ("auto", "tifffile", "openslide")
-LAYOUTS = ("subifds", "chain")
+LAYOUTS = ("chain", "subifds")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _UM_PER_UNIT = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "\u03bcm": 1.0, "nm": 1e-3}
+TILE_CACHE_BYTES = 128 * 2**20  # decoded tiles kept: a block's margin re-reads its neighbours' edge tiles
 
 
 class Slide:
@@ -41,6 +54,8 @@ class Slide:
     path: Path
     dimensions: list[tuple[int, int]]  # (width, height) per level
     mpp: float | None  # level-0 micrometres per pixel
+    mpp_source: str = ""  # where mpp came from: "--mpp", "metadata", "objective power"
+    reader: str = ""
 
     @property
     def downsamples(self) -> list[float]:
@@ -58,6 +73,14 @@ class Slide:
         """The level whose um/px is nearest `mpp` on a log scale."""
         return int(np.argmin([abs(math.log(self.level_mpp(i) / mpp)) for i in range(len(self.dimensions))]))
 
+    def level_for(self, mpp: float, tolerance: float = 1.1) -> int:
+        """The coarsest level at most `tolerance` x `mpp` um/px (level 0 if none): read there, then downsample.
+
+        A 0.8 um/px model reads the 0.5 level of a 0.25 / 0.5 / 1.0 pyramid, not the 1.0 level upsampled.
+        """
+        fine = [i for i in range(len(self.dimensions)) if self.level_mpp(i) <= tolerance * mpp]
+        return max(fine, key=self.level_mpp) if fine else 0
+
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 RGB of a region in level pixels; parts outside the slide are white."""
         raise NotImplementedError
@@ -72,6 +95,35 @@ class Slide:
         self.close()
 
 
+def check_mpp(path: Path, value: float, source: str) -> float:
+    """Refuse an um/px outside PIXEL_SIZE_RANGE, naming the value, where it came from and --mpp."""
+    lo, hi = PIXEL_SIZE_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        where = "--mpp" if source == "--mpp" else f"the file's {source}"
+        raise ImageReadError(
+            f"{path}: pixel size {value:g} um/px from {where} is outside [{lo:g}, {hi:g}] um/px "
+            "(a value in mm or nm?); pass --mpp with the um per level-0 pixel"
+        )
+    return float(value)
+
+
+def resolve_mpp(
+    path: Path, given: float | None, metadata: float | None, objective: float | None
+) -> tuple[float | None, str]:
+    """(level-0 um/px, its source): --mpp, else metadata, else 10 / objective power (with a warning), else None."""
+    if given is not None:
+        return check_mpp(path, given, "--mpp"), "--mpp"
+    if metadata:
+        return check_mpp(path, metadata, "metadata"), "metadata"
+    if objective and objective > 0:
+        # the usual microscope convention: 40x ~ 0.25 um/px, 20x ~ 0.5 um/px (cameras vary by +-20%)
+        value = check_mpp(path, 10.0 / objective, f"objective power {objective:g}x")
+        log.warning("%s: no pixel size in the metadata; using 10 / objective power %gx = %g um/px "
+                    "(pass --mpp for the scanner's exact value)", path, objective, value)
+        return value, "objective power"
+    return None, ""
+
+
 def _clip_read(slide: Slide, level: int, x: int, y: int, width: int, height: int, read) -> np.ndarray:
     """Read the in-bounds part with read(x0, y0, x1, y1) and pad the rest white."""
     lw, lh = slide.dimensions[level]
@@ -82,14 +134,28 @@ def _clip_read(slide: Slide, level: int, x: int, y: int, width: int, height: int
     return out
 
 
+def _ome_pixels(ome_xml: str) -> dict:
+    image = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image", {})
+    return (image[0] if isinstance(image, list) else image).get("Pixels", {})
+
+
 def _ome_mpp(ome_xml: str) -> float | None:
     """PhysicalSizeX of the first OME image, in micrometres."""
-    pixels = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image", {})
-    pixels = (pixels[0] if isinstance(pixels, list) else pixels).get("Pixels", {})
+    pixels = _ome_pixels(ome_xml)
     size = pixels.get("PhysicalSizeX")
     if size is None:
         return None
     return float(size) * _UM_PER_UNIT.get(str(pixels.get("PhysicalSizeXUnit", "µm")), 1.0)
+
+
+def _ome_objective(ome_xml: str) -> float | None:
+    """NominalMagnification of the first OME objective."""
+    instrument = tifffile.xml2dict(ome_xml).get("OME", {}).get("Instrument", {})
+    instrument = instrument[0] if isinstance(instrument, list) else instrument
+    objective = instrument.get("Objective", {}) if isinstance(instrument, dict) else {}
+    objective = objective[0] if isinstance(objective, list) else objective
+    value = objective.get("NominalMagnification") if isinstance(objective, dict) else None
+    return float(value) if value else None
 
 
 def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
@@ -108,57 +174,135 @@ def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
 
 
 class TiffSlide(Slide):
-    """OME-TIFF / tiled TIFF pyramid read through tifffile's zarr store."""
+    """OME-TIFF / generic TIFF pyramid read a tile (or strip) at a time with tifffile, or memory-mapped."""
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
-        import zarr
+    reader = "tifffile"
 
-        self.path = Path(path)
+    def __init__(self, path: str | Path, mpp: float | None = None, source: Path | None = None) -> None:
+        self.path = Path(source or path)  # a converted copy reports its original
+        self._file = Path(path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
+            self._tif = tifffile.TiffFile(self._file)
             series = self._tif.series[0]
-            self._axes = series.axes
-            self._store = series.aszarr()
-            root = zarr.open(self._store, mode="r")
+            self._pages = [level.keyframe for level in series.levels]
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ImageReadError(f"cannot open slide {self.path} with tifffile: {exc}") from exc
-        self._levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
-        ix, iy = self._axes.index("X"), self._axes.index("Y")
-        self.dimensions = [(int(a.shape[ix]), int(a.shape[iy])) for a in self._levels]
-        self.mpp = mpp if mpp is not None else self._metadata_mpp()
+        self.dimensions = [(int(p.imagewidth), int(p.imagelength)) for p in self._pages]
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cached = 0
+        metadata, objective = self._metadata()
+        self.mpp, self.mpp_source = resolve_mpp(self.path, mpp, metadata, objective)
 
-    def _metadata_mpp(self) -> float | None:
-        tif = self._tif
+    def _metadata(self) -> tuple[float | None, float | None]:
+        """(um/px, objective power) from OME, Aperio or resolution tags."""
+        tif, page = self._tif, self._tif.pages.first
+        objective = None
         if tif.is_ome and tif.ome_metadata:
+            objective = _ome_objective(tif.ome_metadata)
             value = _ome_mpp(tif.ome_metadata)
             if value:
-                return value
-        page = tif.pages.first
+                return value, objective
         if tif.is_svs:
             found = re.search(r"MPP\s*=\s*([0-9.]+)", page.description)
+            power = re.search(r"AppMag\s*=\s*([0-9.]+)", page.description)
+            objective = float(power.group(1)) if power else objective
             if found:
-                return float(found.group(1))
-        return _resolution_mpp(page)
+                return float(found.group(1)), objective
+        return _resolution_mpp(page), objective
+
+    @staticmethod
+    def needs_conversion(page: tifffile.TiffPage) -> bool:
+        """A compressed strip page: reading a region would decode whole (possibly slide-sized) strips."""
+        return not page.is_tiled and page.compression != 1
+
+    def _mapped(self, page: tifffile.TiffPage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
+        """The region through a memory map of an uncompressed contiguous page (None when it is not one).
+
+        The map is opened and dropped per read: its pages then leave the process's RSS.
+        """
+        if page.compression != 1 or not page.is_contiguous or page.planarconfig != 1:
+            return None
+        offset = page.dataoffsets[0]
+        shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
+        array = np.memmap(self._file, dtype=page.dtype, mode="r", offset=offset, shape=shape)
+        try:
+            return np.array(array[y0:y1, x0:x1])
+        finally:
+            del array
+
+    def _segment(self, level: int, page: tifffile.TiffPage, index: int) -> np.ndarray:
+        """Decoded tile or strip `index` of a level as (rows, cols, samples), through the LRU cache."""
+        key = (level, index)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with self._lock:
+            fh = self._tif.filehandle
+            offset, count = page.dataoffsets[index], page.databytecounts[index]
+            data = None
+            if offset and count:
+                fh.seek(offset)
+                data = fh.read(count)
+        try:
+            segment, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:  # imagecodecs raises its own error types per codec
+            kind = "tile" if page.is_tiled else "strip"
+            raise ImageReadError(
+                f"{self.path}: cannot decode {kind} {index} of level {level} ({page.compression.name}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if segment is None:  # an empty segment: no data written there
+            segment = np.zeros(shape, page.dtype)
+        segment = np.asarray(segment).reshape(shape[-3:])
+        self._cache[key] = segment
+        self._cached += segment.nbytes
+        while self._cached > TILE_CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.nbytes
+        return segment
+
+    def _decoded(self, level: int, page: tifffile.TiffPage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """The region assembled from the tiles or strips that cover it."""
+        if page.planarconfig != 1:
+            raise ImageReadError(f"{self.path}: planar-separate samples are not supported; convert the slide "
+                                 "(e.g. `vips tiffsave in.tif out.tif --tile --pyramid`)")
+        if page.is_tiled:
+            th, tw = page.tilelength, page.tilewidth
+        else:
+            th, tw = min(page.rowsperstrip or page.imagelength, page.imagelength), page.imagewidth
+        ntx = math.ceil(page.imagewidth / tw)
+        out = np.empty((y1 - y0, x1 - x0, page.samplesperpixel), page.dtype)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                seg = self._segment(level, page, ty * ntx + tx)
+                sy0, sx0 = ty * th, tx * tw
+                ay0, ay1 = max(y0, sy0), min(y1, sy0 + seg.shape[0])
+                ax0, ax1 = max(x0, sx0), min(x1, sx0 + seg.shape[1])
+                if ay1 > ay0 and ax1 > ax0:
+                    out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = seg[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+        return out
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        array = self._levels[level]
+        page = self._pages[level]
 
         def region(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            index = tuple(
-                slice(y0, y1) if ax == "Y" else slice(x0, x1) if ax == "X" else slice(None) if ax in "SC" else 0
-                for ax in self._axes
-            )
-            return to_rgb_uint8(np.asarray(array[index]), str(self.path))
+            array = self._mapped(page, x0, y0, x1, y1) if not page.is_tiled else None
+            if array is None:
+                array = self._decoded(level, page, x0, y0, x1, y1)
+            return to_rgb_uint8(array, str(self.path), int(page.bitspersample))
 
         return _clip_read(self, level, x, y, width, height, region)
 
     def close(self) -> None:
-        self._store.close()
+        self._cache.clear()
         self._tif.close()
 
 
 class OpenSlideSlide(Slide):
     """Vendor pyramids (.svs, .ndpi, .mrxs, ...) and generic tiled TIFF through OpenSlide."""
+
+    reader = "openslide"
 
     def __init__(self, path: str | Path, mpp: float | None = None) -> None:
         import openslide  # the openslide-bin wheel provides the shared library
@@ -169,14 +313,22 @@ class OpenSlideSlide(Slide):
         except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
             raise ImageReadError(f"cannot open slide {self.path} with OpenSlide: {exc}") from exc
         self.dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
-        found = self._slide.properties.get("openslide.mpp-x")
-        self.mpp = mpp if mpp is not None else (float(found) if found else None)
+        props = self._slide.properties
+        found = props.get("openslide.mpp-x")
+        power = props.get("openslide.objective-power")
+        self.mpp, self.mpp_source = resolve_mpp(self.path, mpp, float(found) if found else None,
+                                                float(power) if power else None)
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         ds = self._slide.level_downsamples[level]
 
         def region(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            rgba = np.asarray(self._slide.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0)))
+            try:
+                rgba = np.asarray(self._slide.read_region((round(x0 * ds), round(y0 * ds)), level,
+                                                          (x1 - x0, y1 - y0)))
+            except Exception as exc:  # OpenSlideError: a tile that does not decode
+                raise ImageReadError(f"{self.path}: OpenSlide cannot read level {level} at ({x0}, {y0}): "
+                                     f"{exc}") from None
             rgb = rgba[..., :3].copy()
             rgb[rgba[..., 3] == 0] = 255  # OpenSlide marks areas without data transparent: bare glass
             return rgb
@@ -187,16 +339,70 @@ class OpenSlideSlide(Slide):
         self._slide.close()
 
 
-def open_slide(path: str | Path, reader: str = "auto", mpp: float | None = None) -> Slide:
-    """Open a slide: `auto` reads TIFFs (OME or generic) with tifffile and every other format with OpenSlide."""
+def route(path: Path) -> str:
+    """`auto` routing: OpenSlide for non-TIFF files and TIFFs it knows by vendor; tifffile for OME / generic TIFF."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return "openslide"
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome:
+                return "tifffile"
+    except Exception as exc:
+        raise ImageReadError(f"cannot open slide {path} as a TIFF: {exc}") from exc
+    import openslide
+
+    vendor = openslide.OpenSlide.detect_format(str(path))
+    return "openslide" if vendor not in (None, "generic-tiff") else "tifffile"
+
+
+def _converted_strips(slide: TiffSlide, rows: int = 1024) -> Iterator[np.ndarray]:
+    """Level-0 RGB row strips of a strip TIFF; the tile cache keeps the last strip, so each is decoded once."""
+    w, h = slide.dimensions[0]
+    for y in range(0, h, rows):
+        yield slide.read(0, 0, y, w, min(rows, h - y))
+
+
+def convert_to_pyramid(slide: TiffSlide, folder: Path) -> Path:
+    """Write a compressed strip TIFF once as a tiled chain pyramid in `folder`; reuse it while the source is unchanged."""
+    stat = slide.path.stat()
+    key = f"{slide.path.name}-{stat.st_size}-{int(stat.st_mtime)}"
+    target = Path(folder) / f"converted-{re.sub(r'[^A-Za-z0-9._-]', '_', key)}.tif"
+    if target.is_file():
+        return target
+    page = slide._pages[0]
+    strip_mb = page.imagewidth * min(page.rowsperstrip or page.imagelength, page.imagelength) * \
+        page.samplesperpixel * page.dtype.itemsize / 2**20
+    log.warning("%s: %s-compressed strips (%d rows each, %.0f MiB decoded) have no tiles to read a region from; "
+                "converting once to a tiled pyramid %s", slide.path, page.compression.name,
+                page.rowsperstrip or page.imagelength, strip_mb, target)
+    w, h = slide.dimensions[0]
+    return write_pyramid(target, _converted_strips(slide), h, w, mpp=slide.mpp, layout="chain")
+
+
+def open_slide(
+    path: str | Path, reader: str = "auto", mpp: float | None = None, work: Path | None = None
+) -> Slide:
+    """Open a slide (see the module docstring for `auto`); `work` holds converted copies of compressed strip TIFFs."""
     path = Path(path)
     if reader not in READERS:
         raise ValueError(f"reader {reader!r} not in {READERS}")
     if not path.exists():
         raise ImageReadError(f"slide not found: {path}")
     if reader == "auto":
-        reader = "tifffile" if path.suffix.lower() in TIFF_SUFFIXES else "openslide"
-    return TiffSlide(path, mpp) if reader == "tifffile" else OpenSlideSlide(path, mpp)
+        reader = route(path)
+    if reader == "openslide":
+        return OpenSlideSlide(path, mpp)
+    slide = TiffSlide(path, mpp)
+    if len(slide.dimensions) == 1 and TiffSlide.needs_conversion(slide._pages[0]):
+        folder = Path(work) if work is not None else Path(tempfile.gettempdir()) / "inference-wsi"
+        try:
+            converted = convert_to_pyramid(slide, folder)
+            resolved, source = slide.mpp, slide.mpp_source
+        finally:
+            slide.close()
+        slide = TiffSlide(converted, resolved, source=path)
+        slide.mpp_source = source
+    return slide
 
 
 def thumbnail(slide: Slide, max_side: int = 2048, block: int = 4096) -> tuple[np.ndarray, float]:
@@ -260,16 +466,18 @@ def write_pyramid(
     height: int,
     width: int,
     mpp: float | None = None,
-    layout: str = "subifds",
+    layout: str = "chain",
     tile: int = 256,
     mask: bool = False,
     min_side: int = 1024,
     description: str | None = None,
+    grey: bool = False,
 ) -> Path:
     """Write a tiled pyramidal TIFF from level-0 row strips (top to bottom, full width, any heights).
 
-    RGB uint8 strips (h, w, 3) or 2-D uint8 masks (mask=True: 0/255, levels stay 0/255). `mpp` goes into the
-    resolution tags (and OME PhysicalSizeX with layout "subifds"). Written to a temporary name first.
+    RGB uint8 strips (h, w, 3), 2-D uint8 masks (mask=True: 0/255, levels stay 0/255) or 2-D uint8 maps
+    (grey=True: levels area-averaged, e.g. a probability map). `mpp` goes into the resolution tags (pixels
+    per cm) and OME PhysicalSizeX with layout "subifds". Written to a temporary name first.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
@@ -281,7 +489,7 @@ def write_pyramid(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as scratch, tifffile.TiffWriter(
         tmp_path, bigtiff=True, ome=ome
     ) as tif:
-        channels = () if mask else (3,)
+        channels = () if mask or grey else (3,)
         source: Iterable[np.ndarray] = strips
         for level, (lh, lw) in enumerate(sizes):
             nxt = Path(scratch) / f"level{level + 1}.raw"
@@ -296,7 +504,7 @@ def write_pyramid(
                 for strip in _strips(source, tile):
                     if strip.shape[1] != expected[1] or strip.shape[2:] != channels:
                         raise ValueError(f"strip of shape {strip.shape}; expected width {expected[1]}, "
-                                         f"channels {channels or 'none (mask)'}")
+                                         f"channels {channels or 'none (2-D)'}")
                     expected[0] -= len(strip)
                     if expected[0] < 0 or (expected[0] > 0 and len(strip) < tile):
                         raise ValueError(f"level-0 strips gave {lh - expected[0]} rows; expected {lh}")
@@ -304,7 +512,7 @@ def write_pyramid(
                         rows = strip if carry is None else np.concatenate([carry, strip])
                         even = len(rows) - len(rows) % 2 if expected[0] else len(rows)
                         if even:
-                            sink.write(np.ascontiguousarray(_halve(rows[:even], mask)).tobytes())
+                            sink.write(np.ascontiguousarray(_halve(rows[:even], mask and not grey)).tobytes())
                         carry = rows[even:] if len(rows) > even else None
                     for x in range(0, strip.shape[1], tile):
                         yield np.ascontiguousarray(strip[:, x : x + tile])
@@ -314,14 +522,14 @@ def write_pyramid(
             scale = 2**level
             options = dict(
                 shape=(lh, lw, *channels), dtype=np.uint8, tile=(tile, tile), compression="zlib",
-                photometric="minisblack" if mask else "rgb",
+                photometric="rgb" if channels else "minisblack",
             )
             if mpp:
                 options.update(resolution=(1e4 / (mpp * scale), 1e4 / (mpp * scale)), resolutionunit="CENTIMETER")
             if level == 0:
                 extra: dict = {"subifds": len(sizes) - 1} if ome else {}
                 if ome:
-                    meta = {"axes": "YX" if mask else "YXS"}
+                    meta = {"axes": "YXS" if channels else "YX"}
                     if mpp:
                         meta.update(PhysicalSizeX=mpp, PhysicalSizeXUnit="µm", PhysicalSizeY=mpp,
                                     PhysicalSizeYUnit="µm")

@@ -49,7 +49,7 @@ def test_mrn_trains_exports_and_predicts_slides(tmp_path: Path) -> None:
     from data_prep.make_demo import make_slides
     from data_prep.wsi_tiles import build_wsi_tiles
     from inference.predict import main as predict_main
-    from inference.wsi.predict import main as wsi_main
+    from inference.wsi.cli import main as wsi_main
     from inference.wsi.reader import open_slide
     from train.mrn_wsi_tiles import train_mrn
 

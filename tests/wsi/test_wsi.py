@@ -11,39 +11,14 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-from checkpoints import make_torchscript_checkpoint
-from torch import nn
 
-from inference.wsi.polygons import iter_ftus, polygon_area
+from inference.engine.sliding import WindowFilter, sliding_window
 from inference.metric import dice
 from inference.rle import decode
+from inference.wsi.polygons import iter_ftus, polygon_area
 from inference.wsi.reader import open_slide, write_pyramid
-from inference.engine.sliding import WindowFilter, sliding_window
 
 SIDE = 2048
-
-
-class DarkNet(nn.Module):
-    """Binary FTU logits from local darkness: deterministic and smooth, so two predictions can be compared."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dark = -x.mean(1, keepdim=True)
-        return 6.0 * (nn.functional.avg_pool2d(dark, 31, 1, 15, count_include_pad=False) + 1.2)
-
-
-@pytest.fixture(scope="session")
-def demo_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two 2048 px demo slides (kidney as OME-TIFF with SubIFDs, prostate as a generic tiled pyramid)."""
-    from data_prep.make_demo import make_slides
-
-    return make_slides(tmp_path_factory.mktemp("slides"), 2, seed=0, side=SIDE)
-
-
-@pytest.fixture(scope="session")
-def dark_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TorchScript binary checkpoint at 1 um/px."""
-    folder = tmp_path_factory.mktemp("runs") / "dark" / "fold0"
-    return make_torchscript_checkpoint(folder, DarkNet(), tile=128, task="binary", pixel_size=1.0).parent
 
 
 def test_demo_slides_readers_agree(demo_slides: Path) -> None:
@@ -80,7 +55,7 @@ def test_write_pyramid_round_trip(tmp_path: Path) -> None:
         assert [lv.shape[:2] for lv in levels] == [(1301, 777), (651, 389), (326, 195), (163, 98)]
         np.testing.assert_array_equal(levels[0].asarray(), image)
     mask = (rng.random((700, 500)) > 0.5).astype(np.uint8) * 255
-    write_pyramid(tmp_path / "m.tif", [mask], 700, 500, mpp=0.25, mask=True, min_side=100)
+    write_pyramid(tmp_path / "m.tif", [mask], 700, 500, mpp=0.25, mask=True, min_side=100, layout="subifds")
     with tifffile.TiffFile(tmp_path / "m.tif") as tif:
         assert tif.is_ome and len(tif.series[0].levels) == 4
         for level in tif.series[0].levels:
@@ -107,8 +82,52 @@ def test_window_filter_skips_windows_without_weight() -> None:
     assert (sliding_window(image, forward, 32, 16, 1, windows=nothing) == 0).all() and nothing.predicted == 0
 
 
+def _check_pyramid_readers(path: Path, size: tuple[int, int], mpp: float) -> None:
+    """OpenSlide and MONAI's WSIReader (openslide and tifffile backends) see every level and its mpp."""
+    import openslide
+    from monai.data import WSIReader
+
+    with tifffile.TiffFile(path) as tif:
+        sizes = [(lv.shape[1], lv.shape[0]) for lv in tif.series[0].levels]  # (w, h)
+        assert [p.subfiletype for p in tif.pages] == [0] + [1] * (len(tif.pages) - 1)
+        assert all(p.is_tiled and p.tags["ResolutionUnit"].value == 3 for p in tif.pages)  # centimetre
+    assert len(sizes) >= 2 and sizes[0] == size
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_dimensions == tuple(sizes)
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(mpp)
+        assert float(slide.properties["openslide.mpp-y"]) == pytest.approx(mpp)
+    for backend in ("openslide", "tifffile"):
+        reader = WSIReader(backend=backend)
+        wsi = reader.read(str(path))
+        assert reader.get_level_count(wsi) == len(sizes)
+        for level, (w, h) in enumerate(sizes):
+            assert reader.get_size(wsi, level) == (h, w)
+            assert reader.get_mpp(wsi, level) == pytest.approx((mpp * size[0] / w, mpp * size[1] / h), rel=1e-3)
+    reader = WSIReader(backend="openslide")  # MONAI's tifffile backend insists on RGB; its openslide one converts
+    data, meta = reader.get_data(reader.read(str(path)), level=len(sizes) - 1)
+    assert data.shape == (3, sizes[-1][1], sizes[-1][0])
+
+
+def _rings(feature: dict) -> list[list[list]]:
+    geometry = feature["geometry"]
+    return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+
+
+def _check_valid_features(features: list[dict]) -> None:
+    """shapely calls every polygon valid and no ring visits a vertex twice."""
+    import shapely
+
+    for feature in features:
+        geometry = shapely.geometry.shape(feature["geometry"])
+        assert geometry.is_valid, shapely.is_valid_reason(geometry)
+        for polygon in _rings(feature):
+            for ring in polygon:
+                vertices = [tuple(v) for v in ring[:-1]]
+                assert ring[0] == ring[-1] and len(set(vertices)) == len(vertices)
+
+
 def _run_wsi(slide: Path, run: Path, out: Path, *extra: str) -> dict:
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(slide), "--models", str(run), "--out", str(out), "--block", "512",
                  "--device", "cpu", *extra]) == 0
@@ -126,7 +145,7 @@ def test_wsi_matches_predict_and_writes_readable_outputs(
     row = pd.read_csv(demo_slides).iloc[0]
     slide = demo_slides.parent / row.slide
     out = tmp_path / "wsi"
-    summary = _run_wsi(slide, dark_run, out)
+    summary = _run_wsi(slide, dark_run, out, "--organ", "kidney")
     assert summary["level"] == 1 and summary["skipped_windows"] > 0 and summary["predicted_windows"] > 0
     assert "background windows skipped" in capsys.readouterr().out
     stem = "slide00_kidney"
@@ -135,16 +154,29 @@ def test_wsi_matches_predict_and_writes_readable_outputs(
         assert len(tif.series[0].levels) >= 2
         mask = tif.series[0].asarray()
     assert mask.shape == (row.height, row.width) and set(np.unique(mask)) == {0, 255}
+    for name in (f"{stem}_mask.tif", f"{stem}_prob.tif"):
+        _check_pyramid_readers(out / name, (row.width, row.height), 0.5)
     with openslide.OpenSlide(str(mask_path)) as os_mask:
-        assert os_mask.dimensions == (row.width, row.height)
-        assert float(os_mask.properties["openslide.mpp-x"]) == pytest.approx(0.5)
+        assert openslide.OpenSlide.detect_format(str(mask_path)) == "generic-tiff"
+        np.testing.assert_array_equal(np.asarray(os_mask.read_region((0, 0), 0, os_mask.dimensions))[..., 0], mask)
+    prob = tifffile.imread(out / f"{stem}_prob.tif")
+    assert prob.shape == mask.shape and prob[mask > 0].min() >= prob[mask == 0].max() - 1  # the cut-off splits them
     for name in (f"{stem}_heatmap.png", f"{stem}_overlay.png"):
         assert (out / name).stat().st_size > 0
+    written = json.loads((out / f"{stem}_summary.json").read_text())
+    assert written == summary and written["mpp"] == 0.5 and written["level_mpp"] == pytest.approx(1.0)
+    assert written["classes"]["glomerulus"]["ftus"] == summary["ftus"] and written["thresholds"] == [0.5]
+    assert written["models"][0]["pixel_size"] == 1.0
 
     collection = json.loads((out / f"{stem}.geojson").read_text())
     assert collection["type"] == "FeatureCollection" and collection["features"]
+    _check_valid_features(collection["features"])
+    assert {f["properties"]["classification"]["name"] for f in collection["features"]} == {"glomerulus"}
+    assert {f["properties"]["objectType"] for f in collection["features"]} == {"annotation"}
     table = pd.read_csv(out / f"{stem}_ftus.csv")
     assert len(table) == len(collection["features"])
+    assert set(table["slide"]) == {stem} and set(table["class"]) == {"glomerulus"} and set(table["mpp"]) == {0.5}
+    assert all(pd.api.types.is_integer_dtype(table[c]) for c in ("x0", "y0", "x1", "y1"))
     areas = [polygon_area([f["geometry"]["coordinates"]] if f["geometry"]["type"] == "Polygon"
                           else f["geometry"]["coordinates"]) for f in collection["features"]]
     assert sum(areas) == pytest.approx((mask > 0).sum(), rel=0.02)
@@ -186,7 +218,7 @@ def test_wsi_resumes_after_interruption(demo_slides: Path, dark_run: Path, tmp_p
     np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_mask.tif"), before)
     assert again["ftus"] == first["ftus"]
     assert again["predicted_windows"] < first["predicted_windows"]  # finished blocks were not predicted again
-    from inference.wsi.predict import main
+    from inference.wsi.cli import main
 
     assert main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "1024"]) == 2
 
@@ -230,7 +262,7 @@ def test_wsi_tiles_labels_and_folds(demo_slides: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> None:
     from data_prep.wsi_tiles import main as tiles_main
-    from inference.wsi.predict import main as wsi_main
+    from inference.wsi.cli import main as wsi_main
     from train.fastai_unet import main as train_main
 
     tiles = tmp_path / "tiles"
