@@ -33,7 +33,7 @@ def test_gpu_check_smoke_runs_every_part(tmp_path: Path, capsys) -> None:
     flips = [row for row in result["kernel"] if row.get("tta") == "4 flips" and "s_per_image_5fold" in row]
     assert {row["size"] for row in flips} == {160, 240}
     for row in flips:
-        assert row["s_per_image_5fold"] == pytest.approx(5 * row["s_measured"], rel=0.02)
+        assert row["s_per_image_5fold"] == pytest.approx(5 * row["s_measured"], abs=0.05)  # both rounded to 0.01 s
         assert row["hours_550"] == pytest.approx(row["s_per_image_5fold"] * 550 / 3600, abs=0.01)
     out = capsys.readouterr().out
     assert "| config | tile | batch | iters | it_s |" in out and "| size | organ | source | tta |" in out
