@@ -35,8 +35,8 @@ from pathlib import Path
 from string import Template
 
 from inference.checkpoint import CheckpointConfig
+from inference.engine.models import TORCH_VERSION_SUFFIX, resolve_checkpoints
 from inference.predict import build_parser
-from inference.engine.models import resolve_checkpoints, TORCH_VERSION_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("submission.tmpl")
