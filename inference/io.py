@@ -149,14 +149,15 @@ def _read_tifffile(path: Path, max_side: int | None, notes: list[str]) -> np.nda
 def _read_pillow(path: Path, max_side: int | None) -> np.ndarray:
     from PIL import Image  # Pillow ships with torchvision; only needed for files tifffile cannot decode
 
-    with warnings.catch_warnings(), Image.open(path) as im:
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the outcome is reported by the caller
-        width, height = im.size  # from the header: nothing decoded yet
-        check_side(height, width, max_side, str(path))
-        Image.MAX_IMAGE_PIXELS = None  # our own cap above applies instead
-        if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "1", "L", "LA", "RGBA", "HSV"):
-            im = im.convert("RGB")
-        arr = np.asarray(im)
+        with Image.open(path) as im:
+            width, height = im.size  # from the header: nothing decoded yet
+            check_side(height, width, max_side, str(path))
+            Image.MAX_IMAGE_PIXELS = None  # our own cap above applies instead
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "1", "L", "LA", "RGBA", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
     return to_rgb_uint8(arr, name=str(path))
 
 

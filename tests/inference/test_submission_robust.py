@@ -76,13 +76,18 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     add(15, "liver", "Hubmap", 24, 24, "", _rgb(24, 24), bad=True)  # unknown organ, no pixel size
     add(16, "spleen", "GTEx", 24, 24, 0.4945, _rgb(24, 24), bad=True)  # unknown data_source
     add(17, "kidney", "HPA", "", 26, 0.4, _rgb(22, 26), bad=True)  # missing img_height
+    add(18, "kidney", "HPA", 40, 40, 0.4, _rgb(40, 40), photometric="rgb", compression="lzw")
+    add(19, "kidney", "HPA", 40, 40, 0.4, _rgb(40, 40), photometric="rgb", compression="jpeg", tile=(16, 16))
+    add(20, "kidney", "HPA", 40, 40, 0.4, _rgb(40, 40, 1).repeat(2, -1)[..., :4], photometric="separated")  # CMYK
+    add(21, "kidney", "HPA", 40, 40, 0.4, _rgb(40, 40)[..., 0], photometric="palette",
+        colormap=np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1)))
     (root / "test.csv").write_text(COLUMNS + "\n" + "\n".join(rows) + "\n")
     return root, {"good": good, "warned": warned}
 
 
 def test_lenient_loader_normalises_and_names_each_problem(hostile: tuple[Path, dict]) -> None:
     table, notes = load_test_lenient(hostile[0] / "test.csv")
-    assert table["id"].tolist() == [str(i) for i in range(1, 18)]
+    assert table["id"].tolist() == [str(i) for i in range(1, 22)]
     row = table.set_index("id")
     assert row.loc["12", "data_source"] == "Hubmap" and np.isnan(row.loc["13", "pixel_size"])
     assert row.loc["17", "img_height"] == 0
