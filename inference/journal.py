@@ -67,6 +67,16 @@ class Journal:
         if header is None:
             self._file.truncate(0)
             self._append({"journal": VERSION, "fingerprint": fingerprint})
+        elif not self._ends_with_newline():  # a torn last record: the next one starts on its own line
+            self._file.write("\n")
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
 
     def _append(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
