@@ -12,9 +12,9 @@ from checkpoints import ColourNet, ConstantNet
 
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import EnsembleOptions, Member, load_thresholds, majority_class, predict_image
-from inference.organs import CLASSES, class_index
 from inference.engine.postprocess import fill_holes, load_min_area, postprocess, remove_small
 from inference.engine.predictor import Predictor
+from inference.organs import CLASSES, class_index
 
 
 def logit(p: float) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ from checkpoints import ConstantNet, make_smp_checkpoint, make_torchscript_check
 from torch import nn
 
 from inference import predict, tune_thresholds
-from inference.engine.budget import degradation_levels
 from inference.checkpoint import CheckpointConfig
+from inference.engine.budget import degradation_levels
 from inference.engine.ensemble import Member
-from inference.io import write_image
 from inference.engine.predictor import Predictor
+from inference.io import write_image
 from inference.rle import decode
 from inference.tables import load_test_lenient
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.make_folds import make_folds
-from inference.metric import dice
 from inference.organs import CLASSES, ORGANS, class_index, pixel_size
-from inference.rle import encode
-from inference.score import main as score_main
-from inference.score import score
-from inference.tables import TableError, load_solution, load_submission, load_test, load_train
+from inference.tables import TableError, load_submission, load_test, load_train
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_ROW = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n10078,spleen,Hubmap,2023,2023,0.4945,4\n"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
