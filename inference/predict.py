@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -501,15 +502,8 @@ def predict_table(
         options.save_probs.mkdir(parents=True, exist_ok=True)
     rows = list(table.itertuples(index=False))
     book = Journal(journal, run_fingerprint(table, image_dir, members, options, folds)) if journal else None
-    results: dict[int, RowResult] = {}
-    if book is not None:
-        for n, record in book.done.items():
-            if n < len(rows) and record.get("id") == str(rows[n].id):
-                results[n] = RowResult(**{k: record[k] for k in RowResult.__dataclass_fields__ if k in record})
-        if results:
-            log.info("journal %s: %d of %d row(s) already done, resuming", journal, len(results), len(rows))
-    resumed = len(results)
-    todo = [n for n in range(len(rows)) if n not in results]
+    results = _resume(book, rows)
+    resumed, todo = len(results), [n for n in range(len(rows)) if n not in results]
     budget = plan = None
     if time_budget is not None:
         budget = TimeBudget(time_budget, degradation_levels(options.tta, [m.weight for m in members]),
@@ -518,33 +512,48 @@ def predict_table(
     try:
         with logging_redirect_tqdm():
             for n in tqdm(todo, desc="predict", unit="img"):
-                row = rows[n]
-                if book is not None and n in book.crashed:
-                    note = ("the previous run died while predicting this row (out of memory, a crashing decoder?): "
-                            "empty row")
-                    log.warning("id %s: %s", row.id, note)
-                    result = RowResult(str(row.id), status="crashed", notes=[note])
-                else:
-                    if book is not None:
-                        book.claim(n, str(row.id))
-                    began = clock()
-                    try:
-                        result = predict_row(row, image_dir, members, options, folds, plan, n)
-                    except KeyboardInterrupt:
-                        if book is not None:
-                            book.release(n)
-                        raise
-                    if budget is not None and result.status == "ok":
-                        budget.record(clock() - began, result.windows)
-                if book is not None:
-                    book.finish(n, dataclasses.asdict(result))
-                results[n] = result
+                began = clock()
+                results[n] = _journaled(book, n, rows[n], partial(predict_row, rows[n], image_dir, members, options,
+                                                                  folds, plan, n))
+                if budget is not None and results[n].status == "ok":
+                    budget.record(clock() - began, results[n].windows)
     finally:
         if book is not None:
             book.close()
     ordered = [results[n] for n in range(len(rows))]
     submission = pd.DataFrame({"id": table["id"].astype(str).to_numpy(), "rle": [r.rle for r in ordered]})
     return Run(submission, ordered, budget, resumed)
+
+
+def _resume(book: Journal | None, rows: list) -> dict[int, RowResult]:
+    """The rows an earlier run of the same settings finished (row number -> result)."""
+    if book is None:
+        return {}
+    results = {n: RowResult(**{k: record[k] for k in RowResult.__dataclass_fields__ if k in record})
+               for n, record in book.done.items() if n < len(rows) and record.get("id") == str(rows[n].id)}
+    if results:
+        log.info("journal %s: %d of %d row(s) already done, resuming", book.path, len(results), len(rows))
+    return results
+
+
+def _journaled(book: Journal | None, n: int, row: object, predict: Callable[[], RowResult]) -> RowResult:
+    """predict() between a claim and a done record; a row an earlier run died on is not tried again."""
+    if book is not None and n in book.crashed:
+        note = "the previous run died while predicting this row (out of memory, a crashing decoder?): empty row"
+        log.warning("id %s: %s", row.id, note)
+        result = RowResult(str(row.id), status="crashed", notes=[note])
+    else:
+        if book is not None:
+            book.claim(n, str(row.id))
+        try:
+            result = predict()
+        except KeyboardInterrupt:  # the user stopped the run: this row is not to blame
+            if book is not None:
+                book.release(n)
+            raise
+    if book is not None:
+        book.finish(n, dataclasses.asdict(result))
+    return result
 
 
 def write_submission(df: pd.DataFrame, path: Path) -> None:
@@ -654,7 +663,7 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
                     help="seconds (> 0) for the whole run (from start-up): drop TTA views, then the lowest-weight "
                          "members, then working scale to finish inside it")
     ap.add_argument("--journal", type=Path,
-                    help="journal of finished rows, resumed by a re-run of the same command (default: OUT.journal)")
+                    help="journal of finished rows, resumed by a re-run of the same command; None: OUT.journal")
     ap.add_argument("--limit", type=bounded(int, 1), help="predict only the first N rows (smoke runs)")
     return ap
 

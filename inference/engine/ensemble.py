@@ -138,7 +138,7 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True) 
     ap.add_argument("--thresholds", dest="organ_thresholds", type=thresholds_file, default={}, metavar="JSON",
                     help='per-organ thresholds JSON {"kidney": 0.3, ...}, each in (0, 1)')
     ap.add_argument("--threshold", type=probability,
-                    help="cut-off in (0, 1) for organs not in --thresholds (default: config.json)")
+                    help="cut-off in (0, 1) for organs not in --thresholds; None: the checkpoints' config.json")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
     ap.add_argument("--use-organ", action="store_true", help="multiclass: use the organ given, not the majority class")
     ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
