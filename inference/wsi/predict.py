@@ -32,20 +32,20 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.engine.ensemble import ENSEMBLE_MODES, Member, load_thresholds, predict_image
+from inference.engine.ensemble import EnsembleOptions, Member, add_ensemble_arguments, predict_image
 from inference.wsi.polygons import iter_ftus, write_ftus
 from inference.io import ImageReadError
 from inference.organs import ORGANS
 from inference.predict import load_members
 from inference.wsi.reader import READERS, Slide, open_slide, thumbnail, write_pyramid
-from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
+from inference.engine.sliding import WindowFilter
 from inference.tiling import window_starts
 from inference.tissue import tissue_mask
 
@@ -54,15 +54,12 @@ CHUNK = 512  # zarr chunk side; blocks are whole chunks so a block's write never
 
 
 @dataclass
-class WsiOptions:
-    """Everything besides the models and the slide that decides a whole-slide prediction."""
+class WsiOptions(EnsembleOptions):
+    """EnsembleOptions plus what a whole-slide prediction adds (always at the models' um/px, no side cap)."""
 
+    scale_mode: str = "pixel-size"
+    max_side: int | None = None
     organ: str = ""  # for organ thresholds and --use-organ; "" = none
-    ensemble: str = "mean"
-    tta: int = 0
-    organ_thresholds: dict[str, float] = field(default_factory=dict)
-    threshold: float | None = None
-    use_organ: bool = False
     block: int = 2048  # level pixels per block side (a multiple of CHUNK)
     thumbnail_side: int = 2048  # longer side of the tissue thumbnail, heatmap and overlay
 
@@ -177,11 +174,7 @@ def predict_blocks(
         else:
             image = slide.read(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
             windows = WindowFilter(keep)
-            decision = predict_image(
-                image, members, organ=options.organ, pixel_size=level_mpp, scale_mode="pixel-size",
-                tta=options.tta, mode=options.ensemble, organ_thresholds=options.organ_thresholds,
-                threshold=options.threshold, use_organ=options.use_organ, windows=windows,
-            )
+            decision = predict_image(image, members, options.organ, level_mpp, options, windows)
             core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
             work.mask[y0:y1, x0:x1] = decision.mask[core].astype(np.uint8)
             work.prob[y0:y1, x0:x1] = np.round(decision.probability[core] * 255).astype(np.uint8)
@@ -289,20 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m inference.wsi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--slide", type=Path, required=True, help="whole-slide image (OME-TIFF, tiled TIFF, .svs, ...)")
-    ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--mpp", type=float, help="um per level-0 pixel (default: from the file's metadata)")
     ap.add_argument("--organ", choices=ORGANS, help="the slide's organ: picks --thresholds entries, --use-organ")
     ap.add_argument("--reader", choices=READERS, default="auto", help="auto: tifffile for TIFFs, else OpenSlide")
-    ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (default equal)")
-    ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
-    ap.add_argument("--threshold", type=float, help="cut-off (default: --thresholds for --organ, else config.json)")
-    ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
-    ap.add_argument("--use-organ", action="store_true", help="multiclass: use --organ, not the majority class")
-    ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
-    ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
+    add_ensemble_arguments(ap, scale=False)
     ap.add_argument("--block", type=int, default=2048, help=f"block side in level pixels (multiple of {CHUNK})")
     ap.add_argument("--overwrite", action="store_true", help="discard finished or partial work for this slide")
     return ap
@@ -315,11 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --use-organ needs --organ", file=sys.stderr)
         return 2
     try:
-        options = WsiOptions(
-            organ=args.organ or "", ensemble=args.ensemble, tta=args.tta,
-            organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-            threshold=args.threshold, use_organ=args.use_organ, block=args.block,
-        )
+        options = WsiOptions.from_args(args, organ=args.organ or "")
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
         summary = predict_slide(args.slide, members, args.out, options, args.reader, args.mpp, args.overwrite)
     except (ImageReadError, FileNotFoundError, ValueError, RuntimeError) as exc:
