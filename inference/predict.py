@@ -2,7 +2,8 @@
 
     python -m inference.predict --data-dir DIR --models RUN_DIR [RUN_DIR ...] --out submission.csv
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T]
-        [--tta 0|2|4|8] [--scale-mode pixel-size|reduce|none] [--max-side 4608] [--use-organ] [--fill-holes]
+        [--tta 0|2|4|8] [--tta-scales 0.8,1,1.2] [--stain-tta [macenko,reinhard]] [--adapt-bn [--adapt-bn-windows N]]
+        [--scale-mode pixel-size|reduce|none] [--max-side 4608] [--organ-from csv|model] [--fill-holes]
         [--min-area UM2|organs.json] [--save-probs DIR] [--split test|train] [--folds folds.csv]
         [--time-budget SECONDS] [--device auto|cpu|cuda]
 
@@ -15,6 +16,12 @@ with the fallbacks of inference.tables.load_test_lenient; an image that cannot b
 gets an empty mask; an image whose size differs from the CSV is predicted and its mask resized to the CSV
 size; a failing post-processing or --save-probs keeps the raw mask; a CUDA out-of-memory is retried with
 batch size 1, then without TTA. Every such event is a `WARNING ... id N: ...` line, counted in the summary.
+
+Multiclass models predict the test.csv organ's class (--organ-from csv, the default; 1st place's USE_ORGAN); a
+missing or unknown organ falls back to the majority class, which --organ-from model uses for every image.
+--thresholds takes per-organ or per-data-source-and-organ cut-offs (inference.thresholds). --tta-scales and
+--stain-tta add multi-scale and stain-normalised views (inference.engine.tta); --adapt-bn re-estimates encoder
+BatchNorm statistics per data_source first (inference.engine.adapt_bn).
 
 --scale-mode pixel-size (default) resamples each image to the checkpoint's um/px (see inference.engine.predictor).
 --time-budget stops the run from overrunning (see inference.engine.budget). --folds makes each checkpoint predict
@@ -42,8 +49,9 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_WINDOWS, adapt_batchnorm
 from inference.engine.budget import TimeBudget, degradation_levels
-from inference.engine.ensemble import ENSEMBLE_MODES, Decision, Member, load_thresholds, predict_image
+from inference.engine.ensemble import ENSEMBLE_MODES, Decision, Member, predict_image
 from inference.io import read_image
 from inference.engine.postprocess import load_min_area, postprocess
 from inference.engine.models import resolve_checkpoints, resolve_device
@@ -51,7 +59,9 @@ from inference.engine.predictor import DEFAULT_MAX_SIDE, DEFAULT_SCALE_MODE, loa
 from inference.organs import image_pixel_size
 from inference.rle import encode
 from inference.engine.sliding import BLENDS, TTA_SIZES
+from inference.engine.tta import parse_scales, parse_stain_methods, stain_views, STAIN_METHODS
 from inference.tables import TableError, load_test_lenient
+from inference.thresholds import read_thresholds, thresholds_for
 
 log = logging.getLogger("inference.predict")
 
@@ -65,7 +75,7 @@ class Options:
     scale_mode: str = DEFAULT_SCALE_MODE
     organ_thresholds: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
-    use_organ: bool = False
+    organ_from: str = "csv"  # multiclass class: "csv" = the row's organ (majority class where unknown), "model" = majority
     fill_holes: bool = False
     min_area_um2: dict[str, float] = field(default_factory=dict)
     save_probs: Path | None = None
@@ -73,6 +83,12 @@ class Options:
     max_side: int | None = DEFAULT_MAX_SIDE  # cap on every working side (None: no cap)
     coarsen: float = 1.0  # extra factor on every working scale (the time budget's last resort)
     stain_reference: str | None = None  # Macenko-normalise images to this reference JSON, or "macenko"
+    tta_scales: tuple[float, ...] = (1.0,)  # multi-scale TTA ratios (inference.engine.tta); (1,) = single scale
+    stain_tta: tuple[str, ...] = ()  # also predict each image normalised to stain_reference by these methods
+    source_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # {data_source: {organ: t}}
+    adapt_bn: bool = False  # AdaBN: encoder BatchNorm statistics per data_source (inference.engine.adapt_bn)
+    adapt_bn_windows: int = DEFAULT_WINDOWS  # windows per member and data source
+    adapt_bn_images: int = DEFAULT_IMAGES  # images drawn per data source
 
 
 def load_members(
@@ -144,11 +160,14 @@ def _predict_retrying(
     image: np.ndarray, organ: str, pixel_size: float | None, members: list[Member], options: Options, notes: list[str]
 ) -> Decision:
     """predict_image; on CUDA out-of-memory retry with batch size 1, then also without TTA (each noted)."""
-    def run(tta: int) -> Decision:
+    views = stain_views(image, options.stain_reference, options.stain_tta) if options.stain_tta else None
+
+    def run(tta: int, extra_views: bool = True) -> Decision:
         return predict_image(
             image, members, organ=organ, pixel_size=pixel_size, scale_mode=options.scale_mode, tta=tta,
             mode=options.ensemble, organ_thresholds=options.organ_thresholds, threshold=options.threshold,
-            use_organ=options.use_organ, max_side=options.max_side, coarsen=options.coarsen,
+            use_organ=options.organ_from == "csv", max_side=options.max_side, coarsen=options.coarsen,
+            scales=options.tta_scales if extra_views else (1.0,), views=views if extra_views else None,
         )
 
     try:
@@ -165,11 +184,11 @@ def _predict_retrying(
         try:
             return run(options.tta)
         except RuntimeError as exc:
-            if not _is_oom(exc) or options.tta == 0:
+            if not _is_oom(exc) or (options.tta == 0 and options.tta_scales == (1.0,) and views is None):
                 raise
             notes.append(f"CUDA out of memory at batch size 1: retried without TTA (was {options.tta} views)")
         _free_cuda()
-        return run(0)
+        return run(0, extra_views=False)
     finally:
         for m, size in zip(members, sizes, strict=True):
             m.predictor.batch_size = size
@@ -193,6 +212,9 @@ def predict_one(
     logged as a warning naming image_id and listed in decision.notes.
     """
     notes: list[str] = []
+    if options.source_thresholds:
+        options = dataclasses.replace(options, organ_thresholds=thresholds_for(
+            options.organ_thresholds, options.source_thresholds, data_source))
     resolved, note = image_pixel_size(pixel_size, organ, data_source)
     if note and (options.scale_mode == "pixel-size" or options.min_area_um2.get(organ, 0) > 0):
         notes.append(note)
@@ -276,13 +298,21 @@ def predict_table(
         options.save_probs.mkdir(parents=True, exist_ok=True)
     budget = None
     if time_budget is not None:
-        levels = degradation_levels(options.tta, [m.weight for m in members])
+        levels = degradation_levels(options.tta, [m.weight for m in members], tta_scales=options.tta_scales,
+                                    stain=options.stain_tta)
         budget = TimeBudget(time_budget, levels, start=start)
     run = Run(pd.DataFrame(), budget=budget)
+    adaptation = None
+    if options.adapt_bn and len(table):
+        adaptation = adapt_batchnorm(
+            table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
+            scale_mode=options.scale_mode, max_side=options.max_side,
+            stain_reference=None if options.stain_tta else options.stain_reference)
     rles = []
     last = time.perf_counter()  # per-image wall time includes waiting for the prefetched read
     with logging_redirect_tqdm():
-        rows = tqdm(_images(table, image_dir, options.stain_reference), total=len(table), desc="predict", unit="img")
+        reference = None if options.stain_tta else options.stain_reference  # stain TTA keeps the image as it is too
+        rows = tqdm(_images(table, image_dir, reference), total=len(table), desc="predict", unit="img")
         for n, (row, image) in enumerate(rows):
             rles.append("")
             image_id = str(row.id)
@@ -299,7 +329,10 @@ def predict_table(
             if not row_members:
                 run.no_fold_model.append(image_id)
                 continue
-            opts = dataclasses.replace(options, tta=level.tta, coarsen=level.coarsen) if level else options
+            opts = dataclasses.replace(options, tta=level.tta, coarsen=level.coarsen, tta_scales=level.tta_scales,
+                                       stain_tta=level.stain) if level else options
+            if adaptation is not None:
+                adaptation.use(row.data_source, row_members)
             try:
                 if isinstance(image, Exception):
                     raise image
@@ -332,6 +365,8 @@ def predict_table(
             if budget is not None and not isinstance(image, Exception):
                 budget.record(now - last, level)
             last = now
+    if adaptation is not None:
+        adaptation.restore()
     run.submission = pd.DataFrame({"id": table["id"].astype(str).to_numpy(), "rle": rles})
     return run
 
@@ -356,9 +391,25 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--split", choices=("test", "train"), default="test", help="predict test.csv or train.csv")
     ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
     ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (default equal)")
-    ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
+    ap.add_argument("--thresholds", type=Path,
+                    help='thresholds JSON: per organ {"kidney": 0.3, ...} or per data source and organ '
+                         '{"HPA": {...}, "Hubmap": {"lung": 0.06, ...}} (inference.thresholds)')
     ap.add_argument("--threshold", type=float, help="cut-off for organs not in --thresholds (default: config.json)")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
+    ap.add_argument("--tta-scales", type=parse_scales, default=(1.0,), metavar="R[,R...]",
+                    help="multi-scale TTA: working-scale ratios (e.g. 0.8,1,1.2), each with the --tta flips, "
+                         "probabilities resized back and averaged; 1 = single scale")
+    ap.add_argument("--stain-tta", type=parse_stain_methods, nargs="?", const=STAIN_METHODS, default=(),
+                    metavar="METHODS",
+                    help=f"also predict each image normalised to --stain-reference by these methods (comma list of "
+                         f"{','.join(STAIN_METHODS)}; bare flag: both) and average the probabilities")
+    ap.add_argument("--adapt-bn", action="store_true",
+                    help="AdaBN: re-estimate each member's encoder BatchNorm statistics on random windows of each "
+                         "data_source's images before predicting them (smp and scripted models; traced ones warn)")
+    ap.add_argument("--adapt-bn-windows", type=int, default=DEFAULT_WINDOWS,
+                    help="--adapt-bn windows per member and data source")
+    ap.add_argument("--adapt-bn-images", type=int, default=DEFAULT_IMAGES,
+                    help="--adapt-bn images drawn per data source")
     ap.add_argument("--scale-mode", choices=SCALE_MODES, default=DEFAULT_SCALE_MODE,
                     help="pixel-size: resample to the checkpoint's um/px from the CSV pixel_size (organ value when "
                          "missing; reduce rule for checkpoints without pixel_size); reduce: config reduce or "
@@ -368,7 +419,11 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--stain-reference",
                     help="Macenko-normalise every image to this reference JSON (python -m inference.stain) or "
                          "'macenko' (needs torchstain)")
-    ap.add_argument("--use-organ", action="store_true", help="multiclass: use test.csv organ, not the majority class")
+    ap.add_argument("--organ-from", choices=("csv", "model"), default="csv",
+                    help="multiclass models: csv = the test.csv organ's class (the majority class where the organ is "
+                         "missing or unknown); model = the majority class of the prediction")
+    ap.add_argument("--use-organ", dest="organ_from", action="store_const", const="csv",
+                    help=argparse.SUPPRESS)  # the old opt-in spelling of today's default
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", help="drop components under this area in um^2 (number or organ JSON)")
     ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
@@ -387,13 +442,26 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """Options of a parsed command line (no flags gives exactly Options())."""
+    organ_thresholds, source_thresholds = read_thresholds(args.thresholds) if args.thresholds else ({}, {})
+    if args.stain_tta:
+        if args.stain_reference is None:
+            raise ValueError("--stain-tta needs --stain-reference (the training stain: python -m inference.stain)")
+        if "reinhard" in args.stain_tta:
+            from inference.stain import load_reference
+
+            if not load_reference(args.stain_reference).has_reinhard:
+                raise ValueError(f"--stain-tta reinhard: --stain-reference {args.stain_reference} has no Reinhard "
+                                 "statistics; refit it with python -m inference.stain, or pass --stain-tta macenko")
+    if args.adapt_bn and (args.adapt_bn_windows < 1 or args.adapt_bn_images < 1):
+        raise ValueError("--adapt-bn-windows and --adapt-bn-images must be >= 1")
     return Options(
         ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
-        organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-        threshold=args.threshold, use_organ=args.use_organ, fill_holes=args.fill_holes,
+        organ_thresholds=organ_thresholds, source_thresholds=source_thresholds,
+        threshold=args.threshold, organ_from=args.organ_from, fill_holes=args.fill_holes,
         min_area_um2=load_min_area(args.min_area), save_probs=args.save_probs,
         save_probs_max_side=args.save_probs_max_side, max_side=args.max_side or None,
-        stain_reference=args.stain_reference,
+        stain_reference=args.stain_reference, tta_scales=args.tta_scales, stain_tta=args.stain_tta,
+        adapt_bn=args.adapt_bn, adapt_bn_windows=args.adapt_bn_windows, adapt_bn_images=args.adapt_bn_images,
     )
 
 

@@ -22,7 +22,6 @@ full resolution averages areas where a working map is larger than the image and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from inference.organs import CLASSES, ORGANS, class_index
 from inference.engine.predictor import Predictor
 from inference.tiling import resize_probs
 from inference.engine.sliding import WindowFilter
+from inference.engine.tta import predict_views
+from inference.thresholds import read_thresholds
 
 ENSEMBLE_MODES = ("mean", "union")
 
@@ -57,20 +58,16 @@ class Decision:
 
 
 def load_thresholds(path: str | Path) -> dict[str, float]:
-    """Read a {"kidney": 0.3, ...} JSON of per-organ thresholds; organs left out use the default."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file {path} not found (expected JSON like {{\"kidney\": 0.3}})")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object organ -> threshold, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(ORGANS))
-    if unknown:
-        raise ValueError(f"{path}: unknown organ(s) {unknown}; expected keys among {list(ORGANS)}")
-    for organ, value in data.items():
-        if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
-            raise ValueError(f"{path}: threshold for {organ} must be a number in (0, 1), got {value!r}")
-    return {k: float(v) for k, v in data.items()}
+    """Read a {"kidney": 0.3, ...} JSON of per-organ thresholds; organs left out use the default.
+
+    A file with per-data-source tables (inference.thresholds) is an error here: a caller without the image's
+    data source (a whole slide) cannot choose between them.
+    """
+    organs, by_source = read_thresholds(path)
+    if by_source:
+        raise ValueError(f"{path}: per-data-source thresholds ({sorted(by_source)}) need each image's data_source; "
+                         "use inference.predict, or a {{organ: threshold}} file here")
+    return organs
 
 
 def majority_class(class_probs: list[np.ndarray], weights: list[float]) -> int:
@@ -118,12 +115,15 @@ def predict_image(
     max_side: int | None = None,
     coarsen: float = 1.0,
     windows: WindowFilter | None = None,
+    scales: tuple[float, ...] = (1.0,),
+    views: list[np.ndarray] | None = None,
 ) -> Decision:
     """Run every member on one (H, W, 3) uint8 image and combine them into a Decision.
 
     max_side caps each member's working side; coarsen multiplies every working scale (the time budget's
     last resort). use_organ with an organ outside the table falls back to the majority class. `windows`
-    (optional) limits every member to the sliding windows over its kept pixels (whole slides).
+    (optional) limits every member to the sliding windows over its kept pixels (whole slides). scales (--tta-scales)
+    and views (same-sized copies of the image, e.g. stain-normalised) are averaged per member by inference.engine.tta.
     """
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"ensemble mode {mode!r} not in {ENSEMBLE_MODES}")
@@ -140,7 +140,7 @@ def predict_image(
     for m in members:
         scale = m.predictor.scale(h, w, scale_mode, pixel_size, max_side, coarsen)
         capped |= scale.capped
-        outputs.append(m.predictor.predict_working(image, scale.size, tta, windows))
+        outputs.append(predict_views(m.predictor, [image, *(views or [])], scale.size, tta, scales, windows, max_side))
 
     multi = [i for i, m in enumerate(members) if m.predictor.multiclass]
     selected = None
