@@ -75,7 +75,7 @@ class Options:
     scale_mode: str = DEFAULT_SCALE_MODE
     organ_thresholds: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
-    organ_from: str = "csv"  # multiclass class: "csv" = the row's organ (majority class where unknown), "model" = majority
+    organ_from: str = "csv"  # multiclass: "csv" = the row's organ (majority class where unknown), "model" = majority
     fill_holes: bool = False
     min_area_um2: dict[str, float] = field(default_factory=dict)
     save_probs: Path | None = None

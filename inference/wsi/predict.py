@@ -46,6 +46,7 @@ from inference.organs import ORGANS
 from inference.predict import load_members
 from inference.wsi.reader import READERS, Slide, open_slide, thumbnail, write_pyramid
 from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
+from inference.engine.tta import parse_scales
 from inference.tiling import window_starts
 from inference.tissue import tissue_mask
 
@@ -60,6 +61,7 @@ class WsiOptions:
     organ: str = ""  # for organ thresholds and --use-organ; "" = none
     ensemble: str = "mean"
     tta: int = 0
+    tta_scales: tuple[float, ...] = (1.0,)  # multi-scale TTA ratios (inference.engine.tta)
     organ_thresholds: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
     use_organ: bool = False
@@ -180,7 +182,7 @@ def predict_blocks(
             decision = predict_image(
                 image, members, organ=options.organ, pixel_size=level_mpp, scale_mode="pixel-size",
                 tta=options.tta, mode=options.ensemble, organ_thresholds=options.organ_thresholds,
-                threshold=options.threshold, use_organ=options.use_organ, windows=windows,
+                threshold=options.threshold, use_organ=options.use_organ, windows=windows, scales=options.tta_scales,
             )
             core = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
             work.mask[y0:y1, x0:x1] = decision.mask[core].astype(np.uint8)
@@ -299,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
     ap.add_argument("--threshold", type=float, help="cut-off (default: --thresholds for --organ, else config.json)")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
+    ap.add_argument("--tta-scales", type=parse_scales, default=(1.0,), metavar="R[,R...]",
+                    help="multi-scale TTA ratios (e.g. 0.8,1,1.2), each with the --tta flips; 1 = single scale")
     ap.add_argument("--use-organ", action="store_true", help="multiclass: use --organ, not the majority class")
     ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
     ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         options = WsiOptions(
-            organ=args.organ or "", ensemble=args.ensemble, tta=args.tta,
+            organ=args.organ or "", ensemble=args.ensemble, tta=args.tta, tta_scales=args.tta_scales,
             organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
             threshold=args.threshold, use_organ=args.use_organ, block=args.block,
         )
