@@ -18,7 +18,10 @@ from checkpoints import make_smp_checkpoint, make_torchscript_checkpoint
 from inference import predict
 from kernels.build import build, code_cells, pinned
 
-PREDICT_ARGS = ["--tta", "2", "--fill-holes"]
+# Every inference-side view runs in the notebook: flips, a second TTA ratio, stain TTA (Macenko + Reinhard, the
+# reference shipped in the weights dataset) and AdaBN (the smp folds adapt; the traced TinyNet has no BatchNorm).
+PREDICT_ARGS = ["--tta", "2", "--fill-holes", "--tta-scales", "1,1.25", "--stain-tta", "--adapt-bn",
+                "--adapt-bn-windows", "8", "--adapt-bn-images", "2"]
 
 
 def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -> Path:
@@ -41,17 +44,23 @@ def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def kernel(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict[str, Path]:
+    from inference.io import read_image
+    from inference.stain import fit_reference
+
     root = tmp_path_factory.mktemp("kernel")
+    train_images = sorted((demo_data / "train_images").glob("*.tiff"))[:4]
+    reference = fit_reference([read_image(p) for p in train_images], pixels_per_image=20_000).save(root / "ref.json")
+    predict_args = [*PREDICT_ARGS, "--stain-reference", str(reference)]
     for fold in (0, 1):
         make_smp_checkpoint(root / "outputs" / "unet" / f"fold{fold}", tile=64, seed=fold, fold=fold)
     make_torchscript_checkpoint(root / "outputs" / "tiny" / "fold0", tile=64)
     thresholds = root / "organs.json"
-    thresholds.write_text(json.dumps({"kidney": 0.4, "lung": 0.2}))
+    thresholds.write_text(json.dumps({"kidney": 0.4, "lung": 0.2, "Hubmap": {"lung": 0.1}}))
     models = [root / "outputs" / "unet", root / "outputs" / "tiny" / "fold0"]
     paths = build(models, root / "dist", user="tester", wheels=str(make_wheel(root / "localwheels").parent),
-                  thresholds=thresholds, predict_args=PREDICT_ARGS)
-    return {"root": root, "thresholds": thresholds, **paths, "models": models}
+                  thresholds=thresholds, predict_args=predict_args)
+    return {"root": root, "thresholds": thresholds, **paths, "models": models, "predict_args": predict_args}
 
 
 def test_datasets_and_metadata(kernel: dict[str, Path]) -> None:
@@ -61,6 +70,7 @@ def test_datasets_and_metadata(kernel: dict[str, Path]) -> None:
     assert sorted(p.relative_to(kernel["weights"]).as_posix() for p in kernel["weights"].rglob("config.json")) == [
         "tiny-fold0/config.json", "unet/fold0/config.json", "unet/fold1/config.json"]
     assert (kernel["weights"] / "thresholds.json").is_file()
+    assert (kernel["weights"] / "files" / "ref.json").is_file()  # --stain-reference shipped for the stain TTA
     assert [p.name for p in kernel["wheels"].glob("*.whl")] == ["kernel_probe-0.1-py3-none-any.whl"]
     for name in ("code", "weights", "wheels"):
         meta = json.loads((kernel[name] / "dataset-metadata.json").read_text())
@@ -96,11 +106,12 @@ def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_d
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"inference package: {inputs / 'hubmap-ftu-code' / 'inference' / '__init__.py'}" in run.stdout
     assert (tmp_path / "site" / "kernel_probe" / "__init__.py").is_file()
+    assert "--adapt-bn: Hubmap: 2 member(s) adapted" in run.stdout + run.stderr  # the two smp folds
 
     direct = tmp_path / "direct.csv"
     assert predict.main(["--data-dir", str(demo_data), "--out", str(direct), "--models",
                          *map(str, kernel["models"]), "--thresholds", str(kernel["thresholds"]),
-                         *PREDICT_ARGS]) == 0
+                         *kernel["predict_args"]]) == 0
     assert (working / "submission.csv").read_bytes() == direct.read_bytes()
 
 
