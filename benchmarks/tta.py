@@ -14,6 +14,7 @@ equivalents. Run with one thread (OMP_NUM_THREADS=1) so the ratios do not depend
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         train = sorted((args.data_dir / "train_images").glob("*.tiff"))[:4]
         if not train:
             ap.error("no --stain-reference and no train_images to fit one on")
-        reference = fit_reference([read_image(p) for p in train]).save(Path("stain_reference.bench.json"))
+        reference = fit_reference([read_image(p) for p in train]).save(
+            Path(tempfile.mkdtemp(prefix="bench_tta_")) / "stain_reference.json")
     members = load_members(args.models, None, "cpu", 4, "gaussian")
     ref = str(reference)
     variants = {

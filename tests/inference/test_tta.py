@@ -18,9 +18,9 @@ from inference.engine.predictor import Predictor
 from inference.engine.tta import ViewArgumentError, parse_scales, parse_stain_methods, predict_scales, scaled_size
 from inference.io import read_image
 from inference.organs import class_index
+from inference.score import score
 from inference.stain import StainReference, fit_reference, load_reference, reinhard_normalise
 from inference.tables import load_solution, load_submission
-from inference.score import score
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,9 @@ def test_stain_tta_averages_the_normalised_views(demo_data: Path, runs: dict[str
                                                  tmp_path: Path) -> None:
     models = [runs["binary"]]
     plain = _predict(demo_data, tmp_path / "plain.csv", models)
-    stain = _predict(demo_data, tmp_path / "stain.csv", models, "--stain-tta", "--stain-reference", str(reference))
-    macenko = _predict(demo_data, tmp_path / "mac.csv", models, "--stain-tta", "macenko",
-                       "--stain-reference", str(reference))
-    normalised = _predict(demo_data, tmp_path / "norm.csv", models, "--stain-reference", str(reference))
+    _predict(demo_data, tmp_path / "stain.csv", models, "--stain-tta", "--stain-reference", str(reference))
+    _predict(demo_data, tmp_path / "mac.csv", models, "--stain-tta", "macenko", "--stain-reference", str(reference))
+    _predict(demo_data, tmp_path / "norm.csv", models, "--stain-reference", str(reference))
     name = sorted(plain[1])[0]
     maps = {k: np.load(tmp_path / k / name).astype(np.float32) for k in ("plain", "mac", "norm", "stain")}
     # two views (as is, Macenko) average to the mean of the two single-view maps (float16 storage)
