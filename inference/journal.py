@@ -60,8 +60,13 @@ class Journal:
             os.replace(self.path, stale)
             header, records = None, []
         self.done: dict[int, dict] = finished_rows(records)
-        released = {r["row"] for r in records if r.get("event") == "release"}
-        self.crashed: set[int] = {r["row"] for r in records if r.get("event") == "claim"} - set(self.done) - released
+        claimed: set[int] = set()  # in order: a row released (AdaBN's read of it) may be claimed again later
+        for r in records:
+            if r.get("event") == "claim":
+                claimed.add(r.get("row"))
+            elif r.get("event") in ("release", "done"):
+                claimed.discard(r.get("row"))
+        self.crashed: set[int] = claimed - set(self.done)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
         if header is None:

@@ -2,7 +2,8 @@
 
     python -m inference.predict --data-dir DIR --models RUN_DIR [RUN_DIR ...] --out submission.csv
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T]
-        [--tta 0|2|4|8] [--scale-mode pixel-size|reduce|none] [--max-side 4608] [--use-organ] [--fill-holes]
+        [--tta 0|2|4|8] [--tta-scales 0.8,1,1.2] [--stain-tta [macenko,reinhard]] [--adapt-bn [--adapt-bn-windows N]]
+        [--scale-mode pixel-size|reduce|none] [--max-side 4608] [--organ-from csv|model] [--fill-holes]
         [--min-area UM2|organs.json] [--save-probs DIR] [--split test|train] [--folds folds.csv]
         [--time-budget SECONDS] [--journal PATH] [--max-image-side 30000] [--device auto|cpu|cuda]
 
@@ -24,6 +25,12 @@ re-running the same command after a crash resumes there, and the row the crashed
 becomes an empty row. run_supervised is how the Kaggle notebook uses it: the prediction runs in a child
 process, restarted after a crash, and write_from_journal writes submission.csv in test.csv order whatever
 happened.
+
+Multiclass models predict the test.csv organ's class (--organ-from csv, the default; 1st place's USE_ORGAN); a
+missing or unknown organ falls back to the majority class, which --organ-from model uses for every image.
+--thresholds takes per-organ or per-data-source-and-organ cut-offs (inference.thresholds). --tta-scales and
+--stain-tta add multi-scale and stain-normalised views (inference.engine.tta); --adapt-bn re-estimates encoder
+BatchNorm statistics per data_source first (inference.engine.adapt_bn).
 
 --scale-mode pixel-size (default) resamples each image to the checkpoint's um/px (see inference.engine.predictor).
 --time-budget stops the run from overrunning (see inference.engine.budget). --folds makes each checkpoint predict
@@ -56,6 +63,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_WINDOWS, BatchNormAdaptation, adapt_batchnorm
 from inference.engine.budget import Level, TimeBudget, degradation_levels
 from inference.engine.ensemble import (
     Decision,
@@ -71,11 +79,13 @@ from inference.engine.ensemble import (
 from inference.engine.models import resolve_checkpoints, resolve_device
 from inference.engine.postprocess import load_min_area, postprocess
 from inference.engine.predictor import load_predictor
+from inference.engine.tta import STAIN_METHODS, parse_stain_methods, stain_views
 from inference.io import MAX_IMAGE_SIDE, check_side, read_image
 from inference.journal import Journal, finished_rows, read_records
 from inference.organs import image_pixel_size
 from inference.rle import encode
 from inference.tables import TableError, load_sample_submission_lenient, load_test_lenient
+from inference.thresholds import thresholds_for
 
 log = logging.getLogger("inference.predict")
 
@@ -90,6 +100,31 @@ class Options(EnsembleOptions):
     save_probs_max_side: int = 1024
     stain_reference: str | None = None  # Macenko-normalise images to this reference JSON, or "macenko"
     max_image_side: int | None = MAX_IMAGE_SIDE  # refuse larger images (declared or decoded) as bad rows
+    stain_tta: tuple[str, ...] = ()  # views normalised to stain_reference by these methods, beside the image as is
+    source_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # {data_source: {organ: t}}
+    adapt_bn: bool = False  # AdaBN: encoder BatchNorm statistics per data_source (inference.engine.adapt_bn)
+    adapt_bn_windows: int = DEFAULT_WINDOWS  # windows per member and data source
+    adapt_bn_images: int = DEFAULT_IMAGES  # images drawn per data source
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.stain_tta = tuple(self.stain_tta)
+        bad = sorted(set(self.stain_tta) - set(STAIN_METHODS))
+        if bad:
+            raise ValueError(f"stain_tta methods must be among {list(STAIN_METHODS)}, got {bad}")
+        if self.stain_tta and self.stain_reference is None:
+            raise ValueError("--stain-tta needs --stain-reference (the training stain: python -m inference.stain)")
+        if self.adapt_bn_windows < 1 or self.adapt_bn_images < 1:
+            raise ValueError("--adapt-bn-windows and --adapt-bn-images must be >= 1")
+
+    def with_level(self, level: Level) -> Options:
+        """A copy at a time-budget level: EnsembleOptions' knobs plus the stain views kept."""
+        return dataclasses.replace(super().with_level(level), stain_tta=level.stain)
+
+    @property
+    def image_reference(self) -> str | None:
+        """The reference the image itself is normalised to: none under stain TTA, which keeps it as it is too."""
+        return None if self.stain_tta else self.stain_reference
 
 
 def load_members(
@@ -167,12 +202,16 @@ def _free_cuda() -> None:
 
 
 def _predict_retrying(
-    image: np.ndarray, organ: str, pixel_size: float | None, members: list[Member], options: EnsembleOptions,
+    image: np.ndarray, organ: str, pixel_size: float | None, members: list[Member], options: Options,
     notes: list[str],
 ) -> Decision:
-    """predict_image; on CUDA out-of-memory retry with batch size 1, then also without TTA (each noted)."""
+    """predict_image; on CUDA out-of-memory retry with batch size 1, then also without TTA (each noted).
+
+    "Without TTA" drops every extra view: flips, TTA ratios and stain views.
+    """
+    views = stain_views(image, options.stain_reference, options.stain_tta) if options.stain_tta else None
     try:
-        return predict_image(image, members, organ, pixel_size, options)
+        return predict_image(image, members, organ, pixel_size, options, views=views)
     except RuntimeError as exc:
         if not _is_oom(exc):
             raise
@@ -183,13 +222,14 @@ def _predict_retrying(
         for m in members:
             m.predictor.batch_size = 1
         try:
-            return predict_image(image, members, organ, pixel_size, options)
+            return predict_image(image, members, organ, pixel_size, options, views=views)
         except RuntimeError as exc:
-            if not _is_oom(exc) or options.tta == 0:
+            if not _is_oom(exc) or (options.tta == 0 and tuple(options.tta_scales) == (1.0,) and not views):
                 raise
-            notes.append(f"CUDA out of memory at batch size 1: retried without TTA (was {options.tta} views)")
+            notes.append(f"CUDA out of memory at batch size 1: retried without TTA (was {options.tta} flip views, "
+                         f"ratios {list(options.tta_scales)}, {len(views or [])} stain view(s))")
         _free_cuda()
-        return predict_image(image, members, organ, pixel_size, dataclasses.replace(options, tta=0))
+        return predict_image(image, members, organ, pixel_size, dataclasses.replace(options, tta=0, tta_scales=(1.0,)))
     finally:
         for m, size in zip(members, sizes, strict=True):
             m.predictor.batch_size = size
@@ -213,6 +253,9 @@ def predict_one(
     logged as a warning naming image_id and listed in decision.notes.
     """
     notes: list[str] = []
+    if options.source_thresholds:
+        options = dataclasses.replace(options, organ_thresholds=thresholds_for(
+            options.organ_thresholds, options.source_thresholds, data_source))
     resolved, note = image_pixel_size(pixel_size, organ, data_source)
     if note and (options.scale_mode == "pixel-size" or options.min_area_um2.get(organ, 0) > 0):
         notes.append(note)
@@ -365,7 +408,7 @@ class BudgetPlan:
     """
 
     def __init__(self, budget: TimeBudget, rows: list, todo: list[int], members: list[Member],
-                 options: EnsembleOptions, folds: dict[str, int] | None) -> None:
+                 options: Options, folds: dict[str, int] | None) -> None:
         self.budget, self.members, self.options, self.folds = budget, members, options, folds
         known = [(int(r.img_height), int(r.img_width)) for r in rows if int(r.img_height) > 0 and int(r.img_width) > 0]
         typical = tuple(int(v) for v in np.median(known, axis=0)) if known else (3000, 3000)
@@ -387,9 +430,10 @@ class BudgetPlan:
         pixel_size = image_pixel_size(row.pixel_size, row.organ, row.data_source)[0]
         out = []
         for level in self.budget.levels:
-            opts = self.options.with_level(level.tta, level.coarsen)
+            opts = self.options.with_level(level)
             kept = _row_members(self.members, self._fold(row), level.dropped)
-            out.append(sum(member_windows(m, height, width, pixel_size, opts) for m in kept))
+            views = 1 + len(opts.stain_tta)  # the image as is and each stain view
+            out.append(sum(member_windows(m, height, width, pixel_size, opts, views) for m in kept))
         return out
 
     def choose(self, n: int, row: object, height: int, width: int) -> tuple[Level | None, int]:
@@ -407,8 +451,12 @@ def predict_row(
     folds: dict[str, int] | None = None,
     plan: BudgetPlan | None = None,
     number: int = 0,
+    adaptation: BatchNormAdaptation | None = None,
 ) -> RowResult:
-    """Predict one test.csv row into a RowResult; never raises (a failure is an empty row, logged, counted)."""
+    """Predict one test.csv row into a RowResult; never raises (a failure is an empty row, logged, counted).
+
+    adaptation (--adapt-bn) loads the statistics of the row's data_source into its members first.
+    """
     image_id = str(row.id)
     fold = None
     if folds is not None:
@@ -425,8 +473,8 @@ def predict_row(
         expected = (int(row.img_height), int(row.img_width))
         check_side(*expected, options.max_image_side, "the CSV size")
         image = read_image(image_dir / f"{image_id}.tiff", options.max_image_side, notes)
-        if options.stain_reference is not None:
-            image = _normalise(image, options.stain_reference)
+        if options.image_reference is not None:
+            image = _normalise(image, options.image_reference)
         out_size = None
         if min(expected) > 0 and image.shape[:2] != expected:
             out_size = expected
@@ -438,7 +486,9 @@ def predict_row(
         if plan is not None and level is None:
             return RowResult(image_id, status="skipped", notes=notes)
         row_members = _row_members(members, fold, level.dropped if level else ())
-        opts = dataclasses.replace(options, tta=level.tta, coarsen=level.coarsen) if level else options
+        opts = options.with_level(level) if level else options
+        if adaptation is not None:
+            adaptation.use(row.data_source, row_members)
         rle, decision = predict_one(image, row.organ, row.pixel_size, row_members, opts,
                                     data_source=row.data_source, image_id=image_id, out_size=out_size)
     except Exception as exc:  # the submission loop must finish: empty mask, warning, counted
@@ -505,24 +555,57 @@ def predict_table(
     results = _resume(book, rows)
     resumed, todo = len(results), [n for n in range(len(rows)) if n not in results]
     budget = plan = None
-    if time_budget is not None:
-        budget = TimeBudget(time_budget, degradation_levels(options.tta, [m.weight for m in members]),
-                            start=start, clock=clock)
-        plan = BudgetPlan(budget, rows, todo, members, options, folds)
+    adaptation = None
     try:
+        if options.adapt_bn and todo:  # before the budget's plan: its time counts as elapsed like any other
+            adaptation = _adapt(table, image_dir, members, options, book)
+        if time_budget is not None:
+            levels = degradation_levels(options.tta, [m.weight for m in members], tta_scales=options.tta_scales,
+                                        stain=options.stain_tta)
+            budget = TimeBudget(time_budget, levels, start=start, clock=clock)
+            plan = BudgetPlan(budget, rows, todo, members, options, folds)
         with logging_redirect_tqdm():
             for n in tqdm(todo, desc="predict", unit="img"):
                 began = clock()
                 results[n] = _journaled(book, n, rows[n], partial(predict_row, rows[n], image_dir, members, options,
-                                                                  folds, plan, n))
+                                                                  folds, plan, n, adaptation))
                 if budget is not None and results[n].status == "ok":
                     budget.record(clock() - began, results[n].windows)
     finally:
+        if adaptation is not None:
+            adaptation.restore()
         if book is not None:
             book.close()
     ordered = [results[n] for n in range(len(rows))]
     submission = pd.DataFrame({"id": table["id"].astype(str).to_numpy(), "rle": [r.rle for r in ordered]})
     return Run(submission, ordered, budget, resumed)
+
+
+def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options: Options,
+           book: Journal | None) -> BatchNormAdaptation:
+    """adapt_batchnorm over the whole table, its images read as predict_row reads them, each under a journal claim.
+
+    The whole table, not only the rows left, so a resumed run adapts exactly as the first one did; an image that
+    killed an earlier run while AdaBN read it is that run's crashed row, left out here and empty in the loop.
+    """
+    def read(row: object) -> np.ndarray:
+        n, image_id = int(row.Index), str(row.id)
+        if book is not None and n in book.crashed:
+            raise RuntimeError("an earlier run died on this row")
+        if not plain_file_name(image_id):
+            raise ValueError(f"id {image_id!r} is not a plain file name")
+        check_side(int(row.img_height), int(row.img_width), options.max_image_side, "the CSV size")
+        if book is not None:
+            book.claim(n, image_id)  # a decoder that kills the process blames this row, as in the loop
+        try:
+            return read_image(image_dir / f"{image_id}.tiff", options.max_image_side)
+        finally:
+            if book is not None:
+                book.release(n)
+
+    return adapt_batchnorm(
+        table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
+        scale_mode=options.scale_mode, max_side=options.max_side, stain_reference=options.image_reference, read=read)
 
 
 def _resume(book: Journal | None, rows: list) -> dict[int, RowResult]:
@@ -644,10 +727,21 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")
     ap.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write")
     ap.add_argument("--split", choices=("test", "train"), default="test", help="predict test.csv or train.csv")
-    add_ensemble_arguments(ap)
+    add_ensemble_arguments(ap, by_source=True)
     ap.add_argument("--stain-reference",
                     help="Macenko-normalise every image to this reference JSON (python -m inference.stain) or "
                          "'macenko' (needs torchstain)")
+    ap.add_argument("--stain-tta", type=parse_stain_methods, nargs="?", const=STAIN_METHODS, default=(),
+                    metavar="METHODS",
+                    help=f"also predict each image normalised to --stain-reference by these methods (comma list of "
+                         f"{','.join(STAIN_METHODS)}; bare flag: both) and average the probabilities")
+    ap.add_argument("--adapt-bn", action="store_true",
+                    help="AdaBN: re-estimate each member's encoder BatchNorm statistics on random windows of each "
+                         "data_source's images before predicting them (smp and scripted models; traced ones warn)")
+    ap.add_argument("--adapt-bn-windows", type=positive_int, default=DEFAULT_WINDOWS,
+                    help="--adapt-bn windows per member and data source")
+    ap.add_argument("--adapt-bn-images", type=positive_int, default=DEFAULT_IMAGES,
+                    help="--adapt-bn images drawn per data source")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", dest="min_area_um2", type=_min_area, default={}, metavar="UM2|JSON",
                     help="drop components under this area in um^2 (number or organ JSON)")
@@ -660,8 +754,8 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--folds", type=Path,
                     help="folds.csv (id,fold): each checkpoint predicts only its own validation fold's images")
     ap.add_argument("--time-budget", type=positive_float,
-                    help="seconds (> 0) for the whole run (from start-up): drop TTA views, then the lowest-weight "
-                         "members, then working scale to finish inside it")
+                    help="seconds (> 0) for the whole run (from start-up): drop stain TTA, then TTA ratios, then flip "
+                         "views, then the lowest-weight members, then working scale to finish inside it")
     ap.add_argument("--journal", type=Path,
                     help="journal of finished rows, resumed by a re-run of the same command; None: OUT.journal")
     ap.add_argument("--limit", type=bounded(int, 1), help="predict only the first N rows (smoke runs)")
@@ -670,7 +764,14 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     """Options of a parsed command line (no flags gives exactly Options())."""
-    return Options.from_args(args)
+    options = Options.from_args(args)
+    if "reinhard" in options.stain_tta:
+        from inference.stain import load_reference
+
+        if not load_reference(options.stain_reference).has_reinhard:
+            raise ValueError(f"--stain-tta reinhard: --stain-reference {options.stain_reference} has no Reinhard "
+                             "statistics; refit it with python -m inference.stain, or pass --stain-tta macenko")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,17 @@
 """A wall-clock budget for the submission loop: degrade settings in a fixed order so every row is written in time.
 
-Levels, cheapest last: the full settings; then TTA views halved (8 -> 4 -> 2 -> 0); then ensemble members dropped
-one at a time, lowest weight first (among equal weights the last listed), always keeping one; then coarser
-working scales (x0.75, x0.5).
+Levels, cheapest last: the full settings; then stain TTA dropped (--stain-tta); then multi-scale TTA ratios dropped
+one at a time, costliest first, keeping the one nearest 1 (--tta-scales); then TTA views halved (8 -> 4 -> 2 -> 0);
+then ensemble members dropped one at a time, lowest weight first (among equal weights the last listed), always
+keeping one; then coarser working scales (x0.75, x0.5). With neither stain TTA nor extra ratios the levels are
+the flips-members-scales ones of before.
 
-Cost is counted in forward windows (sliding windows x TTA views, summed over the members kept), which the caller
-knows for every image and level before predicting it (inference.engine.ensemble.member_windows). The seconds per
-window are the median of the measured images, the first one excluded: it carries the warm-up (CUDA context,
-cuDNN autotuning, TorchScript's profiling runs) and would make the whole run look several times slower. Before
-each image the budget projects the run's end at each level as elapsed time plus seconds per window x (this
+Cost is counted in forward windows (at every TTA ratio's working size, the sliding windows x flip views x the
+image views (1 + stain methods), summed over the members kept), which the caller knows for every image and
+level before predicting it (inference.engine.ensemble.member_windows); Level.cost is only a nominal relative
+cost (a ratio r counted as r^2) that shows the order. The seconds per window are the median of the measured
+images, the first one excluded: it carries the warm-up (CUDA context, cuDNN autotuning, TorchScript's profiling
+runs) and would make the whole run look several times slower. Before each image the budget projects the run's end at each level as elapsed time plus seconds per window x (this
 image's windows + the windows of the images still to come), and takes the richest level whose projection fits
 TARGET_SHARE of the budget. Moving to a cheaper level is immediate; moving back to a richer one needs the
 projection to fit with HYSTERESIS to spare, so one fast image does not make the levels flap. When no level fits,
@@ -39,33 +42,54 @@ KAGGLE_OVERHEAD_S = 900.0  # kept free under it: start-up, wheel install, restar
 
 @dataclass(frozen=True)
 class Level:
-    """One setting of the degradable knobs, and its cost relative to the full settings."""
+    """One setting of the degradable knobs, and its nominal cost relative to the full settings."""
 
     tta: int
     dropped: tuple[int, ...]  # indices into the member list
     coarsen: float
     cost: float
     change: str  # what this level gave up against the previous one
+    tta_scales: tuple[float, ...] = (1.0,)  # multi-scale TTA ratios kept
+    stain: tuple[str, ...] = ()  # stain TTA methods kept
 
 
-def degradation_levels(tta: int, weights: list[float], scales: tuple[float, ...] = COARSER_SCALES) -> list[Level]:
-    """The fixed order of levels for a run with this TTA and these member weights."""
-    views, n = max(tta, 1), len(weights)
-    levels = [Level(tta, (), 1.0, 1.0, "full settings")]
+def degradation_levels(
+    tta: int,
+    weights: list[float],
+    scales: tuple[float, ...] = COARSER_SCALES,
+    tta_scales: tuple[float, ...] = (1.0,),
+    stain: tuple[str, ...] = (),
+) -> list[Level]:
+    """The fixed order of levels for a run with this TTA, these member weights, TTA ratios and stain views."""
+    n = len(weights)
+    ratios = tuple(tta_scales)
+
+    def views(stain_kept: tuple[str, ...], ratios_kept: tuple[float, ...], flips: int) -> float:
+        return (1 + len(stain_kept)) * sum(r * r for r in ratios_kept) * max(flips, 1)
+
+    full = views(tuple(stain), ratios, tta)
+    levels = [Level(tta, (), 1.0, 1.0, "full settings", ratios, tuple(stain))]
+    if stain:
+        levels.append(Level(tta, (), 1.0, views((), ratios, tta) / full, f"stain TTA ({'+'.join(stain)})", ratios))
+    keep = min(ratios, key=lambda r: (abs(r - 1.0), r))
+    for r in sorted((r for r in ratios if r != keep), reverse=True):
+        ratios = tuple(x for x in ratios if x != r)
+        levels.append(Level(tta, (), 1.0, views((), ratios, tta) / full, f"TTA scale x{r:g}", ratios))
     t = tta
     while t > 0:
         new = t // 2 if t > 2 else 0
-        levels.append(Level(new, (), 1.0, max(new, 1) / views, f"TTA {t} -> {new} views"))
+        levels.append(Level(new, (), 1.0, views((), ratios, new) / full, f"TTA {t} -> {new} views", ratios))
         t = new
-    base = max(t, 1) / views
+    base = views((), ratios, t) / full
     order = sorted(range(n), key=lambda i: (weights[i], -i))
     dropped: tuple[int, ...] = ()
     for i in order[:-1]:
         dropped = (*dropped, i)
-        levels.append(Level(t, dropped, 1.0, base * (n - len(dropped)) / n, f"member {i} (weight {weights[i]:g})"))
+        levels.append(Level(t, dropped, 1.0, base * (n - len(dropped)) / n, f"member {i} (weight {weights[i]:g})",
+                            ratios))
     kept = (n - len(dropped)) / n
     for s in scales:
-        levels.append(Level(t, dropped, s, base * kept * s * s, f"working scale x{s:g}"))
+        levels.append(Level(t, dropped, s, base * kept * s * s, f"working scale x{s:g}", ratios))
     return levels
 
 

@@ -2,17 +2,20 @@
 
 FTU probability of one model:
 - binary model: its sigmoid output;
-- multiclass model: the softmax probability of the image's selected class c*. c* is the organ from
-  test.csv with use_organ, else the majority class: the non-background class whose argmax pixels
+- multiclass model: the softmax probability of the image's selected class c*. c* is the organ given (test.csv's,
+  or --organ for a slide) with organ_from "csv", the default, where that organ is known; else the majority class: the non-background class whose argmax pixels
   cover the largest weighted fraction of the image, summed over all multiclass members (one c* for
   the whole ensemble, so folds never average different organs). At threshold 0.5 every pixel kept
   is also an argmax pixel of c*.
 
 Ensembling:
 - mean: weighted mean of the members' FTU probabilities, then one threshold (per-organ thresholds
-  from a JSON file override it);
+  from a JSON file override it; inference.predict also takes per-data-source ones, inference.thresholds);
 - union: OR of each member's own binary mask (member threshold: organ JSON, else the --threshold
   override, else the checkpoint's config.json threshold).
+
+Views: each member averages its probabilities over the --tta flips, the --tta-scales ratios and any same-sized
+copies of the image passed as `views` (stain TTA) before the ensemble combines them (inference.engine.tta).
 
 Memory: members run one at a time at their working scale. In mean mode members that share a working
 size are summed there and resized once (resizing is linear, so this equals resizing each),
@@ -33,7 +36,6 @@ EnsembleOptions are the command line's.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -43,10 +45,13 @@ import numpy as np
 
 from inference.engine.predictor import DEFAULT_MAX_SIDE, DEFAULT_SCALE_MODE, SCALE_MODES, Predictor
 from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
+from inference.engine.tta import parse_scales, predict_views, scaled_size
 from inference.organs import CLASSES, ORGANS, class_index
+from inference.thresholds import read_thresholds
 from inference.tiling import resize_probs, window_starts
 
 ENSEMBLE_MODES = ("mean", "union")
+ORGAN_FROM = ("csv", "model")  # multiclass class choice: the organ given, or the majority class of the prediction
 
 
 @dataclass
@@ -59,7 +64,8 @@ class EnsembleOptions:
     max_side: int | None = DEFAULT_MAX_SIDE  # cap on every working side (None: no cap)
     organ_thresholds: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
-    use_organ: bool = False
+    organ_from: str = "csv"  # multiclass: "csv" = the organ given (majority class where unknown), "model" = majority
+    tta_scales: tuple[float, ...] = (1.0,)  # multi-scale TTA ratios (inference.engine.tta); (1,) = single scale
     coarsen: float = 1.0  # extra factor on every working scale (the time budget's last resort); no flag
 
     def __post_init__(self) -> None:
@@ -69,6 +75,9 @@ class EnsembleOptions:
             raise ValueError(f"tta must be one of {TTA_SIZES}, got {self.tta}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.organ_from not in ORGAN_FROM:
+            raise ValueError(f"organ_from must be one of {ORGAN_FROM}, got {self.organ_from!r}")
+        self.tta_scales = parse_scales(",".join(map(str, self.tta_scales)))  # the checks of --tta-scales, a tuple
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> EnsembleOptions:
@@ -77,9 +86,9 @@ class EnsembleOptions:
         values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}  # never share the default
         return cls(**{**values, **overrides})
 
-    def with_level(self, tta: int, coarsen: float) -> EnsembleOptions:
-        """A copy at a time-budget level."""
-        return replace(self, tta=tta, coarsen=coarsen)
+    def with_level(self, level: object) -> EnsembleOptions:
+        """A copy at a time-budget level (inference.engine.budget.Level: flips, TTA ratios, coarsen)."""
+        return replace(self, tta=level.tta, coarsen=level.coarsen, tta_scales=level.tta_scales)
 
 
 def bounded(kind: Callable[[str], float], low: float | None = None, high: float | None = None,
@@ -124,10 +133,29 @@ def thresholds_file(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True) -> argparse.ArgumentParser:
+def source_thresholds_file(text: str) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """argparse type of --thresholds where rows have a data_source: (organ table, {source: organ table})."""
+    try:
+        return read_thresholds(text)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _SplitThresholds(argparse.Action):
+    """--thresholds by source: the organ table to organ_thresholds, the per-source tables to source_thresholds."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        namespace.organ_thresholds, namespace.source_thresholds = values
+
+
+def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True,
+                           by_source: bool = False) -> argparse.ArgumentParser:
     """The flags of EnsembleOptions and of member loading (--models, --weights, --blend, --batch-size, --device).
 
     scale=False leaves out --scale-mode and --max-side (whole slides always work at the models' um/px).
+    by_source=True lets --thresholds hold per-data-source tables too, parsed into a `source_thresholds` dest
+    (inference.predict, whose rows have a data_source; a slide has none).
     """
     ap = parser.add_argument_group("models and ensemble")
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
@@ -135,12 +163,26 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True) 
                     help="one weight > 0 per --models entry (default equal)")
     ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean",
                     help="mean: weighted mean probability, one cut-off; union: OR of member masks")
-    ap.add_argument("--thresholds", dest="organ_thresholds", type=thresholds_file, default={}, metavar="JSON",
-                    help='per-organ thresholds JSON {"kidney": 0.3, ...}, each in (0, 1)')
+    if by_source:
+        parser.set_defaults(source_thresholds={})
+        ap.add_argument("--thresholds", dest="organ_thresholds", type=source_thresholds_file, default={},
+                        action=_SplitThresholds, metavar="JSON",
+                        help='thresholds JSON, each in (0, 1): per organ {"kidney": 0.3, ...} or per data source '
+                             'and organ {"HPA": {...}, "Hubmap": {"lung": 0.06}} (inference.thresholds)')
+    else:
+        ap.add_argument("--thresholds", dest="organ_thresholds", type=thresholds_file, default={}, metavar="JSON",
+                        help='per-organ thresholds JSON {"kidney": 0.3, ...}, each in (0, 1)')
     ap.add_argument("--threshold", type=probability,
                     help="cut-off in (0, 1) for organs not in --thresholds; None: the checkpoints' config.json")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
-    ap.add_argument("--use-organ", action="store_true", help="multiclass: use the organ given, not the majority class")
+    ap.add_argument("--tta-scales", type=parse_scales, default=(1.0,), metavar="R[,R...]",
+                    help="multi-scale TTA: working-scale ratios (e.g. 0.8,1,1.2), each with the --tta flips, "
+                         "probabilities resized back and averaged; 1 = single scale")
+    ap.add_argument("--organ-from", choices=ORGAN_FROM, default="csv",
+                    help="multiclass models: csv = the class of the organ given (test.csv's, or --organ for a "
+                         "slide; the majority class where it is missing or unknown); model = the majority class")
+    ap.add_argument("--use-organ", dest="organ_from", action="store_const", const="csv",
+                    help=argparse.SUPPRESS)  # the old opt-in spelling of today's default
     ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
     ap.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (>= 1)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
@@ -176,20 +218,16 @@ class Decision:
 
 
 def load_thresholds(path: str | Path) -> dict[str, float]:
-    """Read a {"kidney": 0.3, ...} JSON of per-organ thresholds; organs left out use the default."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file {path} not found (expected JSON like {{\"kidney\": 0.3}})")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object organ -> threshold, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(ORGANS))
-    if unknown:
-        raise ValueError(f"{path}: unknown organ(s) {unknown}; expected keys among {list(ORGANS)}")
-    for organ, value in data.items():
-        if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
-            raise ValueError(f"{path}: threshold for {organ} must be a number in (0, 1), got {value!r}")
-    return {k: float(v) for k, v in data.items()}
+    """Read a {"kidney": 0.3, ...} JSON of per-organ thresholds; organs left out use the default.
+
+    A file with per-data-source tables (inference.thresholds) is an error here: a caller without the image's
+    data source (a whole slide) cannot choose between them.
+    """
+    organs, by_source = read_thresholds(path)
+    if by_source:
+        raise ValueError(f"{path}: per-data-source thresholds ({sorted(by_source)}) need each image's data_source; "
+                         "use inference.predict, or a {organ: threshold} file here")
+    return organs
 
 
 def majority_class(class_probs: list[np.ndarray], weights: list[float]) -> int:
@@ -224,13 +262,20 @@ def member_threshold(
 
 
 def member_windows(member: Member, height: int, width: int, pixel_size: float | None,
-                   options: EnsembleOptions) -> int:
-    """Forward windows one member runs on a (height, width) image: sliding windows x TTA views (no image needed)."""
+                   options: EnsembleOptions, views: int = 1) -> int:
+    """Forward windows one member runs on a (height, width) image (no image needed).
+
+    The sliding windows at each --tta-scales ratio's working size (as inference.engine.tta resamples it), summed
+    over the ratios, x the flip views, x `views` (the image plus its stain TTA copies).
+    """
     p = member.predictor
-    h, w = p.scale(height, width, options.scale_mode, pixel_size, options.max_side, options.coarsen).size
+    size = p.scale(height, width, options.scale_mode, pixel_size, options.max_side, options.coarsen).size
     tile, stride = p.config.tile_size, p.stride
-    count = len(window_starts(max(h, tile), tile, stride)) * len(window_starts(max(w, tile), tile, stride))
-    return count * max(options.tta, 1)
+    sizes = [size] if tuple(options.tta_scales) == (1.0,) else [
+        scaled_size(size, r, options.max_side) for r in options.tta_scales]
+    count = sum(len(window_starts(max(h, tile), tile, stride)) * len(window_starts(max(w, tile), tile, stride))
+                for h, w in sizes)
+    return count * max(options.tta, 1) * max(views, 1)
 
 
 def predict_image(
@@ -240,12 +285,14 @@ def predict_image(
     pixel_size: float | None = None,
     options: EnsembleOptions | None = None,
     windows: WindowFilter | None = None,
+    views: list[np.ndarray] | None = None,
 ) -> Decision:
     """Run every member on one (H, W, 3) uint8 image and combine them into a Decision.
 
-    options (default: the command line's defaults) give the ensemble mode, TTA, scale rule, max_side cap,
-    coarsen factor and thresholds. use_organ with an organ outside the table falls back to the majority class.
-    `windows` (optional) limits every member to the sliding windows over its kept pixels (whole slides).
+    options (default: the command line's defaults) give the ensemble mode, TTA flips and ratios, scale rule,
+    max_side cap, coarsen factor and thresholds. organ_from "csv" with an organ outside the table falls back to
+    the majority class. `windows` (optional) limits every member to the sliding windows over its kept pixels
+    (whole slides). `views`: same-sized copies of the image (stain TTA) each member also predicts and averages.
     A member with non-finite probabilities is dropped for this image (see the module docstring).
     """
     options = options or EnsembleOptions()
@@ -262,7 +309,8 @@ def predict_image(
     capped = False
     for m in members:
         scale = m.predictor.scale(h, w, options.scale_mode, pixel_size, options.max_side, options.coarsen)
-        probs = m.predictor.predict_working(image, scale.size, options.tta, windows)
+        probs = predict_views(m.predictor, [image, *(views or [])], scale.size, options.tta, options.tta_scales,
+                              windows, options.max_side)
         if not np.isfinite(probs).all():  # one NaN member would poison the mean and empty every mask
             dropped.append(m.predictor.name)
             continue
@@ -277,7 +325,7 @@ def predict_image(
     multi = [i for i, m in enumerate(members) if m.predictor.multiclass]
     selected = None
     if multi:
-        if options.use_organ and organ in ORGANS:
+        if options.organ_from == "csv" and organ in ORGANS:
             selected = class_index(organ)
         else:
             selected = majority_class([outputs[i] for i in multi], [members[i].weight for i in multi])

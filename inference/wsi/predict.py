@@ -2,7 +2,7 @@
 
     python -m inference.wsi --slide SLIDE --models RUN [RUN ...] --out DIR [--mpp UM_PER_PX] [--organ ORGAN]
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T] [--tta 0|2|4|8]
-        [--use-organ] [--reader auto|tifffile|openslide] [--block 2048] [--device auto|cpu|cuda] [--overwrite]
+        [--tta-scales 0.8,1,1.2] [--organ-from csv|model] [--reader auto|tifffile|openslide] [--block 2048] [--device auto|cpu|cuda] [--overwrite]
 
 How: the slide is opened through tifffile's zarr store (OME-TIFF, generic tiled TIFF) or OpenSlide (vendor
 formats), the pyramid level nearest the models' um/px is chosen (slide um/px from the file, or --mpp), and a
@@ -59,7 +59,7 @@ class WsiOptions(EnsembleOptions):
 
     scale_mode: str = "pixel-size"
     max_side: int | None = None
-    organ: str = ""  # for organ thresholds and --use-organ; "" = none
+    organ: str = ""  # for organ thresholds and --organ-from csv; "" = none (the majority class)
     block: int = 2048  # level pixels per block side (a multiple of CHUNK)
     thumbnail_side: int = 2048  # longer side of the tissue thumbnail, heatmap and overlay
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--slide", type=Path, required=True, help="whole-slide image (OME-TIFF, tiled TIFF, .svs, ...)")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--mpp", type=float, help="um per level-0 pixel (default: from the file's metadata)")
-    ap.add_argument("--organ", choices=ORGANS, help="the slide's organ: picks --thresholds entries, --use-organ")
+    ap.add_argument("--organ", choices=ORGANS, help="the slide's organ: picks --thresholds entries, --organ-from csv")
     ap.add_argument("--reader", choices=READERS, default="auto", help="auto: tifffile for TIFFs, else OpenSlide")
     add_ensemble_arguments(ap, scale=False)
     ap.add_argument("--block", type=int, default=2048, help=f"block side in level pixels (multiple of {CHUNK})")
@@ -295,9 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.use_organ and not args.organ:
-        print("error: --use-organ needs --organ", file=sys.stderr)
-        return 2
     try:
         options = WsiOptions.from_args(args, organ=args.organ or "")
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)

@@ -87,3 +87,20 @@ def test_budget_rejects_non_positive_seconds() -> None:
         TimeBudget(0.0, degradation_levels(0, [1.0]))
     with pytest.raises(ValueError, match="positive"):
         TimeBudget(float("nan"), degradation_levels(0, [1.0]))
+
+
+def test_a_tight_budget_drops_stain_tta_first_then_ratios_and_flips_last() -> None:
+    levels = degradation_levels(2, [1.0], tta_scales=(0.8, 1.0, 1.2), stain=("macenko",))
+    clock = Clock()
+    # full settings: 20 images x 100 windows x 0.01 s = 20 s; the stain-free level half that
+    budget = TimeBudget(15.0, levels, start=0.0, clock=clock)
+    chosen = _run(budget, clock, [0.01] * 20, [100] * 20)
+    assert chosen[:3] == [0, 0, 1] and max(chosen) == 1, budget.summary()  # only stain TTA was ever dropped
+    assert budget.events[0].startswith("stain TTA (macenko) dropped at image 2")
+    assert clock.now <= budget.seconds
+    clock = Clock()
+    budget = TimeBudget(8.0, levels, start=0.0, clock=clock)  # stain and the x1.2 ratio go, the flips stay
+    chosen = _run(budget, clock, [0.01] * 20, [100] * 20)
+    assert levels[chosen[2]].change == "TTA scale x1.2" and all(levels[i].tta == 2 for i in chosen), budget.summary()
+    assert budget.events[0].startswith("stain TTA (macenko); TTA scale x1.2 dropped at image 2")
+    assert clock.now <= budget.seconds

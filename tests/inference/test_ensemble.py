@@ -65,11 +65,12 @@ def test_majority_class_without_foreground_uses_mean_probability() -> None:
 def test_multiclass_mask_is_the_majority_class() -> None:
     image = IMAGE.copy()
     image[10:40, 5:30, 0] = 255  # bright red: ColourNet makes class 4 (spleen) win there
-    decision = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney", options=AS_IS)
+    decision = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney",
+                             options=EnsembleOptions(scale_mode="none", organ_from="model"))
     assert decision.class_index == 4
     assert decision.mask[15:35, 10:25].all() and not decision.mask[50:, 35:].any()
-    forced = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney",
-                           options=EnsembleOptions(scale_mode="none", use_organ=True))
+    assert predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="", options=AS_IS).class_index == 4
+    forced = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney", options=AS_IS)  # csv
     assert forced.class_index == class_index("kidney")
     assert not forced.mask.any()
 

@@ -91,3 +91,26 @@ def test_a_killed_run_resumes_and_the_row_in_progress_is_empty(data: Path, model
     assert any(r.getMessage().startswith("id 3: the previous run died") for r in caplog.records)
     done = {r["row"]: r for r in read_records(journal)[1] if r["event"] == "done"}
     assert done[2]["status"] == "crashed" and json.dumps(done[2])
+
+
+def test_a_run_killed_while_adabn_reads_an_image_blames_that_row(data: Path, model: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """--adapt-bn reads images before the loop, each under a claim: a decoder that kills it costs that row only."""
+    out, journal = tmp_path / "s.csv", tmp_path / "run.journal"
+    argv = _argv(data, model, out, "--journal", str(journal), "--adapt-bn", "--adapt-bn-images", "5")
+    env = kill_on_open_env(tmp_path / "hook", "test_images/3.tiff")
+    killed = subprocess.run([sys.executable, "-m", "inference.predict", *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    _, records = read_records(journal)
+    assert [(r["event"], r["row"]) for r in records] == [("claim", 0), ("release", 0), ("claim", 1), ("release", 1),
+                                                         ("claim", 2)]
+    with caplog.at_level(logging.WARNING):
+        assert predict.main(argv) == 0
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sub["rle"].tolist()[2] == "" and all(sub["rle"].tolist()[i] for i in (0, 1, 3, 4))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("id 3: --adapt-bn: image skipped") for m in messages)
+    assert any(m.startswith("id 3: the previous run died") for m in messages)
+    done = {r["row"]: r["status"] for r in read_records(journal)[1] if r["event"] == "done"}
+    assert done == {0: "ok", 1: "ok", 2: "crashed", 3: "ok", 4: "ok"}  # rows released by AdaBN are not blamed
