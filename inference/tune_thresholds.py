@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from inference.metric import dice
 from inference.organs import DATA_SOURCES, ORGANS
-from inference.tiling import resize_probs
 from inference.rle import decode
 from inference.tables import TableError, load_solution
+from inference.tiling import resize_probs
 
 BINS = 1000  # histogram resolution of the threshold search
 
