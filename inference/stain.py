@@ -1,14 +1,16 @@
-"""Optional stain normalisation at inference: Macenko et al. (ISBI 2009) to a reference, with torchstain.
+"""Optional stain normalisation at inference: Macenko et al. (ISBI 2009) or Reinhard et al. (2001), with torchstain.
 
 The models learn HPA's hematoxylin + DAB look; HuBMAP test images are H&E or PAS. Macenko's method finds an
 image's two dominant stain vectors and re-renders its stain concentrations with a reference's vectors and
-intensities. Fit the reference on training images (their two stains are hematoxylin and DAB) to map a test
-image's eosin or PAS onto DAB, or use torchstain's H&E reference ("macenko"):
+intensities. Reinhard's matches each CIE L*a*b* channel's mean and standard deviation to the reference's.
+Fit the reference on training images (their two stains are hematoxylin and DAB) to map a test image's eosin or
+PAS onto DAB, or use torchstain's H&E reference ("macenko", Macenko only):
 
     python -m inference.stain --images train_images --out stain_reference.json [--limit 40] [--seed 0]
 
-`normalise_stain(image, reference)` never raises: a blank, grey, single-stain or otherwise unfit image comes back
-unchanged with a logged warning, because it runs inside the submission loop.
+`normalise_stain(image, reference)` and `reinhard_normalise(image, reference)` never raise: a blank, grey,
+single-stain or otherwise unfit image comes back unchanged with a logged warning, because they run inside the
+submission loop. References written before Reinhard statistics were added hold none (refit them for Reinhard).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
+from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
 from tqdm import tqdm
 
 from inference.io import ImageReadError, read_image
@@ -43,10 +45,20 @@ class StainReference:
 
     stain_matrix: np.ndarray  # (3, 2): first column hematoxylin, second eosin / DAB / PAS
     max_concentrations: np.ndarray  # (2,)
+    lab_mean: np.ndarray | None = None  # (3,) Reinhard target: CIE L*a*b* means (L in 0..100), None = not fitted
+    lab_std: np.ndarray | None = None  # (3,) and standard deviations
+
+    @property
+    def has_reinhard(self) -> bool:
+        """Whether the reference holds Reinhard's L*a*b* statistics."""
+        return self.lab_mean is not None and self.lab_std is not None
 
     def to_json(self) -> dict[str, list]:
         """JSON-ready fields."""
-        return {"stain_matrix": self.stain_matrix.tolist(), "max_concentrations": self.max_concentrations.tolist()}
+        fields = {"stain_matrix": self.stain_matrix.tolist(), "max_concentrations": self.max_concentrations.tolist()}
+        if self.has_reinhard:
+            fields.update(lab_mean=self.lab_mean.tolist(), lab_std=self.lab_std.tolist())
+        return fields
 
     def save(self, path: Path) -> Path:
         """Write the reference as JSON; return the path."""
@@ -74,7 +86,12 @@ def load_reference(source: str | Path) -> StainReference:
     maxima = np.asarray(fields["max_concentrations"], float)
     if matrix.shape != (3, 2) or maxima.shape != (2,) or not (np.isfinite(matrix).all() and np.isfinite(maxima).all()):
         raise ValueError(f"{path}: expected a finite 3x2 stain_matrix and 2 max_concentrations")
-    return StainReference(matrix, maxima)
+    lab = [np.asarray(fields[k], float) if k in fields else None for k in ("lab_mean", "lab_std")]
+    if any(v is not None and (v.shape != (3,) or not np.isfinite(v).all()) for v in lab) or (
+        lab[1] is not None and not (lab[1] > 0).all()
+    ):
+        raise ValueError(f"{path}: lab_mean and lab_std must be 3 finite numbers (lab_std positive)")
+    return StainReference(matrix, maxima, *lab)
 
 
 def _stained_pixels(pixels: np.ndarray, beta: float) -> int:
@@ -121,7 +138,11 @@ def fit_reference(
     if not samples:
         raise ValueError("fit_reference needs at least one image")
     pooled = np.concatenate(samples)
-    return image_stains(pooled[:, None, :], beta, max_pixels=len(pooled))
+    macenko = image_stains(pooled[:, None, :], beta, max_pixels=len(pooled))
+    reinhard = NumpyReinhardNormalizer()
+    reinhard.fit(pooled[:, None, :])
+    return StainReference(macenko.stain_matrix, macenko.max_concentrations,
+                          np.asarray(reinhard.target_means, float), np.asarray(reinhard.target_stds, float))
 
 
 def normalise_stain(image: np.ndarray, reference: StainReference, beta: float = 0.15) -> np.ndarray:
@@ -145,6 +166,45 @@ def normalise_stain(image: np.ndarray, reference: StainReference, beta: float = 
     matrix = reference.stain_matrix @ np.diag(scale) @ np.linalg.pinv(source.stain_matrix)
     density = cv2.transform(_OPTICAL_DENSITY[image], matrix.astype(np.float32))
     return np.clip(TRANSMITTED * np.exp(-density), 0, 255).astype(np.uint8)  # truncates, as torchstain does
+
+
+def lab_statistics(image: np.ndarray, max_pixels: int = MAX_FIT_PIXELS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel CIE L*a*b* mean and standard deviation of an RGB uint8 image (torchstain's Reinhard fit).
+
+    Computed on at most max_pixels random pixels: they are moments of the colour distribution.
+    """
+    pixels = image.reshape(-1, 3)
+    if len(pixels) > max_pixels:
+        pixels = pixels[np.random.default_rng(seed).choice(len(pixels), max_pixels, replace=False)]
+    normalizer = NumpyReinhardNormalizer()
+    normalizer.fit(pixels[:, None, :])
+    return np.asarray(normalizer.target_means, float), np.asarray(normalizer.target_stds, float)
+
+
+def reinhard_normalise(image: np.ndarray, reference: StainReference) -> np.ndarray:
+    """Reinhard-normalise an (h, w, 3) uint8 RGB image to `reference`'s L*a*b* statistics; unfit input unchanged.
+
+    torchstain's NumpyReinhardNormalizer standardises each L*a*b* channel with the image's statistics and
+    rescales it to the target's; this does the same with OpenCV's float32 sRGB <-> CIE L*a*b* conversion (the
+    same D65 formulas), in place, instead of torchstain's half-dozen full-size copies.
+    """
+    if not reference.has_reinhard:
+        raise ValueError("the stain reference has no Reinhard statistics: refit it with `python -m inference.stain`")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        log.warning("Reinhard normalisation skipped: needs (h, w, 3) uint8 RGB, got %s %s", image.dtype, image.shape)
+        return image
+    mean, std = lab_statistics(image)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 1e-3).any():
+        log.warning("Reinhard normalisation skipped: a flat colour channel (L*a*b* std %s)", np.round(std, 4))
+        return image
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    gain = (reference.lab_std / std).astype(np.float32)
+    lab *= gain
+    lab += (reference.lab_mean - mean * gain).astype(np.float32)
+    rgb = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    rgb *= 255.0
+    return rgb.astype(np.uint8)  # truncates, as torchstain does
 
 
 def main(argv: list[str] | None = None) -> None:

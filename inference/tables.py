@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -91,11 +92,59 @@ def _normalise(value: object, known: tuple[str, ...]) -> str | None:
     return next((k for k in known if k.lower() == key), None)
 
 
+def read_csv_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Any CSV the csv module can read row by row, as a table of stripped strings, and (where, message) warnings.
+
+    Header names are stripped and lower-cased (a BOM is dropped); bytes that are not UTF-8 are replaced (U+FFFD);
+    spaces around values are stripped; a short row is padded with empty values and a long one truncated. Each
+    repair is a warning naming the line. Only a missing file or a file without an `id` column is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"CSV not found: {path}")
+    notes: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        lines = list(csv.reader(f, skipinitialspace=True))
+    while lines and not any(v.strip() for v in lines[0]):
+        lines.pop(0)
+    if not lines:
+        raise TableError(f"{path}: empty file, no 'id' column")
+    header = [h.strip().lower() for h in lines[0]]
+    if "id" not in header:
+        raise TableError(f"{path}: no 'id' column; found {header}")
+    if any("\ufffd" in h for h in lines[0]):
+        notes.append(("line 1", "bytes that are not UTF-8 in the header replaced"))
+    rows = []
+    for number, values in enumerate(lines[1:], start=2):
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        if any("\ufffd" in v for v in values):
+            notes.append((f"line {number}", "bytes that are not UTF-8 replaced"))
+        if len(values) < len(header):
+            notes.append((f"line {number}", f"{len(values)} field(s) for {len(header)} columns: padded with empty "
+                                            "values"))
+            values = values + [""] * (len(header) - len(values))
+        elif len(values) > len(header):
+            notes.append((f"line {number}", f"{len(values)} field(s) for {len(header)} columns: the extra "
+                                            f"{values[len(header):]} dropped"))
+            values = values[: len(header)]
+        rows.append([v.strip() for v in values])
+    df = pd.DataFrame(rows, columns=header, dtype=object)
+    df = df.loc[:, ~df.columns.duplicated()]
+    return df.replace("", np.nan), notes
+
+
+def load_sample_submission_lenient(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ids of sample_submission.csv in order, read as leniently as test.csv (the kernel's last resort)."""
+    df, notes = read_csv_lenient(path)
+    return [i for i in df["id"].fillna("").astype(str) if i], notes
+
+
 def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Read test.csv (or train.csv) for the submission loop: bad values become warnings, never an error.
 
-    Returns the table and (id, message) warnings. Only a missing file or a missing id column is an error
-    (without ids there is no submission to write). Fallbacks:
+    Returns the table and (id or "line N", message) warnings. Only a missing file or a missing id column is an
+    error (without ids there is no submission to write). The file is read by read_csv_lenient. Fallbacks:
     - ids are kept as the CSV spells them (the submission repeats them); rows without an id are dropped;
     - organ / data_source spelled another way (`HuBMAP`, `Large_Intestine`) are normalised; unknown ones are
       kept as given: inference then uses no organ threshold, no organ class, no organ min-area, and for a
@@ -104,13 +153,7 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
       chooses the organ's value); a missing column counts as all-missing;
     - a missing or non-positive img_height / img_width becomes 0: the image's own size is used.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TableError(f"CSV not found: {path}")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
-    if "id" not in df.columns:
-        raise TableError(f"{path}: no 'id' column; found {list(df.columns)}")
-    notes: list[tuple[str, str]] = []
+    df, notes = read_csv_lenient(path)
     df["id"] = df["id"].fillna("").str.strip()
     for i in df.index[df["id"] == ""]:
         notes.append((f"row {i + 2}", "no id: row skipped"))

@@ -14,16 +14,26 @@ Writes, each with the metadata file the kaggle CLI reads:
 fails here, not on Kaggle. Options the notebook sets itself (--out, --models, --data-dir) and options that would
 truncate or redirect the submission (--limit, --split, --folds) are rejected. Every file an option names
 (--thresholds, --min-area JSON) is copied into the weights dataset and the notebook reads it from there.
-The notebook passes --time-budget: --time-budget-hours (default 8.5 h, under Kaggle's 9 h) for --hidden-images
-rows, scaled to the rows of the test.csv it finds, minus the time the notebook spent before predicting.
+The code dataset holds exactly the modules of inference/ that inference.predict imports, module-level and
+function-local alike (found by walking their ASTs; nothing is imported), so a module it never runs is never
+shipped. Option values are validated as inference.predict validates them (ranges, files), so a bad
+--threshold fails here with exit 2.
+The notebook runs inference.predict in a child process (inference.predict.run_supervised) with a journal of
+finished rows: if the child dies (out of memory, a crashing decoder) it is restarted after the row in progress,
+which stays empty, and submission.csv is always written from the journal in test.csv order.
+Its time budget is --time-budget-hours (default 8.5 h) for --hidden-images rows, scaled to the rows of the
+test.csv it finds, and never more than Kaggle's 9 h minus the notebook's own overhead
+(inference.engine.budget.kaggle_time_budget), minus the time spent before predicting; a --time-budget in
+--predict-args replaces the scaled value (still capped). Every restart gets what is left.
 TorchScript checkpoints carry the torch version they were traced with (model.ts.torch_version, written by
-train.export); the notebook warns when its torch is older.
+train.export); the notebook warns when its torch is older. TorchScript files are programs: ship only your own.
 Re-running rewrites code/, weights/ and kernel/; downloaded wheels are kept and reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -35,19 +45,23 @@ from pathlib import Path
 from string import Template
 
 from inference.checkpoint import CheckpointConfig
+from inference.engine.budget import KAGGLE_HOURS, KAGGLE_OVERHEAD_S
+from inference.engine.ensemble import bounded, positive_int
+from inference.engine.models import TORCH_VERSION_SUFFIX, resolve_checkpoints, weights_path
 from inference.predict import build_parser
-from inference.engine.models import resolve_checkpoints, TORCH_VERSION_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("submission.tmpl")
 COMPETITION = "hubmap-organ-segmentation"
 # Kaggle's GPU image has torch, torchvision, numpy, pandas, scipy, opencv, tifffile, tqdm and the
-# pure-Python dependencies of these two; we ship them pinned so smp/timm encoders match training.
-KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm", "torchstain")
+# pure-Python dependencies of these two; we ship them pinned so smp/timm encoders match training, and
+# imagecodecs, without which tifffile reads no LZW- or JPEG-compressed TIFF.
+KERNEL_PACKAGES = ("segmentation-models-pytorch", "timm", "torchstain", "imagecodecs")
 # The notebook supplies these (or they would truncate / redirect the submission): never in --predict-args.
-FORBIDDEN_PREDICT_ARGS = ("--out", "--models", "--data-dir", "--split", "--limit", "--folds")
+FORBIDDEN_PREDICT_ARGS = ("--out", "--models", "--data-dir", "--journal", "--split", "--limit", "--folds")
 FILE_PREDICT_ARGS = ("--thresholds", "--min-area", "--stain-reference")  # options whose value may name a file to ship
 TIME_BUDGET_HOURS = 8.5
+MAX_BUDGET_HOURS = KAGGLE_HOURS - KAGGLE_OVERHEAD_S / 3600.0
 HIDDEN_IMAGES = 550
 
 
@@ -76,9 +90,52 @@ def fresh(folder: Path) -> Path:
     return folder
 
 
-def copy_code(out: Path) -> None:
-    """Copy the inference package (sources only) into the code dataset."""
-    shutil.copytree(REPO / "inference", out / "inference", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+def imported_modules(entry: str = "inference.predict", root: Path = REPO, package: str = "inference") -> list[Path]:
+    """Source files of `package` that `entry` imports, transitively, module-level and function-local (AST walk).
+
+    The packages on each module's dotted path come along (their __init__.py runs on import).
+    """
+    modules = {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+               for f in (root / package).rglob("*.py")}
+    if entry not in modules:
+        raise ValueError(f"{entry} is not a module under {root / package}")
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages above it
+        here = name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(modules[name].read_text(), str(modules[name]))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from .x import y
+                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                while n and n not in modules:  # `from pkg import name`: the module if it is one, else pkg
+                    n = n.rpartition(".")[0]
+                if n:
+                    todo.append(n)
+    return sorted(modules[n] for n in seen)
+
+
+def copy_code(out: Path) -> list[Path]:
+    """Copy the modules inference.predict imports (imported_modules) into the code dataset; return them."""
+    files = imported_modules()
+    for source in files:
+        dest = out / source.relative_to(REPO)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+    return [f.relative_to(REPO) for f in files]
 
 
 def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = None) -> list[str]:
@@ -98,6 +155,7 @@ def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = 
         runs.append(run)
         for folder in folders:
             config = CheckpointConfig.load(folder)
+            weights_path(config, folder)  # never ship a file from outside the checkpoint folder
             dest = out / run if single else out / run / folder.name
             dest.mkdir(parents=True)
             side = config.weights + TORCH_VERSION_SUFFIX
@@ -241,10 +299,17 @@ def build(
     if thresholds is not None:
         if not thresholds.is_file():
             raise FileNotFoundError(f"--thresholds {thresholds} not found")
-        if parsed.thresholds is not None:
+        if any(t.partition("=")[0] == "--thresholds" for t in predict_args):
             raise ValueError("thresholds given twice: with --thresholds FILE and inside --predict-args")
     if hidden_images < 1:
         raise ValueError(f"--hidden-images must be positive, got {hidden_images}")
+    if not 0.0 <= time_budget_hours <= MAX_BUDGET_HOURS:
+        raise ValueError(f"--time-budget-hours must be in [0, {MAX_BUDGET_HOURS:g}] (Kaggle's {KAGGLE_HOURS:g} h "
+                         f"minus the notebook's overhead), got {time_budget_hours}")
+    scale_budget = True
+    if parsed.time_budget is not None:  # a fixed budget: the notebook still caps it and splits it over restarts
+        predict_args = _without_option(predict_args, "--time-budget")
+        time_budget_hours, scale_budget = parsed.time_budget / 3600.0, False
 
     slugs = {name: f"{prefix}-{name}" for name in ("code", "weights", "wheels")}
     paths = {name: out / name for name in ("code", "weights", "wheels", "kernel")}
@@ -260,7 +325,6 @@ def build(
     if thresholds is not None:
         shutil.copy2(thresholds, paths["weights"] / "thresholds.json")
         predict_args += ["--thresholds", "@WEIGHTS/thresholds.json"]
-    budget_hours = 0.0 if parsed.time_budget is not None else time_budget_hours
     dataset_metadata(paths["weights"], user, slugs["weights"], f"{prefix} weights")
 
     wheel_files = fetch_wheels(wheels, paths["wheels"], python_version, platform, packages)
@@ -277,7 +341,8 @@ def build(
         runs=repr(runs),
         predict_args=_predict_args_literal(predict_args),
         traced_with=repr(traced),
-        budget_hours=repr(float(budget_hours)),
+        budget_hours=repr(float(time_budget_hours)),
+        scale_budget=repr(scale_budget),
         hidden_images=repr(int(hidden_images)),
     )
     write_notebook(paths["kernel"] / "submission.ipynb", source)
@@ -305,15 +370,32 @@ def build(
     return paths
 
 
+def _without_option(args: list[str], name: str) -> list[str]:
+    """args without `name VALUE` / `name=VALUE`."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == name:
+            i += 2
+            continue
+        if not args[i].startswith(name + "="):
+            out.append(args[i])
+        i += 1
+    return out
+
+
 def _predict_args_literal(args: list[str]) -> str:
     """Python list literal of predict arguments; '@WEIGHTS/x' becomes str(WEIGHTS / 'x') in the notebook."""
     items = [f"str(WEIGHTS / {a.removeprefix('@WEIGHTS/')!r})" if a.startswith("@WEIGHTS/") else repr(a) for a in args]
     return "[" + ", ".join(items) + "]"
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every default shown."""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m kernels.build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m kernels.build", description=__doc__, formatter_class=_HelpFormatter
     )
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
     ap.add_argument("--out", type=Path, default=Path("dist/kaggle"))
@@ -328,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--platform", default="manylinux2014_x86_64", help="platform tag for pip download")
     ap.add_argument("--thresholds", type=Path, help="per-organ thresholds JSON shipped with the weights")
     ap.add_argument("--predict-args", default="", help='extra inference.predict options, e.g. "--tta 4"')
-    ap.add_argument("--time-budget-hours", type=float, default=TIME_BUDGET_HOURS,
-                    help="notebook --time-budget for --hidden-images rows, scaled to test.csv (0: none; "
-                         "a --time-budget in --predict-args wins)")
-    ap.add_argument("--hidden-images", type=int, default=HIDDEN_IMAGES, help="rows of the hidden test set")
+    ap.add_argument("--time-budget-hours", type=bounded(float, 0.0, MAX_BUDGET_HOURS), default=TIME_BUDGET_HOURS,
+                    help="notebook --time-budget for --hidden-images rows, scaled to test.csv and capped at Kaggle's "
+                         f"{KAGGLE_HOURS:g} h minus overhead (0: none; a --time-budget in --predict-args wins)")
+    ap.add_argument("--hidden-images", type=positive_int, default=HIDDEN_IMAGES, help="rows of the hidden test set")
     args = ap.parse_args(argv)
     if not args.user:
         ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")

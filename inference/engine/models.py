@@ -97,24 +97,59 @@ def check_traced_version(path: Path) -> str | None:
     return traced
 
 
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint folder cannot be loaded; the message names the file, the fold and what to do."""
+
+
+def weights_path(config: CheckpointConfig, folder: Path) -> Path:
+    """The weights file of a checkpoint folder; config.weights must resolve inside the folder (no ../, no /abs)."""
+    root = Path(folder).resolve()
+    path = (root / config.weights).resolve()
+    if not path.is_relative_to(root):
+        raise CheckpointLoadError(
+            f"{Path(folder) / 'config.json'} (fold {config.fold}): weights={config.weights!r} resolves to {path}, "
+            f"outside the checkpoint folder {root}; weights must be a file inside it (e.g. 'model.pth')"
+        )
+    return path
+
+
 def build_model(config: CheckpointConfig, folder: Path, device: torch.device) -> torch.nn.Module:
-    """Instantiate the network of a checkpoint folder and load its weights (no network access)."""
-    path = folder / config.weights
+    """Instantiate the network of a checkpoint folder and load its weights (no network access).
+
+    TorchScript files are programs: torch.jit.load runs the code they hold, so load only files you made or trust.
+    smp weights are read with weights_only=True (plain tensors, no pickled objects).
+    """
+    path = weights_path(config, folder)
+    where = f"{path} (checkpoint {config.name}, fold {config.fold})"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; config.json names weights={config.weights!r}")
     if config.framework == "torchscript":
         check_traced_version(path)
-        with warnings.catch_warnings():  # torch marks jit deprecated; the checkpoint contract uses it on purpose
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path), map_location=device).eval()
+        try:
+            with warnings.catch_warnings():  # torch marks jit deprecated; the checkpoint contract uses it on purpose
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location=device).eval()
+        except Exception as exc:  # torch raises RuntimeError, ValueError or zip errors for a damaged file
+            raise CheckpointLoadError(
+                f"{where}: not a loadable TorchScript file ({type(exc).__name__}: {str(exc)[:300]}); re-export it "
+                "with train.export (with the kernel's torch), or leave this fold out of --models"
+            ) from exc
     model = smp_model(config.arch, config.encoder, len(config.classes), config.decoder_norm)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated file, a pickle with objects weights_only refuses, not a torch file
+        raise CheckpointLoadError(
+            f"{where}: cannot read the weights ({type(exc).__name__}: {str(exc)[:300]}); the file is damaged or "
+            "holds more than tensors: copy it again from the training run, or leave this fold out of --models"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointLoadError(f"{where}: expected a state_dict, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise RuntimeError(
-            f"{path}: weights do not fit smp {config.arch}/{config.encoder} with {len(config.classes)} class(es); "
+        raise CheckpointLoadError(
+            f"{where}: weights do not fit smp {config.arch}/{config.encoder} with {len(config.classes)} class(es); "
             f"check arch/encoder/classes in {folder / 'config.json'}\n{exc}"
         ) from exc
     return model.to(device).eval()

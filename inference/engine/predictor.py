@@ -77,9 +77,9 @@ class Predictor:
         self,
         height: int,
         width: int,
-        scale_mode: str = "reduce",
+        scale_mode: str = DEFAULT_SCALE_MODE,
         pixel_size: float | None = None,
-        max_side: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
         coarsen: float = 1.0,
     ) -> Scale:
         """How an image is resampled before tiling, per --scale-mode, then times coarsen, then capped at max_side.
@@ -114,9 +114,9 @@ class Predictor:
         self,
         height: int,
         width: int,
-        scale_mode: str = "reduce",
+        scale_mode: str = DEFAULT_SCALE_MODE,
         pixel_size: float | None = None,
-        max_side: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
     ) -> tuple[int, int]:
         """(h, w) the image is resampled to before tiling, per --scale-mode (see scale)."""
         return self.scale(height, width, scale_mode, pixel_size, max_side).size
@@ -166,10 +166,10 @@ class Predictor:
     def __call__(
         self,
         image: np.ndarray,
-        scale_mode: str = "reduce",
+        scale_mode: str = DEFAULT_SCALE_MODE,
         pixel_size: float | None = None,
         tta: int = 0,
-        max_side: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
     ) -> np.ndarray:
         """(C, H, W) float32 probabilities at the image's full resolution."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:

@@ -10,9 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
-from inference.engine.ensemble import ENSEMBLE_MODES, load_thresholds
+from inference.engine.ensemble import add_ensemble_arguments
 from inference.engine.postprocess import load_min_area
-from inference.engine.sliding import BLENDS, TTA_SIZES
 from inference.io import ImageReadError
 from inference.organs import ORGANS
 from inference.predict import load_members
@@ -28,26 +27,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def add_prediction_args(ap: argparse.ArgumentParser) -> None:
-    """The flags a single slide and a cohort share."""
-    ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
+    """The flags a single slide and a cohort share: the ensemble's (inference.engine.ensemble) and the slide's."""
+    add_ensemble_arguments(ap, scale=False)
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     ap.add_argument("--reader", choices=READERS, default="auto",
                     help="auto: OpenSlide for vendor formats and vendor TIFFs, tifffile for OME / generic TIFF")
-    ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
-    ap.add_argument("--weights", type=float, nargs="+", help="one weight per --models entry (unset: equal)")
-    ap.add_argument("--thresholds", type=Path, help='per-organ thresholds JSON {"kidney": 0.3, ...}')
-    ap.add_argument("--threshold", type=float, help="cut-off (unset: --thresholds for the organ, else config.json)")
-    ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
-    ap.add_argument("--use-organ", action="store_true", help="multiclass: use the slide's organ, not the majority")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in every FTU")
     ap.add_argument("--min-area", help="drop FTUs under this area in um^2 (a number, or an organ JSON)")
     ap.add_argument("--objects", choices=OBJECT_TYPES, default="annotation",
                     help="QuPath objectType of the GeoJSON features (detection: lighter for many objects)")
     ap.add_argument("--mask-format", choices=MASK_FORMATS, default="tiff",
                     help="tiff: S_mask.tif in OpenSlide's layout; ome: S_mask.ome.tif with SubIFDs (Bio-Formats)")
-    ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
-    ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
     ap.add_argument("--block", type=int, default=2048, help=f"block side in level pixels (multiple of {CHUNK})")
     ap.add_argument("--overwrite", action="store_true", help="discard finished or partial work")
 
@@ -61,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--slides", type=Path, help="cohort CSV: slide (path, relative to the CSV), organ, optional mpp")
     add_prediction_args(ap)
     ap.add_argument("--mpp", type=float, help="--slide: um per level-0 pixel (unset: from the file's metadata)")
-    ap.add_argument("--organ", choices=ORGANS, help="--slide: its organ (thresholds, FTU class, --use-organ)")
+    ap.add_argument("--organ", choices=ORGANS, help="--slide: its organ (thresholds, FTU class, --organ-from csv)")
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="--slides: one slide after another here, or one Ray task per slide")
     ap.add_argument("--ray-address", help="--engine ray: cluster address (unset: start a local one)")
@@ -71,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace, organ: str = "") -> WsiOptions:
     """WsiOptions of a parsed command line, for one slide of `organ`."""
-    return WsiOptions(
-        organ=organ, ensemble=args.ensemble, tta=args.tta,
-        organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-        threshold=args.threshold, use_organ=args.use_organ, block=args.block, fill_holes=args.fill_holes,
-        min_area_um2=load_min_area(args.min_area), objects=args.objects, mask_format=args.mask_format,
-    )
+    return WsiOptions.from_args(args, organ=organ, min_area_um2=load_min_area(args.min_area))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.mpp is not None or args.organ:
             ap.error("--mpp and --organ are per slide with --slides: put them in the CSV's mpp and organ columns")
         return run_cohort_cli(args, ap)
-    if args.use_organ and not args.organ:
-        ap.error("--use-organ needs --organ")
     try:
         options = options_from_args(args, args.organ or "")
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from inference.engine.ensemble import Member, load_thresholds
+from inference.engine.ensemble import Member
 from inference.engine.postprocess import load_min_area
 from inference.io import ImageReadError
 from inference.organs import ORGANS
@@ -220,12 +220,7 @@ def run_cohort(
 
 def settings_from_args(args: argparse.Namespace) -> CohortSettings:
     """CohortSettings of a parsed `python -m inference.wsi --slides ...` command line."""
-    options = WsiOptions(
-        ensemble=args.ensemble, tta=args.tta,
-        organ_thresholds=load_thresholds(args.thresholds) if args.thresholds else {},
-        threshold=args.threshold, use_organ=args.use_organ, block=args.block, fill_holes=args.fill_holes,
-        min_area_um2=load_min_area(args.min_area), objects=args.objects, mask_format=args.mask_format,
-    )
+    options = WsiOptions.from_args(args, min_area_um2=load_min_area(args.min_area))
     fields = {k: v for k, v in asdict(options).items() if k != "organ"}
     return CohortSettings(
         models=[str(Path(m).resolve()) for m in args.models], out=str(Path(args.out).resolve()),
@@ -241,8 +236,6 @@ def run_cohort_cli(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int
         settings = settings_from_args(args)
     except (CohortError, FileNotFoundError, ValueError) as exc:
         ap.error(str(exc))
-    if args.use_organ and any(not j.organ for j in jobs):
-        ap.error("--use-organ needs an organ for every slide in the CSV")
     if args.engine == "local" and args.ray_address:
         ap.error("--ray-address needs --engine ray")
     table = run_cohort(jobs, settings, args.engine, args.ray_address, args.max_retries)

@@ -2,7 +2,7 @@
 
     python -m inference.wsi --slide SLIDE --models RUN [RUN ...] --out DIR [--mpp UM_PER_PX] [--organ ORGAN]
         [--ensemble mean|union] [--weights W ...] [--thresholds organs.json] [--threshold T] [--tta 0|2|4|8]
-        [--use-organ] [--fill-holes] [--min-area UM2|organs.json] [--objects annotation|detection]
+        [--tta-scales 0.8,1,1.2] [--organ-from csv|model] [--fill-holes] [--min-area UM2|organs.json] [--objects annotation|detection]
         [--mask-format tiff|ome] [--reader auto|tifffile|openslide] [--block 2048] [--device auto|cpu|cuda]
         [--overwrite]
     python -m inference.wsi --slides slides.csv --models RUN ... --out DIR [--engine local|ray]
@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.engine.ensemble import Member, predict_image
+from inference.engine.ensemble import EnsembleOptions, Member, predict_image
 from inference.engine.postprocess import postprocess
 from inference.engine.sliding import WindowFilter
 from inference.organs import CLASSES
@@ -69,15 +69,12 @@ MASK_FORMATS = ("tiff", "ome")
 
 
 @dataclass
-class WsiOptions:
-    """Everything besides the models and the slide that decides a whole-slide prediction."""
+class WsiOptions(EnsembleOptions):
+    """EnsembleOptions plus what a whole-slide prediction adds (always at the models' um/px, no side cap)."""
 
-    organ: str = ""  # for organ thresholds and --use-organ; "" = none
-    ensemble: str = "mean"
-    tta: int = 0
-    organ_thresholds: dict[str, float] = field(default_factory=dict)
-    threshold: float | None = None
-    use_organ: bool = False
+    scale_mode: str = "pixel-size"
+    max_side: int | None = None
+    organ: str = ""  # for organ thresholds and --organ-from csv; "" = none (the majority class)
     block: int = 2048  # level pixels per block side (a multiple of CHUNK)
     thumbnail_side: int = 2048  # longer side of the tissue thumbnail, heatmap and overlay
     fill_holes: bool = False
@@ -215,9 +212,7 @@ def _predict_region(
     A level much finer than the models (a slide without a pyramid) is area-shrunk to the models' um/px
     first and the core's probability resized back, so a block's full-resolution float maps never exist.
     """
-    kwargs = dict(organ=options.organ, scale_mode="pixel-size", tta=options.tta, mode=options.ensemble,
-                  organ_thresholds=options.organ_thresholds, threshold=options.threshold,
-                  use_organ=options.use_organ, windows=windows)
+    kwargs = dict(organ=options.organ, options=options, windows=windows)
     x0, y0, x1, y1 = core
     h, w = image.shape[:2]
     factor = target / level_mpp

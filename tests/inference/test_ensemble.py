@@ -11,10 +11,10 @@ import pytest
 from checkpoints import ColourNet, ConstantNet
 
 from inference.checkpoint import CheckpointConfig
-from inference.engine.ensemble import Member, load_thresholds, majority_class, predict_image
-from inference.organs import CLASSES, class_index
+from inference.engine.ensemble import EnsembleOptions, Member, load_thresholds, majority_class, predict_image
 from inference.engine.postprocess import fill_holes, load_min_area, postprocess, remove_small
 from inference.engine.predictor import Predictor
+from inference.organs import CLASSES, class_index
 
 
 def logit(p: float) -> float:
@@ -34,6 +34,7 @@ def multiclass_member(net, weight: float = 1.0) -> Member:
 
 
 IMAGE = np.zeros((70, 50, 3), dtype=np.uint8)
+AS_IS = EnsembleOptions(scale_mode="none")
 
 
 def one_hot_probs(labels: np.ndarray) -> np.ndarray:
@@ -64,22 +65,24 @@ def test_majority_class_without_foreground_uses_mean_probability() -> None:
 def test_multiclass_mask_is_the_majority_class() -> None:
     image = IMAGE.copy()
     image[10:40, 5:30, 0] = 255  # bright red: ColourNet makes class 4 (spleen) win there
-    decision = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney", scale_mode="none")
+    decision = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney",
+                             options=EnsembleOptions(scale_mode="none", organ_from="model"))
     assert decision.class_index == 4
     assert decision.mask[15:35, 10:25].all() and not decision.mask[50:, 35:].any()
-    forced = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney", scale_mode="none",
-                           use_organ=True)
+    assert predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="", options=AS_IS).class_index == 4
+    forced = predict_image(image, [multiclass_member(ColourNet(hot=4))], organ="kidney", options=AS_IS)  # csv
     assert forced.class_index == class_index("kidney")
     assert not forced.mask.any()
 
 
 def test_mean_mode_averages_with_weights_and_thresholds() -> None:
     members = [binary_member(0.3), binary_member(0.8)]
-    d = predict_image(IMAGE, members, organ="kidney", mode="mean")
+    d = predict_image(IMAGE, members, organ="kidney", options=EnsembleOptions(ensemble="mean"))
     assert d.probability.shape == (70, 50) and np.allclose(d.probability, 0.55, atol=1e-5)
     assert d.mask.all() and d.threshold == 0.5
-    assert not predict_image(IMAGE, members, organ="kidney", organ_thresholds={"kidney": 0.6}).mask.any()
-    assert predict_image(IMAGE, members, organ="lung", organ_thresholds={"kidney": 0.6}).mask.all()
+    kidney = EnsembleOptions(organ_thresholds={"kidney": 0.6})
+    assert not predict_image(IMAGE, members, organ="kidney", options=kidney).mask.any()
+    assert predict_image(IMAGE, members, organ="lung", options=kidney).mask.all()
     weighted = [binary_member(0.3, weight=3.0), binary_member(0.8, weight=1.0)]
     d = predict_image(IMAGE, weighted, organ="kidney")
     assert np.allclose(d.probability, 0.425, atol=1e-5) and not d.mask.any()
@@ -88,17 +91,20 @@ def test_mean_mode_averages_with_weights_and_thresholds() -> None:
 def test_mean_mode_default_threshold_is_weighted_config_threshold() -> None:
     members = [binary_member(0.5, threshold=0.2), binary_member(0.5, threshold=0.6)]
     assert predict_image(IMAGE, members, organ="kidney").threshold == pytest.approx(0.4)
-    assert predict_image(IMAGE, members, organ="kidney", threshold=0.7).threshold == pytest.approx(0.7)
+    high = EnsembleOptions(threshold=0.7)
+    assert predict_image(IMAGE, members, organ="kidney", options=high).threshold == pytest.approx(0.7)
 
 
 def test_union_mode_ors_member_masks() -> None:
     members = [binary_member(0.3), binary_member(0.8)]
-    assert predict_image(IMAGE, members, organ="kidney", mode="union").mask.all()
-    assert not predict_image(IMAGE, members, organ="kidney", mode="union", organ_thresholds={"kidney": 0.9}).mask.any()
+    union = EnsembleOptions(ensemble="union")
+    assert predict_image(IMAGE, members, organ="kidney", options=union).mask.all()
+    strict = EnsembleOptions(ensemble="union", organ_thresholds={"kidney": 0.9})
+    assert not predict_image(IMAGE, members, organ="kidney", options=strict).mask.any()
     low = [binary_member(0.3), binary_member(0.4)]
-    assert not predict_image(IMAGE, low, organ="kidney", mode="union").mask.any()
+    assert not predict_image(IMAGE, low, organ="kidney", options=union).mask.any()
     assert predict_image(IMAGE, [binary_member(0.3, threshold=0.2), binary_member(0.4)], organ="kidney",
-                         mode="union").mask.all()
+                         options=union).mask.all()
 
 
 def test_members_at_different_working_sizes_combine_at_full_resolution() -> None:
@@ -145,3 +151,31 @@ def test_postprocess_converts_um2_by_pixel_size(tmp_path: Path) -> None:
     spec = tmp_path / "a.json"
     spec.write_text(json.dumps({"kidney": 50}))
     assert load_min_area(str(spec)) == {"kidney": 50.0}
+
+
+class NanNet(ConstantNet):
+    """A diverged fold: NaN logits everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__([float("nan")])
+
+
+def test_a_nan_member_is_dropped_and_the_others_reweighted() -> None:
+    cfg = CheckpointConfig(name="nan", fold=3, framework="torchscript", task="binary", classes=["ftu"],
+                           tile_size=32, weights="model.ts")
+    members = [binary_member(0.8, weight=1.0), Member(Predictor(cfg, NanNet()), 3.0)]
+    d = predict_image(IMAGE, members, organ="kidney")
+    assert np.allclose(d.probability, 0.8, atol=1e-5) and d.mask.all()
+    assert d.dropped == ["nan/fold3"] and "nan/fold3" in d.notes[0] and "non-finite" in d.notes[0]
+    with pytest.raises(ValueError, match="non-finite"):
+        predict_image(IMAGE, members[1:], organ="kidney")
+
+
+def test_library_defaults_are_the_command_line_defaults() -> None:
+    import argparse
+
+    from inference.engine.ensemble import add_ensemble_arguments
+
+    args = add_ensemble_arguments(argparse.ArgumentParser()).parse_args(["--models", "m"])
+    assert EnsembleOptions.from_args(args) == EnsembleOptions()
+    assert EnsembleOptions().scale_mode == "pixel-size" and EnsembleOptions().max_side == 4608

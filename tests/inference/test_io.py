@@ -101,3 +101,90 @@ def test_1x1_and_thin_images_keep_their_shape(tmp_path: Path) -> None:
     assert read_image(_write(tmp_path, RGB[:1, :1], photometric="rgb")).shape == (1, 1, 3)
     assert read_image(_write(tmp_path, RGB[:1, :, 0])).shape == (1, 17, 3)
     assert to_rgb_uint8(RGB[None]).shape == (13, 17, 3)  # a leading page axis
+
+
+# Real-world TIFFs: compressed as libvips, QuPath and scanners write them, and colour models other than RGB.
+IMAGE = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+
+
+def _smooth(h: int = 48, w: int = 64) -> np.ndarray:
+    """A smooth colour image (JPEG's realistic case: tissue, not noise)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "packbits"])
+def test_lossless_compressed_tiffs_are_read_exactly(tmp_path: Path, compression: str) -> None:
+    path = _write(tmp_path, IMAGE, photometric="rgb", compression=compression, tile=(16, 16))
+    assert np.array_equal(read_image(path), IMAGE)
+
+
+def test_jpeg_tiffs_are_read_with_the_right_colours(tmp_path: Path) -> None:
+    from PIL import Image
+
+    smooth = _smooth()
+    path = _write(tmp_path, smooth, photometric="rgb", compression="jpeg", compressionargs={"level": 95},
+                  tile=(16, 16))
+    with tifffile.TiffFile(path) as tif:  # stored as JPEG YCbCr, as scanners and libvips write it
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.YCBCR
+    out = read_image(path)
+    assert np.abs(out.astype(int) - smooth).mean() < 3  # RGB, not YCbCr read as RGB
+    assert np.abs(out.astype(int) - np.asarray(Image.open(path).convert("RGB"))).max() <= 2  # libjpeg agrees
+
+
+def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:
+    cmyk = np.zeros((2, 3, 4), np.uint8)
+    cmyk[0, 0] = (255, 0, 0, 0)  # cyan
+    cmyk[0, 1] = (0, 255, 255, 0)  # red
+    cmyk[0, 2] = (0, 0, 0, 255)  # black
+    cmyk[1, :] = (0, 0, 0, 0)  # white
+    out = read_image(_write(tmp_path, cmyk, photometric="separated"))
+    assert out[0, 0].tolist() == [0, 255, 255] and out[0, 1].tolist() == [255, 0, 0]
+    assert out[0, 2].tolist() == [0, 0, 0] and (out[1] == 255).all()
+
+
+def test_palette_is_looked_up_in_the_colour_map(tmp_path: Path) -> None:
+    index = np.array([[0, 1], [2, 1]], np.uint8)
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, 0] = (65535, 0, 0)
+    colormap[:, 1] = (0, 65535, 0)
+    colormap[:, 2] = (0, 0, 32896)  # 128 * 257
+    out = read_image(_write(tmp_path, index, photometric="palette", colormap=colormap))
+    assert out[0, 0].tolist() == [255, 0, 0] and out[0, 1].tolist() == [0, 255, 0] and out[1, 0].tolist() == [0, 0, 128]
+
+
+def test_uncompressed_ycbcr_and_miniswhite(tmp_path: Path) -> None:
+    import cv2
+
+    ycc = cv2.cvtColor(IMAGE, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]]
+    out = read_image(_write(tmp_path, np.ascontiguousarray(ycc), photometric="ycbcr", subsampling=(1, 1)))
+    assert np.abs(out.astype(int) - IMAGE).max() <= 2
+    gray = IMAGE[..., 0]
+    out = read_image(_write(tmp_path, gray, photometric="miniswhite"))
+    assert (out[..., 0] == 255 - gray).all()
+
+
+def test_tifffile_failure_falls_back_to_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inference.io as io
+
+    def broken(*args: object) -> np.ndarray:
+        raise ValueError("no codec for compression 99")
+
+    path = _write(tmp_path, IMAGE, photometric="rgb", compression="lzw")
+    monkeypatch.setattr(io, "_read_tifffile", broken)
+    notes: list[str] = []
+    assert np.array_equal(read_image(path, notes=notes), IMAGE)
+    assert "read with Pillow" in notes[0] and "no codec" in notes[0]
+
+
+def test_a_declared_size_beyond_the_cap_is_refused_before_decoding(tmp_path: Path) -> None:
+    from inference.io import ImageTooLarge
+
+    path = _write(tmp_path, IMAGE, photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tif:  # a bomb: a tiny file that declares 40000 x 40000 px
+        tif.pages[0].tags["ImageWidth"].overwrite(40000)
+        tif.pages[0].tags["ImageLength"].overwrite(40000)
+    with pytest.raises(ImageTooLarge, match="30000 px cap"):
+        read_image(path)
+    with pytest.raises(ImageTooLarge, match="100 px cap"):
+        read_image(_write(tmp_path, np.zeros((101, 8, 3), np.uint8), photometric="rgb"), max_side=100)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from inference.organs import CLASSES, ORGANS, class_index, pixel_size
@@ -71,3 +72,67 @@ def test_real_tables_validate(real_fixtures: Path) -> None:
     assert set(train["data_source"]) == {"HPA"} and len(train) == 71
 
 
+
+
+HEADER = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness"
+
+
+@pytest.mark.parametrize("text,expected_notes", [
+    ("ID,Organ,Data_Source,IMG_HEIGHT,img_width,Pixel_Size,tissue_thickness\n"
+     "1,kidney,HPA,32,32,0.4,4\n2,spleen,Hubmap,40,40,0.4945,4\n", 0),  # upper-case header
+    (" id , organ ,data_source, img_height,img_width,pixel_size,tissue_thickness \n"
+     "1,kidney,HPA,32,32,0.4,4\n2,spleen,Hubmap,40,40,0.4945,4\n", 0),  # space-padded header
+    (HEADER.replace(",", ", ") + "\n1, kidney, HPA, 32, 32, 0.4, 4\n2, spleen, Hubmap, 40, 40, 0.4945, 4\n", 0),
+    (HEADER + "\n1,kidney,HPA,32,32,0.4,4,extra\n2,spleen,Hubmap,40,40,0.4945,4\n", 1),  # one long row
+    (HEADER + "\n1,kidney,HPA,32,32,0.4\n2,spleen,Hubmap,40,40,0.4945,4\n", 1),  # one short row
+    ("\ufeff" + HEADER + "\n1,kidney,HPA,32,32,0.4,4\n\n2,spleen,Hubmap,40,40,0.4945,4\n", 0),  # BOM, blank line
+])
+def test_awkward_csvs_give_every_row(tmp_path: Path, text: str, expected_notes: int) -> None:
+    from inference.tables import load_test_lenient
+
+    table, notes = load_test_lenient(_csv(tmp_path, text))
+    assert table["id"].tolist() == ["1", "2"]
+    assert table["organ"].tolist() == ["kidney", "spleen"] and table["data_source"].tolist() == ["HPA", "Hubmap"]
+    assert table["img_height"].tolist() == [32, 40] and table["pixel_size"].tolist() == [0.4, 0.4945]
+    assert len([n for n in notes if n[0].startswith("line")]) == expected_notes, notes
+    assert all(n[0] == "line 2" for n in notes if n[0].startswith("line"))
+
+
+def test_a_byte_that_is_not_utf8_is_replaced_with_a_warning(tmp_path: Path) -> None:
+    from inference.tables import load_test_lenient
+
+    path = tmp_path / "t.csv"
+    path.write_bytes((HEADER + "\n1,kidney,HPA,32,32,0.4,4\n2,spl\xe9en,Hubmap,40,40,0.4945,4\n").encode("latin-1"))
+    table, notes = load_test_lenient(path)
+    assert table["id"].tolist() == ["1", "2"] and table["img_width"].tolist() == [32, 40]
+    assert ("line 3", "bytes that are not UTF-8 replaced") in notes
+
+
+def test_only_a_missing_id_column_is_fatal(tmp_path: Path) -> None:
+    from inference.tables import load_sample_submission_lenient, load_test_lenient
+
+    with pytest.raises(TableError, match="no 'id' column"):
+        load_test_lenient(_csv(tmp_path, "image,organ\n1,kidney\n"))
+    ids, notes = load_sample_submission_lenient(_csv(tmp_path, " ID , RLE\n10078, \n10079,,extra\n", "s.csv"))
+    assert ids == ["10078", "10079"] and len(notes) == 1
+
+
+def test_predict_writes_every_row_of_an_awkward_csv(demo_data: Path, tmp_path: Path) -> None:
+    """End to end: a header in capitals with spaces, a long row, a latin-1 byte: every id, none without organ."""
+    import shutil
+
+    from checkpoints import ConstantNet, make_torchscript_checkpoint
+
+    from inference import predict
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "test_images", data / "test_images")
+    test = pd.read_csv(demo_data / "test.csv", dtype=str)
+    lines = [", ".join(c.upper() for c in test.columns)]
+    lines += [", ".join(r) + (", junk" if i == 0 else "") for i, r in enumerate(test.itertuples(index=False))]
+    (data / "test.csv").write_bytes(("\n".join(lines) + "\n").encode().replace(b"HPA", b"HP\xffA", 1))
+    model = make_torchscript_checkpoint(tmp_path / "m" / "fold0", ConstantNet([3.0]), tile=32, task="binary")
+    out = tmp_path / "s.csv"
+    assert predict.main(["--data-dir", str(data), "--models", str(model), "--out", str(out)]) == 0
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sub["id"].tolist() == test["id"].tolist() and (sub["rle"] != "").all()

@@ -12,13 +12,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from checkpoints import make_smp_checkpoint, make_torchscript_checkpoint
 
 from inference import predict
-from kernels.build import build, code_cells, pinned
+from kernels.build import KERNEL_PACKAGES, REPO, build, code_cells, imported_modules, pinned
 
-PREDICT_ARGS = ["--tta", "2", "--fill-holes"]
+# Every inference-side view runs in the notebook: flips, a second TTA ratio, stain TTA (Macenko + Reinhard, the
+# reference shipped in the weights dataset) and AdaBN (the smp folds adapt; the traced TinyNet has no BatchNorm).
+PREDICT_ARGS = ["--tta", "2", "--fill-holes", "--tta-scales", "1,1.25", "--stain-tta", "--adapt-bn",
+                "--adapt-bn-windows", "8", "--adapt-bn-images", "2"]
 
 
 def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -> Path:
@@ -41,26 +45,35 @@ def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def kernel(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> dict[str, Path]:
+    from inference.io import read_image
+    from inference.stain import fit_reference
+
     root = tmp_path_factory.mktemp("kernel")
+    train_images = sorted((demo_data / "train_images").glob("*.tiff"))[:4]
+    reference = fit_reference([read_image(p) for p in train_images], pixels_per_image=20_000).save(root / "ref.json")
+    predict_args = [*PREDICT_ARGS, "--stain-reference", str(reference)]
     for fold in (0, 1):
         make_smp_checkpoint(root / "outputs" / "unet" / f"fold{fold}", tile=64, seed=fold, fold=fold)
     make_torchscript_checkpoint(root / "outputs" / "tiny" / "fold0", tile=64)
     thresholds = root / "organs.json"
-    thresholds.write_text(json.dumps({"kidney": 0.4, "lung": 0.2}))
+    thresholds.write_text(json.dumps({"kidney": 0.4, "lung": 0.2, "Hubmap": {"lung": 0.1}}))
     models = [root / "outputs" / "unet", root / "outputs" / "tiny" / "fold0"]
     paths = build(models, root / "dist", user="tester", wheels=str(make_wheel(root / "localwheels").parent),
-                  thresholds=thresholds, predict_args=PREDICT_ARGS)
-    return {"root": root, "thresholds": thresholds, **paths, "models": models}
+                  thresholds=thresholds, predict_args=predict_args)
+    return {"root": root, "thresholds": thresholds, **paths, "models": models, "predict_args": predict_args}
 
 
 def test_datasets_and_metadata(kernel: dict[str, Path]) -> None:
     assert (kernel["code"] / "inference" / "predict.py").is_file()
     assert not list(kernel["code"].rglob("__pycache__"))
     assert not (kernel["code"] / "train").exists()
+    shipped = sorted(p.relative_to(kernel["code"]) for p in kernel["code"].rglob("*.py"))
+    assert shipped == sorted(p.relative_to(REPO) for p in imported_modules())
     assert sorted(p.relative_to(kernel["weights"]).as_posix() for p in kernel["weights"].rglob("config.json")) == [
         "tiny-fold0/config.json", "unet/fold0/config.json", "unet/fold1/config.json"]
     assert (kernel["weights"] / "thresholds.json").is_file()
+    assert (kernel["weights"] / "files" / "ref.json").is_file()  # --stain-reference shipped for the stain TTA
     assert [p.name for p in kernel["wheels"].glob("*.whl")] == ["kernel_probe-0.1-py3-none-any.whl"]
     for name in ("code", "weights", "wheels"):
         meta = json.loads((kernel[name] / "dataset-metadata.json").read_text())
@@ -75,7 +88,8 @@ def test_datasets_and_metadata(kernel: dict[str, Path]) -> None:
     assert "--no-index" in code_cells(kernel["kernel"] / "submission.ipynb")
 
 
-def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
+def _fake_kaggle(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The datasets and the competition folder under tmp_path/input, an empty working folder; and the script."""
     inputs, working = tmp_path / "input", tmp_path / "working"
     working.mkdir()
     for name in ("code", "weights", "wheels"):
@@ -87,26 +101,106 @@ def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_d
     shutil.copytree(demo_data / "test_images", competition / "test_images")
     script = tmp_path / "notebook.py"
     script.write_text(code_cells(kernel["kernel"] / "submission.ipynb"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+    return inputs, working, script
+
+
+def _run_notebook(inputs: Path, working: Path, script: Path, tmp_path: Path,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if k not in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+    if env is not None and "KILL_ON_OPEN" not in env:
+        env.pop("PYTHONPATH", None)
     env.update(KAGGLE_INPUT=str(inputs), KAGGLE_WORKING=str(working), PIP_TARGET=str(tmp_path / "site"),
                PIP_DISABLE_PIP_VERSION_CHECK="1")
     # cwd outside the repo: `inference` must come from the code dataset, as on Kaggle
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def _direct(kernel: dict[str, Path], demo_data: Path, out: Path) -> pd.DataFrame:
+    assert predict.main(["--data-dir", str(demo_data), "--out", str(out), "--models", *map(str, kernel["models"]),
+                         "--thresholds", str(kernel["thresholds"]), *kernel["predict_args"]]) == 0
+    return pd.read_csv(out, dtype=str, keep_default_na=False)
+
+
+def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
+    inputs, working, script = _fake_kaggle(kernel, demo_data, tmp_path)
+    run = _run_notebook(inputs, working, script, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"inference package: {inputs / 'hubmap-ftu-code' / 'inference' / '__init__.py'}" in run.stdout
     assert (tmp_path / "site" / "kernel_probe" / "__init__.py").is_file()
-
-    direct = tmp_path / "direct.csv"
-    assert predict.main(["--data-dir", str(demo_data), "--out", str(direct), "--models",
-                         *map(str, kernel["models"]), "--thresholds", str(kernel["thresholds"]),
-                         *PREDICT_ARGS]) == 0
-    assert (working / "submission.csv").read_bytes() == direct.read_bytes()
+    assert "prediction child pid" in run.stdout and "test row(s): time budget" in run.stdout
+    assert "--adapt-bn: Hubmap: 2 member(s) adapted" in run.stdout + run.stderr  # the two smp folds
+    _direct(kernel, demo_data, tmp_path / "direct.csv")
+    assert (working / "submission.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
 
 
-def test_notebook_imports_inference_from_the_code_dataset(kernel: dict[str, Path]) -> None:
-    source = code_cells(kernel["kernel"] / "submission.ipynb")
-    assert "sys.path.insert(0, str(CODE))" in source and "from inference.predict import main" in source
+def test_a_killed_child_leaves_every_row(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
+    """The child dies (SIGKILL) while reading an image in the loop: it is restarted, and every row is written."""
+    from crash import kill_on_open_env
+
+    from inference.engine.adapt_bn import drawn_rows
+
+    test = pd.read_csv(demo_data / "test.csv", dtype=str)
+    images = int(PREDICT_ARGS[PREDICT_ARGS.index("--adapt-bn-images") + 1])
+    adabn = {n for rows in drawn_rows(test, images).values() for n in rows}
+    # a row only the loop reads (one AdaBN reads is tests/inference/test_journal.py's), after two finished ones
+    row = next(n for n in range(2, len(test)) if n not in adabn)
+    victim = test["id"][row]
+    inputs, working, script = _fake_kaggle(kernel, demo_data, tmp_path)
+    env = kill_on_open_env(tmp_path / "hook", f"test_images/{victim}.tiff")
+    env["PYTHONPATH"] = str(tmp_path / "hook")  # nothing from the repo: the child imports the code dataset
+    run = _run_notebook(inputs, working, script, tmp_path, env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "hook" / "killed").is_file() and run.stdout.count("prediction child pid") == 2
+    assert "died (exit status -9)" in run.stdout
+    assert f"id {victim}: the previous run died while predicting this row" in run.stderr
+    sub = pd.read_csv(working / "submission.csv", dtype=str, keep_default_na=False)
+    direct = _direct(kernel, demo_data, tmp_path / "direct.csv")
+    assert sub["id"].tolist() == test["id"].tolist()
+    expected = direct["rle"].tolist()
+    expected[row] = ""
+    assert sub["rle"].tolist() == expected
+
+
+def test_the_code_dataset_alone_imports_inference_predict(kernel: dict[str, Path], tmp_path: Path) -> None:
+    probe = ("import sys, inference.predict, inference.stain; "
+             "print(sorted(m for m in sys.modules if m.startswith('inference')))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(kernel["code"])
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "inference.wsi" not in run.stdout and not (kernel["code"] / "inference" / "wsi").exists()
+    assert not (kernel["code"] / "inference" / "overlay.py").exists()
+
+
+def test_imported_modules_follows_function_local_imports() -> None:
+    names = {p.relative_to(REPO).as_posix() for p in imported_modules()}
+    assert "inference/stain.py" in names  # imported inside a function, only when --stain-reference is given
+    assert {"inference/__init__.py", "inference/engine/__init__.py", "inference/journal.py"} <= names
+    assert "inference/score.py" not in names and "inference/tune_thresholds.py" not in names
+
+
+def test_the_wheels_dataset_ships_imagecodecs() -> None:
+    assert any(p.startswith("imagecodecs==") for p in pinned(KERNEL_PACKAGES))
+
+
+@pytest.mark.parametrize("args", [["--threshold", "nan"], ["--threshold", "1.5"], ["--batch-size", "0"],
+                                  ["--time-budget", "0"], ["--weights", "0"]])
+def test_build_validates_option_values(kernel: dict[str, Path], tmp_path: Path, args: list[str],
+                                       capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", predict_args=args)
+    assert exc.value.code == 2 and f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_build_caps_the_notebook_budget(kernel: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="time-budget-hours"):
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", time_budget_hours=10.0)
+    paths = build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none",
+                  predict_args=["--time-budget", "36000"])
+    source = code_cells(paths["kernel"] / "submission.ipynb")
+    assert "BUDGET_HOURS = 10.0" in source and "SCALE_BUDGET = False" in source and "36000" not in source
 
 
 def test_build_rejects_bad_predict_args(kernel: dict[str, Path], tmp_path: Path) -> None:
@@ -140,7 +234,8 @@ def test_build_rejects_abbreviated_options(kernel: dict[str, Path], tmp_path: Pa
         build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", predict_args=["--lim", "1"])
 
 
-def test_build_ships_every_file_an_argument_names(kernel: dict[str, Path], tmp_path: Path) -> None:
+def test_build_ships_every_file_an_argument_names(kernel: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
     areas = tmp_path / "areas.json"
     areas.write_text(json.dumps({"kidney": 500}))
     paths = build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none",
@@ -150,9 +245,10 @@ def test_build_ships_every_file_an_argument_names(kernel: dict[str, Path], tmp_p
     source = code_cells(paths["kernel"] / "submission.ipynb")
     assert "str(WEIGHTS / 'files/areas.json')" in source and "str(WEIGHTS / 'files/organs.json')" in source
     assert str(areas) not in source and str(tmp_path) not in source
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(SystemExit):  # checked when --predict-args are parsed, exit 2 naming the file
         build(kernel["models"][1:], tmp_path / "dist2", user="tester", wheels="none",
               predict_args=["--min-area", str(tmp_path / "nope.json")])
+    assert "nope.json" in capsys.readouterr().err
 
 
 def test_notebook_records_traced_torch_versions_and_a_time_budget(kernel: dict[str, Path]) -> None:
@@ -161,7 +257,7 @@ def test_notebook_records_traced_torch_versions_and_a_time_budget(kernel: dict[s
     assert (kernel["weights"] / "tiny-fold0" / "model.ts.torch_version").read_text() == torch.__version__
     source = code_cells(kernel["kernel"] / "submission.ipynb")
     assert f"TRACED_WITH = {{'tiny-fold0/model.ts': '{torch.__version__}'}}" in source
-    assert "BUDGET_HOURS = 8.5" in source and "HIDDEN_IMAGES = 550" in source and '"--time-budget"' in source
+    assert "BUDGET_HOURS = 8.5" in source and "HIDDEN_IMAGES = 550" in source and "SCALE_BUDGET = True" in source
 
 
 def test_older_torch_than_the_trace_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -23,11 +23,14 @@ def trust_checkpoints_in(work_dir: str | Path) -> None:
     and any other checkpoint keep torch's default. No environment variable, no global switch.
     """
     prefix = os.path.abspath(work_dir).rstrip(os.sep) + os.sep
+    root = Path(work_dir).resolve()
 
     def load_from_this_run(filename: str, map_location=None) -> dict:
         if not os.path.isfile(filename):
             raise FileNotFoundError(f"checkpoint {filename} not found")
-        return torch.load(filename, map_location=map_location, weights_only=False)
+        # the scheme matches path strings: work/../x.pth and symlinks out of work/ must not get the full unpickler
+        trusted = Path(filename).resolve().is_relative_to(root)
+        return torch.load(filename, map_location=map_location, weights_only=not trusted)
 
     # mmengine picks a loader by re.match of the registered prefix against the path
     CheckpointLoader.register_scheme(prefixes=re.escape(prefix), loader=load_from_this_run, force=True)

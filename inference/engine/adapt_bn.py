@@ -1,0 +1,285 @@
+"""Test-time BatchNorm adaptation (AdaBN, Li et al. 2016): encoder BatchNorm statistics re-estimated per data source.
+
+A model trained on HPA normalises its features with HPA statistics; on H&E / PAS images those statistics are off.
+Before the submission loop, every member runs in BatchNorm training mode over random windows of the test images of
+each data_source (windows at the member's own working scale, as it will predict them) and the running mean and
+variance of each BatchNorm layer of its encoder are replaced by the average of the batch statistics (what
+torch.optim.swa_utils.update_bn computes with momentum=None). The decoder, GroupNorm / LayerNorm layers, and every
+weight stay as trained. While predicting, each image's member uses the statistics of its image's data source.
+
+The batch statistics are read off the running buffers: reset to mean 0 / variance 1 before each batch, one
+training-mode forward leaves momentum x the batch statistic (plus (1 - momentum) x 1 for the variance). That works
+for eager modules and for scripted TorchScript modules (whose momentum is a readable constant and whose BatchNorm
+honours train()), but not for traced ones: torch.jit.trace bakes the eval-mode branch into the graph, so train()
+changes nothing and the buffers are never written. Such members are detected by that (the buffers stay at their
+reset values), restored, and left unadapted with a warning.
+
+Cost: --adapt-bn-windows windows per member and data source, from at most --adapt-bn-images images of that source;
+it is spent before the first image and counts against --time-budget like any other elapsed time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from inference.engine.ensemble import Member
+from inference.engine.sliding import pad_to_tile
+from inference.io import read_image
+from inference.organs import image_pixel_size
+from inference.tiling import resize_image
+
+log = logging.getLogger("inference.engine.adapt_bn")
+
+ENCODER_NAMES = ("encoder", "backbone", "segmentor.backbone")  # smp models; mmseg segmentors (eager, exported)
+BATCHNORM_NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "BatchNormAct2d")
+DEFAULT_WINDOWS = 64
+DEFAULT_IMAGES = 8
+
+
+def encoder_batchnorms(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of every BatchNorm layer under the model's encoder (smp `encoder`, mmseg `backbone`)."""
+    modules = dict(model.named_modules())
+    prefix = next((name for name in ENCODER_NAMES if name in modules), None)
+    if prefix is None:
+        return []
+    return [(name, m) for name, m in modules.items() if name.startswith(prefix + ".") and _is_batchnorm(m)]
+
+
+def _is_batchnorm(module: torch.nn.Module) -> bool:
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") in BATCHNORM_NAMES
+
+
+@dataclass
+class _Stats:
+    """Running sums of one member's per-batch BatchNorm statistics."""
+
+    layers: list[tuple[str, torch.nn.Module]]
+    means: list[torch.Tensor] = field(default_factory=list)
+    variances: list[torch.Tensor] = field(default_factory=list)
+    batches: int = 0
+
+
+def _reset(layers: list[tuple[str, torch.nn.Module]]) -> None:
+    for _, bn in layers:
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+        bn.num_batches_tracked.zero_()
+
+
+def _batch_statistics(bn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch mean and variance one training forward from mean 0 / variance 1 left in bn (None: not written)."""
+    if int(bn.num_batches_tracked) == 0:
+        return None  # traced: the forward never reached the training branch
+    momentum = getattr(bn, "momentum", 0.1)
+    m = 1.0 if momentum is None else float(momentum)  # None: cumulative average, the first batch is taken whole
+    return bn.running_mean / m, (bn.running_var - (1.0 - m)) / m
+
+
+class BatchNormAdaptation:
+    """Per-data-source encoder BatchNorm statistics for each member, swapped in image by image."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        self.layers = {id(m): encoder_batchnorms(m.predictor.model) for m in members}
+        self.original = {key: _snapshot(layers) for key, layers in self.layers.items()}
+        self.states: dict[str, dict[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.notes: list[str] = []
+        self.skipped: set[int] = set()
+        for m in members:
+            if not self.layers[id(m)]:
+                self._skip(m, "no BatchNorm layer under an encoder/backbone module: left as trained")
+
+    def _skip(self, member: Member, why: str) -> None:
+        self.skipped.add(id(member))
+        note = f"--adapt-bn: {member.predictor.name}: {why}"
+        self.notes.append(note)
+        log.warning(note)
+
+    def adaptable(self) -> list[Member]:
+        return [m for m in self.members if id(m) not in self.skipped]
+
+    def fit(self, source: str, windows: Iterable[tuple[Member, torch.Tensor]]) -> None:
+        """Average the batch statistics of (member, uint8 window batch) pairs into `source`'s state."""
+        stats: dict[int, _Stats] = {}
+        for member, batch in windows:
+            key = id(member)
+            if key in self.skipped:
+                continue
+            entry = stats.setdefault(key, _Stats(self.layers[key]))
+            measured = _measure(member, entry.layers, batch)
+            if measured is None:
+                self._restore(member)
+                self._skip(member, "BatchNorm buffers did not change in training mode (a traced TorchScript "
+                                   "model: torch.jit.trace fixes the eval branch); left as trained. Export with "
+                                   "torch.jit.script, or ship model.pth, to adapt it")
+                stats.pop(key)
+                continue
+            if not entry.means:
+                entry.means = [mean.clone() for mean, _ in measured]
+                entry.variances = [var.clone() for _, var in measured]
+            else:
+                for i, (mean, var) in enumerate(measured):
+                    entry.means[i] += mean
+                    entry.variances[i] += var
+            entry.batches += 1
+        self.states[source] = {
+            key: [(mean / s.batches, var.clamp(min=0) / s.batches) for mean, var in zip(s.means, s.variances,
+                                                                                        strict=True)]
+            for key, s in stats.items() if s.batches
+        }
+        for member in self.members:
+            self._restore(member)
+
+    def use(self, source: object, members: list[Member]) -> None:
+        """Load `source`'s statistics into these members (the trained ones where the source was not fitted)."""
+        state = self.states.get(str(source), {})
+        for member in members:
+            key = id(member)
+            if key in state:
+                _load(self.layers[key], state[key])
+            elif key in self.layers:
+                self._restore(member)
+
+    def restore(self) -> None:
+        """Put every member's trained statistics back."""
+        for member in self.members:
+            self._restore(member)
+
+    def _restore(self, member: Member) -> None:
+        key = id(member)
+        for (_, bn), (mean, var, tracked) in zip(self.layers[key], self.original[key], strict=True):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+            bn.num_batches_tracked.copy_(tracked)
+
+
+def _snapshot(layers: list[tuple[str, torch.nn.Module]]) -> list[tuple[torch.Tensor, ...]]:
+    return [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for _, bn in layers]
+
+
+def _load(layers: list[tuple[str, torch.nn.Module]], state: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for (_, bn), (mean, var) in zip(layers, state, strict=True):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+
+
+@torch.no_grad()
+def _measure(member: Member, layers: list[tuple[str, torch.nn.Module]], batch: torch.Tensor
+             ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer batch statistics of one training-mode forward of a uint8 window batch (None: not measurable)."""
+    predictor = member.predictor
+    _reset(layers)
+    for _, bn in layers:
+        bn.train()
+    try:
+        predictor._forward(batch.to(predictor.device))  # noqa: SLF001 - the Predictor's own normalisation and AMP
+    finally:
+        for _, bn in layers:
+            bn.eval()
+    measured = [_batch_statistics(bn) for _, bn in layers]
+    if any(m is None for m in measured):
+        return None
+    return [(mean.clone(), var.clone()) for mean, var in measured]
+
+
+def random_windows(working: np.ndarray, tile: int, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """(count, 3, tile, tile) uint8 windows at uniformly random positions of an (h, w, 3) working image."""
+    tensor = torch.from_numpy(np.ascontiguousarray(working)).permute(2, 0, 1)
+    padded, _ = pad_to_tile(tensor, tile)
+    h, w = padded.shape[1:]
+    ys = rng.integers(0, h - tile + 1, count)
+    xs = rng.integers(0, w - tile + 1, count)
+    return torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in zip(ys, xs, strict=True)])
+
+
+def drawn_rows(table: pd.DataFrame, max_images: int = DEFAULT_IMAGES, seed: int = 0) -> dict[str, list[int]]:
+    """data_source -> the row positions of `table` whose images AdaBN reads (at most max_images each, sorted).
+
+    Its own generator, apart from the window positions', so which images are drawn depends on the table alone.
+    """
+    rng = np.random.default_rng(seed)
+    table = table.reset_index(drop=True)
+    drawn = {}
+    for source, rows in table.groupby(table["data_source"].astype(str), sort=True):
+        picks = rng.choice(len(rows), min(max_images, len(rows)), replace=False)
+        drawn[str(source)] = sorted(int(n) for n in rows.index[picks])
+    return drawn
+
+
+def adapt_batchnorm(
+    table: pd.DataFrame,
+    image_dir: Path,
+    members: list[Member],
+    *,
+    windows: int = DEFAULT_WINDOWS,
+    max_images: int = DEFAULT_IMAGES,
+    scale_mode: str = "pixel-size",
+    max_side: int | None = None,
+    stain_reference: str | None = None,
+    seed: int = 0,
+    read: Callable[[object], np.ndarray] | None = None,
+) -> BatchNormAdaptation:
+    """Fit every member's encoder BatchNorm statistics on each data_source's images of `table` (see module doc).
+
+    stain_reference (--stain-reference without --stain-tta): images are Macenko-normalised, as the loop reads them.
+    read(row) gives a drawn row's image (row.Index: its position in `table`; default: image_dir/<id>.tiff); one
+    that raises is skipped with a warning, the other draws staying the same.
+    """
+    if windows < 1 or max_images < 1:
+        raise ValueError(f"--adapt-bn-windows and --adapt-bn-images must be >= 1, got {windows}, {max_images}")
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    if stain_reference is not None:
+        from inference.stain import load_reference, normalise_stain
+
+        reference = load_reference(stain_reference)
+        transform = lambda image: normalise_stain(image, reference)  # noqa: E731
+    adaptation = BatchNormAdaptation(members)
+    table = table.reset_index(drop=True)  # row numbers = positions, as the journal counts them
+    for source, rows in drawn_rows(table, max_images, seed).items():
+        began = time.perf_counter()
+        chosen = table.iloc[rows]
+        per_image = max(2, math.ceil(windows / len(chosen)))  # batch statistics need 2+ windows
+        used = [0]
+
+        def batches(chosen: pd.DataFrame = chosen, per_image: int = per_image,
+                    used: list[int] = used) -> Iterable[tuple[Member, torch.Tensor]]:
+            for row in chosen.itertuples():
+                try:
+                    image = read(row) if read is not None else read_image(image_dir / f"{row.id}.tiff")
+                except Exception as exc:  # a bad image costs its windows, never the run
+                    log.warning("id %s: --adapt-bn: image skipped (%s: %s)", row.id, type(exc).__name__, exc)
+                    continue
+                if transform is not None:
+                    image = transform(image)
+                used[0] += 1
+                rng = np.random.default_rng([seed + 1, int(row.Index)])  # this image's windows, whatever was skipped
+                pixel_size, _ = image_pixel_size(row.pixel_size, row.organ, row.data_source)
+                h, w = image.shape[:2]
+                for member in adaptation.adaptable():
+                    p = member.predictor
+                    if p.config.context > 1:
+                        adaptation._skip(member, "context (MRN) checkpoints are not adapted")  # noqa: SLF001
+                        continue
+                    working = resize_image(image, *p.scale(h, w, scale_mode, pixel_size, max_side).size)
+                    tiles = random_windows(working, p.config.tile_size, per_image, rng)
+                    # near-equal batches of at least 2 windows (no batch of one left over at the end)
+                    for batch in torch.tensor_split(tiles, max(1, len(tiles) // max(p.batch_size, 2))):
+                        yield member, batch
+
+        adaptation.fit(source, batches())
+        log.info("--adapt-bn: %s: %d member(s) adapted on %d window(s) each from %d image(s) in %.1f s",
+                 source, len(adaptation.states[source]), per_image * used[0], used[0],
+                 time.perf_counter() - began)
+    return adaptation
