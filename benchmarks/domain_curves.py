@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import recipe  # noqa: E402
 
 from inference.organs import DATA_SOURCES, ORGANS  # noqa: E402
+from inference.rle import decode  # noqa: E402
 from inference.score import score  # noqa: E402
 from inference.tables import load_solution, load_submission  # noqa: E402
 from train.configs.fastai.base import load_config  # noqa: E402
@@ -157,6 +158,19 @@ def row(result: dict) -> dict[str, float]:
     return cells
 
 
+def area_ratios(submission: Path, solution: Path) -> dict[str, float]:
+    """Predicted / true FTU pixels per organ x source (0: nothing found, > 1: over-segmentation)."""
+    predicted = dict(zip(*load_submission(submission)[["id", "rle"]].T.values, strict=True))
+    areas: dict[str, list[float]] = {}
+    for r in load_solution(solution).itertuples(index=False):
+        h, w = int(r.img_height), int(r.img_width)
+        truth, pred = decode(r.rle, h, w).sum(), decode(predicted.get(r.id, ""), h, w).sum()
+        sums = areas.setdefault(f"{r.organ}/{r.data_source}", [0.0, 0.0])
+        sums[0] += pred
+        sums[1] += truth
+    return {k: p / t for k, (p, t) in areas.items() if t}
+
+
 def collect(jobs: list[Job], data: Path, variants: dict[str, list[str]]) -> pd.DataFrame:
     """One row per (entry, seed, step, test set): the scores of every prediction on disk."""
     rows = []
@@ -170,6 +184,9 @@ def collect(jobs: list[Job], data: Path, variants: dict[str, list[str]]) -> pd.D
             if path.is_file():
                 result = score(load_submission(path), load_solution(folder / "test_solution.csv"))
                 rows.append({"entry": entry, "seed": job.seed, "step": step, "testset": testset, **row(result)})
+                if step == last:
+                    ratios = area_ratios(path, folder / "test_solution.csv")
+                    rows[-1].update({f"area {k}": v for k, v in ratios.items()})
     return pd.DataFrame(rows)
 
 
@@ -184,6 +201,16 @@ def final_table(df: pd.DataFrame, testset: str = "test") -> str:
         cols = ["all", "HPA", "Hubmap", "ratio", *COLUMNS[3:]]
         cells = [f"{group[c].mean():.3f} ± {group[c].std(ddof=0):.3f}" for c in cols]
         lines.append(f"| {entry} ({len(group)}, {int(group['step'].max())}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def area_table(df: pd.DataFrame) -> str:
+    """Markdown: predicted / true FTU area per entry and organ x source at the last step, mean over seeds."""
+    keys = [c for c in COLUMNS[3:] if f"area {c}" in df]
+    last = df[df["step"] == df.groupby("entry")["step"].transform("max")]
+    lines = ["| entry, test set | " + " | ".join(k.replace("/", " ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for (entry, testset), group in last.groupby(["entry", "testset"], sort=False):
+        lines.append(f"| {entry}, {testset} | " + " | ".join(f"{group[f'area {k}'].mean():.2f}" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -269,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     if (df["testset"] == "swap").any():
         print(f"\nsame masks with the other source's stain ({data / 'swap'}; Hubmap rows HPA-stained at the Hubmap "
               f"pixel size, HPA rows H&E-stained):\n{final_table(df, 'swap')}")
+    print(f"\npredicted / true FTU area at the last step (0 = nothing found):\n{area_table(df)}")
     print(f"\nwrote {args.work / 'results.json'} and {args.work / 'domain_curves.png'}")
 
 
