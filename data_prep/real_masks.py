@@ -1,7 +1,7 @@
 """Semi-real benchmark data: real competition FTU masks, rendered tissue and stain, at physical pixel sizes.
 
     python -m data_prep.real_masks --out DIR [--rows ../shared/fixtures/hubmap2022/train_rows_sample.csv]
-        [--folds folds.csv] [--test-folds 0] [--pixel-size 1.6] [--seed 0] [--swap-stain]
+        [--folds folds.csv] [--test-folds 0] [--pixel-size 1.6] [--seed 0] [--swap-stain] [--targets]
 
 Every row of --rows (real train rows: organ, size, 0.4 um/px, column-major RLE) is decoded at its true geometry
 (inference.rle), so the FTU sizes, counts and spacing are the real ones, then resampled and drawn around with the
@@ -20,6 +20,10 @@ The CSVs' pixel_size is the um/px each image is rendered at, and the RLE is the 
 --swap-stain also writes DIR/swap/ (test.csv, test_solution.csv, test_images of the same test masks) with each
 test image drawn with the other data source's stain over the same tissue layers: Hubmap rows HPA-stained at the
 Hubmap pixel size, HPA rows H&E-stained at --pixel-size. Scoring both folders separates stain from scale.
+--targets also writes DIR/targets/ (<id>.tiff and targets.csv: id, organ, data_source, img_height, img_width,
+pixel_size; no masks): every train mask drawn again Hubmap-style on new tissue at the Hubmap pixel size, the
+unlabeled H&E / PAS images that stain transfer, histogram matching and pseudo-labelling take as their target domain.
+They come from train folds only, so nothing of the test set leaks through them.
 """
 
 from __future__ import annotations
@@ -219,6 +223,7 @@ def make_real_masks(
     pixel_size: float = 1.6,
     seed: int = 0,
     swap_stain: bool = False,
+    targets: bool = False,
 ) -> Path:
     """Write the benchmark dataset under out (see the module docstring) and return out."""
     if not MASK_PIXEL_SIZE <= pixel_size <= 10:
@@ -234,11 +239,12 @@ def make_real_masks(
         raise ValueError(f"test folds {test_folds} leave no test or no train rows (folds {sorted(rows['fold'].unique())})")
     out = Path(out)
     folders = ["train_images", "test_images"] + (["swap/test_images"] if swap_stain else [])
+    folders += ["targets"] if targets else []
     for name in folders:
         (out / name).mkdir(parents=True, exist_ok=True)
         for stale in (out / name).glob("*.tiff"):  # left over from a run with other arguments
             stale.unlink()
-    train_rows, test_rows, swap_rows = [], [], []
+    train_rows, test_rows, swap_rows, target_rows = [], [], [], []
     for i, r in tqdm(list(rows.iterrows()), desc="real-mask images", unit="mask"):
         full = decode(r["rle"], int(r["img_height"]), int(r["img_width"]))
         image_id, is_test = int(r["id"]), bool(test[i])
@@ -256,9 +262,20 @@ def make_real_masks(
             if len(images) > 1:
                 write_image(out / "swap" / "test_images" / f"{row_id}.tiff", images[1])
                 swap_rows.append(_row(r, row_id, source, px, mask))
+        if targets and not is_test:
+            px = rendered_pixel_size(r["organ"], "Hubmap", pixel_size)
+            h, w = (max(1, round(n * MASK_PIXEL_SIZE / px)) for n in full.shape)
+            mask = resample_mask(full, h, w)
+            (image,) = render(r["organ"], mask, px, ("Hubmap",), (seed, image_id, 2))  # new tissue, new stain draw
+            write_image(out / "targets" / f"{image_id + HUBMAP_ID_OFFSET}.tiff", image)
+            target_rows.append(_row(r, image_id + HUBMAP_ID_OFFSET, "Hubmap", px, mask))
     write_tables(out, pd.DataFrame(train_rows), pd.DataFrame(test_rows))
     if swap_stain:
         write_tables(out / "swap", None, pd.DataFrame(swap_rows))
+    if targets:
+        columns = ["id", "organ", "data_source", "img_height", "img_width", "pixel_size"]
+        pd.DataFrame(target_rows)[columns].sort_values("id").to_csv(out / "targets" / "targets.csv", index=False,
+                                                                     lineterminator="\n")
     return out
 
 
@@ -290,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pixel-size", type=float, default=1.6, help="um/px of the HPA images (the finest rendered)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--swap-stain", action="store_true", help="also write DIR/swap: test masks in the other stain")
+    ap.add_argument("--targets", action="store_true", help="also write DIR/targets: unlabeled H&E / PAS images")
     args = ap.parse_args(argv)
     if not args.rows.is_file():
         ap.error(f"--rows {args.rows} not found (the real rows live in ../shared/fixtures/hubmap2022)")
@@ -301,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--test-folds must be comma-separated integers, got {args.test_folds!r}")
     start = time.perf_counter()
     try:
-        out = make_real_masks(args.out, args.rows, args.folds, test_folds, args.pixel_size, args.seed, args.swap_stain)
+        out = make_real_masks(args.out, args.rows, args.folds, test_folds, args.pixel_size, args.seed, args.swap_stain,
+                               args.targets)
     except ValueError as err:
         ap.error(str(err))
     train, test = pd.read_csv(out / "train.csv"), pd.read_csv(out / "test.csv")

@@ -43,7 +43,8 @@ def rows_csv(real_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="module")
 def real_data(rows_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real_masks")
-    return make_real_masks(out, rows_csv, REPO / "folds.csv", (0,), PIXEL_SIZE, seed=0, swap_stain=True)
+    return make_real_masks(out, rows_csv, REPO / "folds.csv", (0,), PIXEL_SIZE, seed=0, swap_stain=True,
+                           targets=True)
 
 
 def test_split_follows_folds_and_test_has_both_sources(real_data: Path, rows_csv: Path) -> None:
@@ -87,6 +88,17 @@ def test_stains_differ_over_the_same_layers(real_data: Path) -> None:
         od_other = -np.log10((other + 1) / 256).sum(-1)
         assert np.abs(image - other).mean() > 5, r.id  # another stain...
         assert np.corrcoef(od.ravel(), od_other.ravel())[0, 1] > 0.5, r.id  # ...of the same tissue
+
+
+def test_targets_are_unlabeled_hubmap_images_of_train_masks_only(real_data: Path) -> None:
+    train = load_train(real_data / "train.csv")
+    targets = pd.read_csv(real_data / "targets" / "targets.csv")
+    assert "rle" not in targets
+    assert set(targets["id"]) == {i + HUBMAP_ID_OFFSET for i in train["id"]}  # never a test-fold mask
+    assert (targets["data_source"] == "Hubmap").all()
+    for r in targets.itertuples():
+        assert r.pixel_size == pytest.approx(max(organ(r.organ).pixel_size["Hubmap"], PIXEL_SIZE), rel=1e-3)
+        assert read_image(real_data / "targets" / f"{r.id}.tiff").shape == (r.img_height, r.img_width, 3)
 
 
 def test_cli_rejects_missing_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
