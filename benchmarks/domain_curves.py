@@ -2,16 +2,19 @@
 
     python benchmarks/domain_curves.py [--work benchmarks_out/curves] [--data real-masks | --data demo | --data-dir D]
         [--entry flips=unet_mnv3_steps --entry stain=unet_mnv3_steps_stain --entry plain=plain ...]
-        [--predict stainref="--stain-reference {stain_reference}" ...] [--seeds 3] [--save-at 250,500,1000,1500]
-        [--parallel 2]
+        [--predict stainref="--stain-reference {stain_reference}" ...] [--train-flags LABEL="FLAGS" ...]
+        [--tiles-hook "COMMAND {tiles} {data}"] [--seeds 3] [--save-at 250,500,1000,1500] [--parallel 2]
 
 An entry is LABEL=CONFIG[@SEEDS]: a fastai experiment (train/configs/fastai, trained by benchmarks/step_snapshots.py with
 --fold -1, checkpoint folders kept after each --save-at step) or `plain` (benchmarks/plain_loop.py for the last
 --save-at step count, at the first fastai entry's um/px, crop size and encoder); @SEEDS trains that entry on
 fewer seeds than --seeds, after every full entry's jobs. A --predict LABEL=FLAGS adds
 inference.predict flags as one more row per entry, scored at the last step ({stain_reference} is a reference fitted
-with python -m inference.stain on the train images; {data} the data folder). So a new training technique is one
-more --entry (its config), and an inference technique one more --predict (its flag).
+with python -m inference.stain on the train images; {data} the data folder). --train-flags LABEL=FLAGS appends
+trainer flags to one fastai entry (e.g. extra pseudo-labelled data); --tiles-hook runs a command on the built tile
+set before training, after every rebuild (e.g. adding offline stain-transferred copies; {tiles}, {data} are
+filled in). So a new
+training technique is one more --entry (its config), and an inference technique one more --predict (its flag).
 
 Jobs (entry x seed, seed-major so that an interrupted benchmark has every entry at seed 0 first) run --parallel at
 a time, one thread each; each job trains, then predicts every snapshot on the test set with inference.predict's
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +91,9 @@ def split_seeds(entries: dict[str, str], seeds: int, ap: argparse.ArgumentParser
     return out
 
 
-def make_jobs(args: argparse.Namespace, entries: dict[str, tuple[str, int]], tiles: Path, data: Path) -> list[Job]:
+def make_jobs(
+    args: argparse.Namespace, entries: dict[str, tuple[str, int]], tiles: Path, data: Path, flags: dict[str, list[str]]
+) -> list[Job]:
     """Every (entry, seed) job, seed-major; entries on fewer seeds than --seeds after all the others."""
     py, last = sys.executable, max(args.save_at)
     fastai = {label: load_config(c) for label, (c, _) in entries.items() if c != "plain"}
@@ -112,7 +118,7 @@ def make_jobs(args: argparse.Namespace, entries: dict[str, tuple[str, int]], til
             folder = base / name / "fold-1"
             train = [py, str(REPO / "benchmarks/step_snapshots.py"), "--save-at",
                      ",".join(map(str, args.save_at)), "--", "--config", config, "--fold", "-1", "--tiles",
-                     str(tiles), "--out", str(base), "--seed", str(seed)]
+                     str(tiles), "--out", str(base), "--seed", str(seed), *flags.get(label, [])]
         job = Job(label, seed, folder, train, base.with_suffix(".log"))
         job.snapshots = {s: folder / "snapshots" / f"step{s}" for s in args.save_at}
         jobs.append(job)
@@ -252,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("benchmarks_out/curves"))
     ap.add_argument("--entry", action="append", help=f"LABEL=CONFIG or LABEL=plain (default: {' '.join(DEFAULT_ENTRIES)})")
     ap.add_argument("--predict", action="append", default=[], help="LABEL=FLAGS: inference.predict flags, one more row")
+    ap.add_argument("--train-flags", action="append", default=[], help="LABEL=FLAGS: more train.fastai_unet flags")
+    ap.add_argument("--tiles-hook", help="command run once on the tile set before training ({tiles}, {data})")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--save-at", default="250,500,1000,1500", help="optimizer steps to score (the last = run length)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time, one thread each")
@@ -261,6 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     args.work = args.work.resolve()
     entries = split_seeds(parse_pairs(args.entry or list(DEFAULT_ENTRIES), "--entry", ap), args.seeds, ap)
     variants_text = parse_pairs(args.predict, "--predict", ap)
+    train_flags = parse_pairs(args.train_flags, "--train-flags", ap)
+    for label in train_flags:
+        if label not in entries or entries[label][0] == "plain":
+            ap.error(f"--train-flags {label}: not a fastai --entry label")
     try:
         args.save_at = sorted({int(s) for s in args.save_at.split(",")})
     except ValueError:
@@ -275,12 +287,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--seeds and --parallel must be >= 1")
     pixel_sizes = [float(load_config(c)[1].pixel_size) for c, _ in entries.values() if c != "plain"] or [2.4]
     data, tiles = recipe.prepare(args, pixel_sizes)
+    if args.tiles_hook:  # after every (re)build of the tile set, which rewrites its index
+        subprocess.run(shlex.split(args.tiles_hook.format(tiles=tiles, data=data)), cwd=REPO, check=True)
     reference = args.work / "stain_reference.json"
     if any("{stain_reference}" in v for v in variants_text.values()) and not reference.is_file():
         subprocess.run([sys.executable, "-m", "inference.stain", "--images", str(data / "train_images"), "--out",
                         str(reference)], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    variants = {k: v.format(stain_reference=reference, data=data).split() for k, v in variants_text.items()}
-    jobs = make_jobs(args, entries, tiles, data)
+    variants = {k: shlex.split(v.format(stain_reference=reference, data=data)) for k, v in variants_text.items()}
+    flags = {k: shlex.split(v.format(data=data, tiles=tiles)) for k, v in train_flags.items()}
+    jobs = make_jobs(args, entries, tiles, data, flags)
     print(f"{len(jobs)} jobs ({len(entries)} entries, up to {args.seeds} seeds), {args.parallel} at a time, "
           f"scored after steps {args.save_at}; logs in {args.work}/seed*/", flush=True)
     if not args.collect_only:
