@@ -196,10 +196,16 @@ def collect(jobs: list[Job], data: Path, variants: dict[str, list[str]]) -> pd.D
     return pd.DataFrame(rows)
 
 
-def final_table(df: pd.DataFrame, testset: str = "test") -> str:
-    """Markdown: rows entry (seeds, steps), columns all / HPA / Hubmap / organ x source, mean +- std over seeds."""
+def final_table(df: pd.DataFrame, testset: str = "test", step: int | None = None) -> str:
+    """Markdown: rows entry (seeds, steps), columns all / HPA / Hubmap / organ x source, mean +- std over seeds.
+
+    Each entry's last scored step, or `step` for every entry that has it (equal steps).
+    """
     last = df[(df["testset"] == testset)]
-    last = last[last["step"] == last.groupby("entry")["step"].transform("max")]
+    if step is None:
+        last = last[last["step"] == last.groupby("entry")["step"].transform("max")]
+    else:
+        last = last[last["step"] == step]
     heads = ["all", "HPA", "Hubmap", "Hubmap / HPA", *(c.replace("/", " ") for c in COLUMNS[3:])]
     lines = ["| entry (seeds, steps) | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for entry, group in last.groupby("entry", sort=False):
@@ -263,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--save-at", default="250,500,1000,1500", help="optimizer steps to score (the last = run length)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time, one thread each")
+    ap.add_argument("--table-steps", default="", help="comma-separated steps to also tabulate every entry at")
     ap.add_argument("--collect-only", action="store_true", help="train nothing: score, tabulate and plot what is done")
     recipe.add_data_arguments(ap)
     args = ap.parse_args(argv)
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
                                                        indent=1))
     plot(df, args.work / "domain_curves.png")
     print(f"\nlast step, test set of {data} (CPU figures):\n{final_table(df)}")
+    for step in (int(s) for s in args.table_steps.split(",") if s):
+        print(f"\nat step {step}, test set (CPU figures):\n{final_table(df, step=step)}")
     if (df["testset"] == "swap").any():
         print(f"\nsame masks with the other source's stain ({data / 'swap'}; Hubmap rows HPA-stained at the Hubmap "
               f"pixel size, HPA rows H&E-stained):\n{final_table(df, 'swap')}")
