@@ -86,7 +86,7 @@ def make_data(args: argparse.Namespace) -> Path:
                 raise SystemExit(0)
             subprocess.run([py, "-m", "data_prep.real_masks", "--out", str(data), "--seed", str(args.data_seed),
                             "--pixel-size", f"{args.real_pixel_size:g}", "--test-folds", args.real_test_folds,
-                            "--swap-stain"], cwd=REPO, check=True)
+                            "--swap-stain", "--targets"], cwd=REPO, check=True)
         return data
     data = args.work / "data"
     if not (data / "test_solution.csv").is_file():
