@@ -100,7 +100,11 @@ def prepare(args: argparse.Namespace, pixel_size: float | list[float]) -> tuple[
     """The data (make_data), folds and a tile set with whole images at the recipes' pixel size(s)."""
     py = sys.executable
     data = make_data(args)
-    sizes = sorted({float(p) for p in (pixel_size if isinstance(pixel_size, list) else [pixel_size])})
+    sizes = {float(p) for p in (pixel_size if isinstance(pixel_size, list) else [pixel_size])}
+    record = args.work / "tiles" / "tiles.json"
+    if record.is_file():  # keep the scales an earlier run built, so the tile set is reused, not refused
+        sizes |= {float(p) for p in json.loads(record.read_text()).get("scaled", [])}
+    sizes = sorted(sizes)
     folds = args.work / "folds.csv"
     subprocess.run([py, "-m", "data_prep.make_folds", "--train-csv", str(data / "train.csv"), "--out", str(folds)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
