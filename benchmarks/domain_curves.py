@@ -182,7 +182,8 @@ def collect(jobs: list[Job], data: Path, variants: dict[str, list[str]]) -> pd.D
     rows = []
     for job in jobs:
         out = job.folder.parent / "predictions"
-        last = max(job.snapshots)
+        done = [s for s in job.snapshots if (out / f"step{s}.csv").is_file()]
+        last = max(done, default=max(job.snapshots))  # the variants were predicted at the last step scored
         named = [(job.entry, "test", s, out / f"step{s}.csv", data) for s in job.snapshots]
         named += [(f"{job.entry}+{v}", "test", last, out / f"step{last}_{v}.csv", data) for v in variants]
         named.append((job.entry, "swap", last, out / f"step{last}_swap.csv", data / "swap"))
