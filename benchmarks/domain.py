@@ -1,13 +1,16 @@
 """The HPA -> HuBMAP gap: the CPU recipe with and without stain transfer and scale jitter, HPA vs Hubmap Dice.
 
-    python benchmarks/domain.py [--work benchmarks_out/recipe] [--minutes 20] [--seeds 3] [...recipe.py options]
+    python benchmarks/domain.py [--work benchmarks_out/recipe] [--minutes 20] [--seeds 3] [--data real-masks]
+        [...recipe.py options]
 
 Runs benchmarks/recipe.py with unet_r18_cpu as "ours" and its two ablations alongside (unet_r18_cpu_stain:
 30% of the crops re-stained as H&E / PAS, the `flips+stain` preset; unet_r18_cpu_fixedscale: no physical scale
 jitter, no low-res blur), plus the plain loop, all side by side at equal wall time, on demo data whose test set mixes HPA images
 and Hubmap-like images (H&E, PAS for kidney) at the Hubmap pixel sizes. Prints the recipe table, then HPA and
 Hubmap Dice per recipe (mean +- std over seeds) and Hubmap / HPA. Shares recipe.py's work folder and runs,
-so running both costs one training.
+so running both costs one training. --data real-masks runs it on data_prep.real_masks (the real train masks at
+their physical scale; skipped with a reason where ../shared is absent). For Dice against optimizer steps (long
+enough for augmentation to pay, 1500 steps per model) see benchmarks/domain_curves.py.
 """
 
 from __future__ import annotations

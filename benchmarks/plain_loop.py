@@ -1,10 +1,12 @@
 """The plain baseline: the ~100-line training loop a competitor writes first, for benchmarks/recipe.py.
 
     python benchmarks/plain_loop.py --data-dir DATA --out RUN/fold-1 --minutes 20 [--seed 0] [--pixel-size 0.8]
+    python benchmarks/plain_loop.py --data-dir DATA --out RUN/fold-1 --steps 1500 [--save-at 250,500,1000] ...
 
 Whole train images resampled to --pixel-size um/px, random --tile px crops (half centred on a random FTU
-pixel), flips and 90-degree rotations, an smp UNet-ResNet18 from random weights, BCE + Dice, Adam at a
-constant 1e-3, batch 8, for --minutes of training. It writes a checkpoint folder (config.json + model.pth)
+pixel), flips and 90-degree rotations, an smp UNet-ResNet18 (--encoder) from random weights, BCE + Dice, Adam at a
+constant 1e-3, batch 8, for --minutes of training or --steps optimizer steps (--save-at also keeps
+RUN/fold-1/snapshots/step<N>/ checkpoint folders after those steps, for benchmarks/domain_curves.py). It writes a checkpoint folder (config.json + model.pth)
 that inference.predict reads, so the baseline is scored by exactly the same inference as the recipe.
 Deliberately none of the recipe's choices: no organ balance, no per-FTU centring, no scale jitter, no
 schedule, no colour augmentation, no validation.
@@ -67,23 +69,41 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    ap.add_argument("--minutes", type=float, required=True)
+    budget = ap.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=float, help="training wall time")
+    budget.add_argument("--steps", type=int, help="optimizer steps")
+    ap.add_argument("--save-at", default="", help="comma-separated steps after which to keep a checkpoint folder")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pixel-size", type=float, default=0.8)
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--bs", type=int, default=8)
+    ap.add_argument("--encoder", default="tu-resnet18", help="smp encoder, random weights")
     args = ap.parse_args(argv)
+    try:
+        save_at = {int(s) for s in args.save_at.split(",") if s}
+    except ValueError:
+        ap.error(f"--save-at must be comma-separated integers, got {args.save_at!r}")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     items = load(args.data_dir, args.pixel_size)
-    model = smp.create_model("Unet", encoder_name="tu-resnet18", encoder_weights=None, classes=1)
+    model = smp.create_model("Unet", encoder_name=args.encoder, encoder_weights=None, classes=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     dice_loss = smp.losses.DiceLoss("binary", from_logits=True)
     bce = torch.nn.BCEWithLogitsLoss()
     mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
     model.train()
     start, steps = time.perf_counter(), 0
-    while time.perf_counter() - start < args.minutes * 60:
+    def done() -> bool:
+        return steps >= args.steps if args.steps is not None else time.perf_counter() - start >= args.minutes * 60
+
+    def config(run_steps: int) -> CheckpointConfig:
+        return CheckpointConfig(
+            name="plain_loop", fold=-1, framework="smp", task="binary", classes=["ftu"], tile_size=args.tile,
+            encoder=args.encoder, reduce_k=1.0, pixel_size=args.pixel_size,
+            train={"steps": run_steps, "seed": args.seed},
+        )
+
+    while not done():
         batch = [crop(*items[rng.integers(len(items))], args.tile, rng) for _ in range(args.bs)]
         x = (np.stack([b[0] for b in batch]).astype(np.float32) / 255.0 - mean) / std
         x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
@@ -94,12 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         optimizer.step()
         steps += 1
+        if steps in save_at:
+            snapshot = args.out / "snapshots" / f"step{steps}"
+            snapshot.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), snapshot / "model.pth")
+            config(steps).save(snapshot)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out / "model.pth")
-    CheckpointConfig(
-        name="plain_loop", fold=-1, framework="smp", task="binary", classes=["ftu"], tile_size=args.tile,
-        encoder="tu-resnet18", reduce_k=1.0, pixel_size=args.pixel_size, train={"steps": steps, "seed": args.seed},
-    ).save(args.out)
+    config(steps).save(args.out)
     print(f"plain loop: {steps} steps of batch {args.bs} in {time.perf_counter() - start:.0f} s -> {args.out}")
 
 

@@ -1,7 +1,8 @@
 """The repo's training recipe against a plain training loop at equal wall time, per organ and per data source.
 
     python benchmarks/recipe.py [--work benchmarks_out/recipe] [--config unet_r18_cpu [--also CFG ...]] [--minutes 20]
-        [--seeds 3] [--data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667] [--mmseg [CFG ...]]
+        [--seeds 3] [--data demo|real-masks | --data-dir DATA] [--n-train 40] [--n-test 20] [--scale 0.1667]
+        [--mmseg [CFG ...]]
 
 For each seed, side by side and one thread each (so every model gets the same share of the machine):
   ours   python -m train.fastai_unet --config C --fold -1 --tiles T --minutes M --seed S
@@ -12,7 +13,9 @@ For each seed, side by side and one thread each (so every model gets the same sh
 Weight averaging is a config delta: --also unet_r18_cpu_avg3 (the mean of the last 3 epochs) beside ours.
 then every model predicts the same test set with `python -m inference.predict` (default settings) and is scored
 with inference.score. Without --data-dir the benchmark writes demo data (data_prep.make_demo, HPA train images,
-HPA + Hubmap test images at the Hubmap pixel sizes and stains). Prints mean +- std over seeds of the Dice overall,
+HPA + Hubmap test images at the Hubmap pixel sizes and stains), or with --data real-masks the real-mask benchmark
+(data_prep.real_masks: the 71 real train masks of ../shared/fixtures/hubmap2022 at their real geometry, rendered
+at --real-pixel-size um/px, split by folds.csv; skipped with a reason where ../shared is absent). Prints mean +- std over seeds of the Dice overall,
 per data source and per organ, and the ratio ours / plain; writes WORK/results.json. Finished runs are reused,
 so an interrupted benchmark resumes.
 """
@@ -57,20 +60,60 @@ def wait_all(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
             raise SystemExit(f"{name} failed (exit {proc.returncode}); last lines of {log}:\n{log.read_text()[-3000:]}")
 
 
-def prepare(args: argparse.Namespace, pixel_size: float) -> tuple[Path, Path]:
-    """Demo data (unless --data-dir), folds and a tile set with whole images at the recipe's pixel size."""
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark data options shared with benchmarks/domain_curves.py."""
+    ap.add_argument("--data", choices=("demo", "real-masks"), default="demo",
+                    help="demo: data_prep.make_demo; real-masks: data_prep.real_masks (needs ../shared)")
+    ap.add_argument("--data-dir", type=Path, help="competition-layout data with test_solution.csv (overrides --data)")
+    ap.add_argument("--data-seed", type=int, default=1, help="make_demo / real_masks seed")
+    ap.add_argument("--n-train", type=int, default=40, help="make_demo train images")
+    ap.add_argument("--n-test", type=int, default=20, help="make_demo test images")
+    ap.add_argument("--scale", type=float, default=1 / 6, help="make_demo --scale (1 = 3000 px train images)")
+    ap.add_argument("--real-pixel-size", type=float, default=1.6, help="real_masks --pixel-size (um/px of HPA images)")
+    ap.add_argument("--real-test-folds", default="0", help="real_masks --test-folds")
+
+
+def make_data(args: argparse.Namespace) -> Path:
+    """The benchmark's data folder: --data-dir as given, else demo or real-mask data written under --work once."""
     py = sys.executable
-    data = args.data_dir or args.work / "data"
-    if args.data_dir is None and not (data / "test_solution.csv").is_file():
+    if args.data_dir is not None:
+        return args.data_dir
+    if args.data == "real-masks":
+        data = args.work / f"data_real_px{args.real_pixel_size:g}"
+        if not (data / "test_solution.csv").is_file():
+            from data_prep.real_masks import DEFAULT_ROWS
+
+            if not DEFAULT_ROWS.is_file():
+                print(f"skipped: --data real-masks needs the real train rows at {DEFAULT_ROWS} (../shared is absent)")
+                raise SystemExit(0)
+            subprocess.run([py, "-m", "data_prep.real_masks", "--out", str(data), "--seed", str(args.data_seed),
+                            "--pixel-size", f"{args.real_pixel_size:g}", "--test-folds", args.real_test_folds,
+                            "--swap-stain", "--targets"], cwd=REPO, check=True)
+        return data
+    data = args.work / "data"
+    if not (data / "test_solution.csv").is_file():
         subprocess.run([py, "-m", "data_prep.make_demo", "--out", str(data), "--seed", str(args.data_seed),
                         "--n-train", str(args.n_train), "--n-test", str(args.n_test), "--scale", str(args.scale)],
                        cwd=REPO, check=True)
+    return data
+
+
+def prepare(args: argparse.Namespace, pixel_size: float | list[float]) -> tuple[Path, Path]:
+    """The data (make_data), folds and a tile set with whole images at the recipes' pixel size(s)."""
+    py = sys.executable
+    data = make_data(args)
+    sizes = {float(p) for p in (pixel_size if isinstance(pixel_size, list) else [pixel_size])}
+    record = args.work / "tiles" / "tiles.json"
+    if record.is_file():  # keep the scales an earlier run built, so the tile set is reused, not refused
+        sizes |= {float(p) for p in json.loads(record.read_text()).get("scaled", [])}
+    sizes = sorted(sizes)
     folds = args.work / "folds.csv"
     subprocess.run([py, "-m", "data_prep.make_folds", "--train-csv", str(data / "train.csv"), "--out", str(folds)],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     tiles = args.work / "tiles"
     subprocess.run([py, "-m", "data_prep.tiles", "--data-dir", str(data), "--folds", str(folds), "--out", str(tiles),
-                    "--size", "256", "--splits", "1,2,3", "--scaled", f"{pixel_size:g}", "--workers", "2"],
+                    "--size", "256", "--splits", "1,2,3", *(a for p in sizes for a in ("--scaled", f"{p:g}")),
+                    "--workers", "2"],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return data, tiles
 
@@ -115,17 +158,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--also", nargs="*", default=[], help="more fastai experiments trained alongside (ablations)")
     ap.add_argument("--minutes", type=float, default=20.0, help="training minutes per model and seed")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--data-dir", type=Path, help="competition-layout data with test_solution.csv (default: demo)")
-    ap.add_argument("--data-seed", type=int, default=1, help="make_demo seed")
-    ap.add_argument("--n-train", type=int, default=40)
-    ap.add_argument("--n-test", type=int, default=20)
-    ap.add_argument("--scale", type=float, default=1 / 6, help="make_demo --scale (1 = 3000 px train images)")
+    add_data_arguments(ap)
     ap.add_argument("--mmseg", nargs="*", default=None, help="also train these mmseg configs (stems under "
                     f"train/configs/mmseg; none given: {MMSEG_CONFIG.stem}) alongside")
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
     name, cfg = load_config(args.config)
-    data, tiles = prepare(args, float(cfg.pixel_size))
+    data, tiles = prepare(args, [float(cfg.pixel_size), *(float(load_config(c)[1].pixel_size) for c in args.also)])
     py, rows = sys.executable, []
     fastai_runs = {"ours": args.config, **{load_config(c)[0]: c for c in args.also}}
     mmseg_runs = {} if args.mmseg is None else {
