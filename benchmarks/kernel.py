@@ -37,9 +37,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from checkpoints import make_smp_checkpoint  # noqa: E402
 
 from inference.engine.ensemble import Member  # noqa: E402
-from inference.predict import Options, predict_one  # noqa: E402
 from inference.engine.models import resolve_device  # noqa: E402
 from inference.engine.predictor import load_predictor  # noqa: E402
+from inference.predict import Options, predict_one  # noqa: E402
 from inference.tiling import split_boxes, window_starts  # noqa: E402
 
 HOURS_LIMIT = 9.0

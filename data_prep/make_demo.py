@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from inference.wsi.polygons import iter_ftus, write_ftus
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import encode
+from inference.wsi.polygons import iter_ftus, write_ftus
 from inference.wsi.reader import write_pyramid
 
 DEFAULT_SCALE = 1 / 6  # 3000 px HPA images become 500 px

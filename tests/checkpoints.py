@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from inference.checkpoint import CheckpointConfig
-from inference.organs import CLASSES
 from inference.engine.models import TORCH_VERSION_SUFFIX
+from inference.organs import CLASSES
 
 
 def make_smp_checkpoint(

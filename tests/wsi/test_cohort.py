@@ -73,8 +73,8 @@ def test_cohort_on_ray_survives_a_killed_worker(
 ) -> None:
     ray = pytest.importorskip("ray")
     from data_prep.make_demo import make_slides
-    from inference.wsi.cohort import run_cohort, settings_from_args
     from inference.wsi.cli import build_parser
+    from inference.wsi.cohort import run_cohort, settings_from_args
 
     csv = make_slides(tmp_path / "slides", 3, seed=1, side=1536)  # slide, organ, mpp and more columns
     stems = [Path(s).name.split(".")[0] for s in pd.read_csv(csv)["slide"]]
