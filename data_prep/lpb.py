@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_prep.tiles import TileSetError, load_index, read_png, read_tile, write_index, write_png
+from inference.cli import HelpFormatter
 from inference.organs import ORGANS, class_index
 
 SPLIT_MODES = ("left-right", "top-bottom", "line")
@@ -198,7 +199,7 @@ def add_lpb(tiles_dir: Path, n_per_organ: int, levels: int = 5, seed: int = 0, o
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.lpb", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--tiles", type=Path, required=True, help="tile set folder (index.csv from data_prep.tiles)")
     ap.add_argument("--n-per-organ", type=int, required=True, help="blended tiles per organ")
     ap.add_argument("--levels", type=int, default=5, help="Laplacian pyramid levels")

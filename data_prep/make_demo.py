@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from inference.cli import HelpFormatter
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import encode
@@ -636,7 +637,7 @@ def make_slides(out: Path, n: int, seed: int = 0, side: int = 8192, mpp: float =
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.make_demo", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="dataset folder to write (created if missing)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=40, help="train images, organs round-robin (default 40)")

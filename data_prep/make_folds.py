@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from inference.cli import HelpFormatter
 from inference.organs import ORGANS
 from inference.tables import load_train
 
@@ -46,7 +47,7 @@ def ids_from_train_csv(path: Path) -> dict[str, list[int]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.make_folds", description=__doc__, formatter_class=HelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--train-csv", type=Path, help="competition-format train.csv")
     src.add_argument("--ids-json", type=Path, help='JSON {"organ": [id, ...]} (train_ids_by_organ.json)')

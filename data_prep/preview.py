@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from data_prep.augment import PRESETS, STAIN_VECTORS, StainTransfer, train_transforms
 from data_prep.tiles import TileSetError, load_index, read_tile
+from inference.cli import HelpFormatter
 from inference.organs import ORGANS
 
 STAIN_TITLES = {"he": "H&E", "pas": "PAS"}
@@ -102,7 +103,7 @@ def preview(tiles_dir: Path, out: Path, preset: str = "seed10+stain", n_aug: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.preview", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--tiles", type=Path, required=True, help="tile set folder (index.csv)")
     ap.add_argument("--out", type=Path, default=Path("preview.png"))
     ap.add_argument("--preset", choices=PRESETS, default="seed10+stain", help="augmentation for the last columns")

@@ -39,6 +39,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_prep.make_demo import SAMPLE_RLE, Canvas, stain, tissue_layout
+from inference.cli import HelpFormatter
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import decode, encode
@@ -298,7 +299,7 @@ def write_tables(out: Path, train: pd.DataFrame | None, test: pd.DataFrame) -> N
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m data_prep.real_masks", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="python -m data_prep.real_masks", description=__doc__, formatter_class=HelpFormatter
     )
     ap.add_argument("--out", type=Path, required=True, help="dataset folder to write (created if missing)")
     ap.add_argument("--rows", type=Path, default=DEFAULT_ROWS, help="real train rows with RLE (train.csv columns)")

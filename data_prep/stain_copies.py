@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from data_prep.lpb import fingerprint
 from data_prep.tiles import TileSetError, load_index, read_png, write_index, write_png
+from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 from inference.stain import StainReference, image_stains, normalise_stain
 
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m data_prep.stain_copies",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--tiles", type=Path, required=True, help="tile set folder with --scaled whole-image rows")
     ap.add_argument("--targets", type=Path, nargs="+", required=True, help="target H&E / PAS images or folders")

@@ -44,11 +44,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 from inference.organs import class_index
 from inference.rle import decode
-from inference.tables import TableError, load_train
+from inference.tables import TableError, load_folds, load_train
 from inference.tiling import Box, grid_boxes, resize_image, split_boxes, stride_for
+from inference.tiling import scaled_size as tiling_scaled_size
 from inference.tissue import tissue_cutoff, tissue_fraction
 
 # The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
@@ -207,8 +209,7 @@ def scaled_size(height: int, width: int, pixel_size: float, target: float) -> tu
     """(h, w) of an image of pixel_size um/px resampled to target um/px."""
     if not pixel_size > 0 or not target > 0:
         raise ValueError(f"pixel sizes must be positive, got {pixel_size} -> {target}")
-    factor = pixel_size / target
-    return max(1, round(height * factor)), max(1, round(width * factor))
+    return tiling_scaled_size(height, width, pixel_size / target)
 
 
 def scaled_tile_id(image_id: int, pixel_size: float) -> str:
@@ -323,10 +324,7 @@ def _init_worker() -> None:
 
 def _jobs(data_dir: Path, folds_csv: Path) -> list[ImageJob]:
     train = load_train(data_dir / "train.csv")
-    folds = pd.read_csv(folds_csv)
-    if not {"id", "fold"} <= set(folds.columns):
-        raise TileSetError(f"{folds_csv}: needs columns id, fold; found {list(folds.columns)}")
-    fold_of = dict(zip(folds["id"].astype(int), folds["fold"].astype(int), strict=True))
+    fold_of = {int(i): f for i, f in load_folds(folds_csv).items()}
     missing = [int(i) for i in train["id"] if int(i) not in fold_of]
     if missing:
         raise TileSetError(
@@ -493,7 +491,7 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m data_prep.tiles", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True, help="competition layout: train.csv, train_images/")
     ap.add_argument("--folds", type=Path, required=True, help="folds.csv (id, organ, fold)")
     ap.add_argument("--out", type=Path, required=True, help="tile set folder")

@@ -43,14 +43,12 @@ from tqdm import tqdm
 
 from data_prep.make_folds import make_folds
 from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
+from inference.cli import HelpFormatter
 from inference.organs import ORGANS, class_index
 from inference.tiling import context_window
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
 from inference.wsi.reader import Slide, open_slide, thumbnail
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the module docstring's layout kept."""
 
 @dataclass(frozen=True)
 class WsiTileSettings:

@@ -7,10 +7,20 @@ aliases (`hidden_alias`), so a script written against them still runs while --he
 from __future__ import annotations
 
 import argparse
+import copy
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description as written (usage examples keep their lines) and `(default: ...)` after every help text."""
+    """The description as written (usage examples keep their lines) and `(default: ...)` after every help text.
+
+    argparse shows a default only beside a help text; an option given none still shows its default.
+    """
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def parser(module: str, doc: str | None, script: bool = False) -> argparse.ArgumentParser:

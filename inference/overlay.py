@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 from inference.metric import dice
 from inference.rle import decode
@@ -65,7 +66,7 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m inference.overlay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m inference.overlay", description=__doc__, formatter_class=HelpFormatter
     )
     ap.add_argument("--data-dir", type=Path, required=True, help="folder with <split>.csv and <split>_images/")
     ap.add_argument("--submission", type=Path, required=True, help="CSV with id,rle")

@@ -63,6 +63,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from inference.cli import HelpFormatter
 from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_WINDOWS, BatchNormAdaptation, adapt_batchnorm
 from inference.engine.budget import Level, TimeBudget, degradation_levels
 from inference.engine.ensemble import (
@@ -84,7 +85,7 @@ from inference.io import MAX_IMAGE_SIDE, check_side, read_image
 from inference.journal import Journal, finished_rows, read_records
 from inference.organs import image_pixel_size
 from inference.rle import encode
-from inference.tables import TableError, load_sample_submission_lenient, load_test_lenient
+from inference.tables import TableError, load_folds, load_sample_submission_lenient, load_test_lenient
 from inference.thresholds import thresholds_for
 
 log = logging.getLogger("inference.predict")
@@ -304,16 +305,6 @@ def encode_resized(mask: np.ndarray, height: int, width: int, columns: int = 256
     if not start.size:
         return ""
     return " ".join(f"{s + 1} {e - s}" for s, e in zip(start.tolist(), end.tolist(), strict=True))
-
-
-def load_folds(path: Path) -> dict[str, int]:
-    """id -> fold from a folds.csv (columns id, fold; ids as the CSV spells them)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--folds {path} not found (the seeded split data_prep.make_folds writes)")
-    df = pd.read_csv(path, dtype=str)
-    if not {"id", "fold"} <= set(df.columns):
-        raise ValueError(f"{path}: expected columns id,fold; found {list(df.columns)}")
-    return {i.strip(): int(f) for i, f in zip(df["id"], df["fold"], strict=True)}
 
 
 def oof_members(members: list[Member]) -> list[Member]:
@@ -706,10 +697,6 @@ def run_supervised(argv: list[str], journal: Path, time_budget: float | None = N
                     restarts, max_restarts)
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every default shown."""
-
-
 def _min_area(text: str) -> dict[str, float]:
     """argparse type of --min-area (a number of um^2 or an organ JSON), checked at parse time."""
     try:
@@ -721,7 +708,7 @@ def _min_area(text: str) -> dict[str, float]:
 def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
     """The CLI; kernels.build parses --predict-args with allow_abbrev=False so every option is spelled out."""
     ap = argparse.ArgumentParser(
-        prog="python -m inference.predict", description=__doc__, formatter_class=_HelpFormatter,
+        prog="python -m inference.predict", description=__doc__, formatter_class=HelpFormatter,
         allow_abbrev=allow_abbrev,
     )
     ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")

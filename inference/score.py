@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from inference.cli import HelpFormatter
 from inference.metric import dice
 from inference.rle import decode
 from inference.tables import TableError, load_solution, load_submission
@@ -77,7 +78,7 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m inference.score", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--submission", type=Path, required=True, help="CSV with id,rle")
     ap.add_argument("--solution", type=Path, required=True,
                     help="CSV with id,organ,img_height,img_width,rle (data_source optional)")

@@ -28,6 +28,7 @@ import numpy as np
 from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
 from tqdm import tqdm
 
+from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 
 log = logging.getLogger("inference.stain")
@@ -208,7 +209,7 @@ def reinhard_normalise(image: np.ndarray, reference: StainReference) -> np.ndarr
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m inference.stain", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--images", type=Path, required=True, help="folder of .tiff images (e.g. train_images)")
     ap.add_argument("--out", type=Path, default=Path("stain_reference.json"))
     ap.add_argument("--limit", type=int, default=40, help="images drawn at random from the folder")

@@ -191,3 +191,20 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
             notes.append((df.at[i, "id"], f"{col} {shown}: the image's own size is used"))
         df[col] = values.where(~bad, 0).astype("int64")
     return df, notes
+
+
+def load_folds(path: str | Path) -> dict[str, int]:
+    """id -> fold of a folds.csv (the seeded split data_prep.make_folds writes; ids as the CSV spells them).
+
+    The one reader of the split, for the tile builder and inference.predict --folds.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path} not found: write it with python -m data_prep.make_folds")
+    df = pd.read_csv(path, dtype=str)
+    if not {"id", "fold"} <= set(df.columns):
+        raise TableError(f"{path}: needs columns id, fold; found {list(df.columns)}")
+    try:
+        return {i.strip(): int(f) for i, f in zip(df["id"], df["fold"], strict=True)}
+    except (TypeError, ValueError) as exc:
+        raise TableError(f"{path}: every row needs an id and an integer fold ({exc})") from exc

@@ -122,3 +122,14 @@ def context_window(y0: float, x0: float, side: float, k: int) -> tuple[float, fl
     """
     margin = (k - 1) * side // 2 if isinstance(side, int) else (k - 1) * side / 2
     return y0 - margin, x0 - margin, k * side
+
+
+def scaled_size(height: int, width: int, factor: float, max_side: int | None = None) -> tuple[int, int]:
+    """(h, w) resampled by factor, each side at least 1 px, the longer side capped at max_side (aspect kept).
+
+    The one resampling rule of the tile sets' whole images (data_prep.tiles --scaled), the Predictor's working
+    scale and the multi-scale TTA ratios, so training and inference cannot drift apart.
+    """
+    if max_side is not None:
+        factor = min(factor, max_side / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))

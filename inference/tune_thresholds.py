@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from inference.cli import HelpFormatter
 from inference.metric import dice
 from inference.organs import DATA_SOURCES, ORGANS
 from inference.rle import decode
@@ -166,7 +167,7 @@ def report_by_source(per_image: pd.DataFrame, base: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m inference.tune_thresholds", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--oof", type=Path, nargs="+", required=True, help="folder(s) of <id>.npy probability maps")
     ap.add_argument("--solution", type=Path, required=True, help="CSV with id,organ,img_height,img_width,rle")

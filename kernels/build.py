@@ -45,6 +45,7 @@ from pathlib import Path
 from string import Template
 
 from inference.checkpoint import CheckpointConfig
+from inference.cli import HelpFormatter
 from inference.engine.budget import KAGGLE_HOURS, KAGGLE_OVERHEAD_S
 from inference.engine.ensemble import bounded, positive_int
 from inference.engine.models import TORCH_VERSION_SUFFIX, resolve_checkpoints, weights_path
@@ -389,13 +390,9 @@ def _predict_args_literal(args: list[str]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every default shown."""
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m kernels.build", description=__doc__, formatter_class=_HelpFormatter
+        prog="python -m kernels.build", description=__doc__, formatter_class=HelpFormatter
     )
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
     ap.add_argument("--out", type=Path, default=Path("dist/kaggle"))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.checkpoint import CheckpointConfig
+from inference.cli import HelpFormatter
 from inference.engine.models import TORCH_VERSION_SUFFIX
 
 TOLERANCE = 1e-4
@@ -115,7 +116,7 @@ def export_run(run_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m train.export", description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--run-dir", required=True, type=Path, help="checkpoint folder outputs/<config-stem>/fold<k>")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """fastai binary UNet trainer: one fold of one experiment config -> a self-describing checkpoint folder.
 
     python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
-        [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--bs B] [--lr LR] [--seed S]
+        [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--batch-size B] [--lr LR] [--seed S]
         [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last]
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
@@ -48,6 +48,7 @@ from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_dist
 
 from data_prep.tiles import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
+from inference.cli import HelpFormatter, hidden_alias
 from inference.score import format_report
 from inference.tables import load_train
 from train.averaging import SnapshotPool
@@ -382,7 +383,7 @@ def _weights_arg(text: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m train.fastai_unet", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", required=True, help="experiment file (or its name) under train/configs/fastai")
     parser.add_argument("--fold", type=int, required=True, help="validation fold k; -1 trains on all folds")
     parser.add_argument("--tiles", type=Path, required=True, help="tile set folder (data_prep.tiles)")
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--minutes", type=float, help="training time budget in minutes (LR schedule follows the clock)")
     parser.add_argument("--epochs", type=int, help="override config epochs")
-    parser.add_argument("--bs", type=int, help="override config batch size (per process)")
+    parser.add_argument("--batch-size", dest="bs", type=int, help="override config batch size (per process)")
     parser.add_argument("--lr", type=float, help="override config peak learning rate")
     parser.add_argument("--seed", type=int, help="override config seed")
     parser.add_argument("--average-k", type=int, help="override config average_k (0: the best epoch alone)")
@@ -400,8 +401,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete OUT/<config-stem>/fold<k> first (a finished run is otherwise kept, a partial one resumed)")
+    hidden_alias(parser, "--bs", "--batch-size")  # the old spelling, for one release
     args = parser.parse_args(argv)
-    name, cfg = load_config(args.config)
+    if not (args.tiles / "index.csv").is_file():
+        parser.error(f"--tiles {args.tiles}: no index.csv there; build a tile set with python -m data_prep.tiles")
+    try:
+        name, cfg = load_config(args.config)
+    except (FileNotFoundError, ImportError, TypeError) as exc:
+        parser.error(str(exc))
+    if args.overwrite:
+        shutil.rmtree(args.out / name / f"fold{args.fold}", ignore_errors=True)
     cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
                        average_k=args.average_k, average_by=args.average_by)
     if args.encoder_weights != "keep":

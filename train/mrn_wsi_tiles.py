@@ -1,7 +1,7 @@
 """Train an MRN (train.models.mrn) on a whole-slide tile set with a plain torch loop.
 
     python -m train.mrn_wsi_tiles --tiles TILES --fold 0 [--out outputs] [--name mrn_r18] [--encoder tu-resnet18]
-        [--upsampling transpose|bilinear] [--epochs 5] [--bs 8] [--lr 1e-3]
+        [--upsampling transpose|bilinear] [--epochs 5] [--batch-size 8] [--lr 1e-3]
 
 TILES is a `data_prep.wsi_tiles --context K` set (fine tiles with their context views, folds by slide); the loop is
 AdamW, one-cycle, BCE + Dice (train.losses), flips. Writes OUT/<name>/fold<k>/ (model.ts + config.json with
@@ -20,14 +20,11 @@ import torch
 
 from data_prep.tiles import load_index, read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
+from inference.cli import HelpFormatter, hidden_alias
 from train.export import export_torchscript
 from train.fastai_data import normalise
 from train.losses import SegmentationLoss
 from train.models.mrn import MRN, UPSAMPLING
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and every option's default."""
 
 
 class ContextTileDataset(torch.utils.data.Dataset):
@@ -109,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--encoder", default="tu-resnet18", help="smp encoder name")
     ap.add_argument("--upsampling", choices=UPSAMPLING, default="transpose")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--bs", type=int, default=8)
+    ap.add_argument("--batch-size", dest="bs", type=int, default=8, help="tiles per step")
+    hidden_alias(ap, "--bs", "--batch-size")  # the old spelling, for one release
     ap.add_argument("--lr", type=float, default=1e-3)
     args = ap.parse_args(argv)
     folder = train_mrn(args.tiles, args.fold, args.out, args.name, args.encoder, args.upsampling, args.epochs,

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from inference.cli import HelpFormatter
 from inference.engine.ensemble import ENSEMBLE_MODES
 from inference.engine.predictor import DEFAULT_SCALE_MODE, SCALE_MODES
 from inference.engine.sliding import TTA_SIZES
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m train.pseudo_label",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--images", type=Path, required=True, help="folder of unlabeled <id>.tiff images")
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s): the ensemble")

@@ -17,7 +17,7 @@ import torch
 from inference.checkpoint import CheckpointConfig
 from inference.engine.models import build_model, resolve_device
 from inference.engine.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
-from inference.tiling import adaptive_reduce, resize_image, resize_probs, stride_for
+from inference.tiling import adaptive_reduce, resize_image, resize_probs, scaled_size, stride_for
 
 SCALE_MODES = ("pixel-size", "reduce", "none")
 DEFAULT_SCALE_MODE = "pixel-size"
@@ -108,7 +108,7 @@ class Predictor:
         capped = max_side is not None and max(height, width) * factor > max_side
         if capped:
             factor = max_side / max(height, width)
-        return Scale((max(1, round(height * factor)), max(1, round(width * factor))), factor, rule, capped)
+        return Scale(scaled_size(height, width, factor), factor, rule, capped)
 
     def working_size(
         self,

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from inference import tiling
 from inference.engine.predictor import Predictor
 from inference.engine.sliding import WindowFilter
 from inference.tiling import resize_probs
@@ -57,9 +58,7 @@ def parse_stain_methods(text: str) -> tuple[str, ...]:
 
 def scaled_size(size: tuple[int, int], ratio: float, max_side: int | None = None) -> tuple[int, int]:
     """The working (h, w) times ratio, the longer side capped at max_side."""
-    h, w = size
-    factor = ratio if max_side is None else min(ratio, max_side / max(h, w))
-    return max(1, round(h * factor)), max(1, round(w * factor))
+    return tiling.scaled_size(*size, ratio, max_side)
 
 
 def predict_scales(

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from inference.cli import HelpFormatter
 from inference.engine.ensemble import add_ensemble_arguments
 from inference.engine.postprocess import load_min_area
 from inference.io import ImageReadError
@@ -20,10 +21,6 @@ from inference.wsi.cohort import run_cohort_cli
 from inference.wsi.polygons import OBJECT_TYPES
 from inference.wsi.predict import CHUNK, MASK_FORMATS, WsiOptions, predict_slide
 from inference.wsi.reader import READERS
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the module docstring's layout kept."""
 
 
 def add_prediction_args(ap: argparse.ArgumentParser) -> None:

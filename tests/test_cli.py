@@ -1,0 +1,53 @@
+"""Command lines read alike: a usage line runnable as shown, defaults in --help, nothing on stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = (
+    "data_prep.make_demo", "data_prep.make_folds", "data_prep.tiles", "data_prep.lpb", "data_prep.preview",
+    "data_prep.wsi_tiles", "data_prep.real_masks", "data_prep.stain_copies",
+    "train.fastai_unet", "train.mmseg_train", "train.export", "train.mrn_wsi_tiles", "train.pseudo_label",
+    "inference.predict", "inference.score", "inference.stain", "inference.tune_thresholds", "inference.overlay",
+    "inference.wsi", "kernels.build",
+)
+# every module's --help in one interpreter (imports once); its stderr must stay empty: no warning at import
+PROBE = """
+import contextlib, importlib, io, json, sys
+out = {}
+for module in json.loads(sys.argv[1]):
+    main = importlib.import_module(module + ".cli" if module == "inference.wsi" else module).main
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        try:
+            main(["--help"])
+        except SystemExit:
+            pass
+    out[module] = buffer.getvalue()
+print(json.dumps(out))
+"""
+
+@pytest.fixture(scope="module")
+def helps() -> tuple[dict[str, str], str]:
+    pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(MODULES)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_usage_is_runnable_as_shown_and_shows_defaults(module: str, helps: tuple[dict[str, str], str]) -> None:
+    text = helps[0][module]
+    assert text.startswith(f"usage: python -m {module} "), text[:200]
+    assert "(default:" in text, f"{module} --help shows no default"
+
+
+def test_help_writes_nothing_to_stderr(helps: tuple[dict[str, str], str]) -> None:
+    assert helps[1] == "", helps[1][-2000:]
