@@ -22,7 +22,7 @@ run() {
   fi
 }
 # the trainers' closing report: the validation Dice table of the submission path
-report() { sed -n '/validation Dice of the submission path/,$p' "$LOGS/$1" | grep -v '^\s*$' | head -n 12; }
+report() { tr '\r' '\n' < "$LOGS/$1" | sed -n '/validation Dice of the submission path/,$p' | grep -v '^\s*$' | head -n 12; }
 
 stage "1/7 demo dataset -> $DEMO/data"
 if [ -f "$DEMO/data/test_solution.csv" ]; then echo "   already there"; else
