@@ -316,7 +316,13 @@ def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: P
 def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     seen = {}
     monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out, data_dir=None: seen.update(cfg=cfg, name=name))
-    fastai_unet.main(
+    with pytest.raises(SystemExit) as exit_info:  # not a tile set: error: ... exit 2, before anything is built
+        fastai_unet.main(["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path)])
+    assert exit_info.value.code == 2 and not seen
+    (tmp_path / "index.csv").write_text("tile_id\n")
+    fastai_unet.main(["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--batch-size", "5"])
+    assert seen["cfg"].bs == 5
+    fastai_unet.main(  # --bs: the old spelling, hidden
         ["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--epochs", "3", "--bs", "2"]
         + ["--lr", "0.01", "--encoder-weights", "none"]
     )
