@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
     )
+    parser.add_argument("--histmatch-targets", nargs="+", metavar="IMAGE_OR_DIR",
+                        help="override config histmatch_targets (reference images of the '+histmatch' presets)")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete OUT/<config-stem>/fold<k> first (a finished run is otherwise kept, a partial one resumed)")
     hidden_alias(parser, "--bs", "--batch-size")  # the old spelling, for one release
@@ -414,7 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.overwrite:
         shutil.rmtree(args.out / name / f"fold{args.fold}", ignore_errors=True)
     cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
-                       average_k=args.average_k, average_by=args.average_by)
+                       average_k=args.average_k, average_by=args.average_by,
+                       histmatch_targets=tuple(args.histmatch_targets) if args.histmatch_targets else None)
+    if "histmatch" in cfg.augment and not cfg.histmatch_targets:
+        parser.error(f"augment {cfg.augment!r} matches histograms to reference images: set histmatch_targets in the "
+                     "config or pass --histmatch-targets IMAGE_OR_DIR (e.g. unlabeled HuBMAP H&E / PAS images)")
     if args.encoder_weights != "keep":
         cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
     train(cfg, name, args.fold, args.tiles, args.out, args.data_dir)

@@ -106,8 +106,6 @@ class FastaiConfig:
 
         if self.augment not in PRESETS:
             raise ValueError(f"augment {self.augment!r} not in {PRESETS}")
-        if "histmatch" in self.augment and not self.histmatch_targets:
-            raise ValueError(f"augment {self.augment!r} matches histograms to histmatch_targets: give image paths")
         if not 0.0 <= self.stain_copy_share <= 1.0:
             raise ValueError(f"stain_copy_share must be in [0, 1], got {self.stain_copy_share}")
 
