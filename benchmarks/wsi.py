@@ -107,19 +107,20 @@ def flat_seconds(slide_path: Path, run: Path, block: int) -> tuple[float, int]:
     from inference.engine.sliding import WindowFilter
     from inference.predict import load_members
     from inference.tissue import tissue_mask
-    from inference.wsi.predict import block_regions, model_pixel_size
+    from inference.wsi.predict import block_regions, model_pixel_size, read_work_region, work_factor
     from inference.wsi.reader import open_slide, thumbnail
 
     torch.set_num_threads(1)
     members = load_members([run], None, "cpu", 4, "gaussian")
     with open_slide(slide_path) as slide:
-        level = slide.level_for(model_pixel_size(members))
-        thumb, factor = thumbnail(slide, 2048)
-        tissue = tissue_mask(thumb, slide.mpp * factor)
-        blocks = [b for b in block_regions(slide, level, members, block, tissue, factor) if b.keep.any()]
-        images = [slide.read(level, b.region[0], b.region[1], b.region[2] - b.region[0], b.region[3] - b.region[1])
-                  for b in blocks]
-        level_mpp = slide.level_mpp(level)
+        target = model_pixel_size(members)
+        level = slide.level_for(target)
+        grid = work_factor(slide.level_mpp(level), target)  # what inference.wsi predicts on
+        thumb, thumb_factor = thumbnail(slide, 2048)
+        tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
+        blocks = [b for b in block_regions(slide, level, members, block, tissue, thumb_factor, grid) if b.keep.any()]
+        images = [read_work_region(slide, level, b.region, grid) for b in blocks]
+        level_mpp = slide.level_mpp(level) * grid
     start = time.perf_counter()
     windows = 0
     for b, image in zip(blocks, images, strict=True):
@@ -224,6 +225,7 @@ def main() -> None:
                 f"  same {windows} tissue windows as flat in-memory images: {flat:.0f} s -> slide / flat = "
                 f"{summary['seconds'] / flat:.2f}x (goal <= 1.1x; the slide run also reads, writes the mask and "
                 f"probability pyramids, GeoJSON and CSV)",
+                "  seconds by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
                 f"  peak RSS {peak:.0f} MiB (goal < 1536 MiB); holding the slide as RGB uint8 would take "
                 f"{rgb:.2f} GiB",
             ])
@@ -235,8 +237,9 @@ def main() -> None:
             lines.append(
                 f"single-strip uncompressed TIFF {args.strip_side}x{args.strip_side} "
                 f"({strip.stat().st_size / 2**30:.2f} GiB, read memory-mapped per region): {seconds:.0f} s wall, "
-                f"level {summary['level']}, {summary['predicted_windows']} windows; peak RSS {peak:.0f} MiB "
-                "(goal < 1536 MiB)")
+                f"level {summary['level']}, work grid {summary['work_dimensions']} at {summary['work_mpp']:.3g} um/px, "
+                f"{summary['predicted_windows']} windows; peak RSS {peak:.0f} MiB (goal < 1536 MiB); seconds by "
+                "stage: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
         if "cohort" not in skip:
             rates = cohort_rates(work, run, args.cohort_slides, args.cohort_side, min(args.block, 1024))
             (s1, r1), (s2, r2) = rates[1], rates[2]

@@ -16,7 +16,9 @@ pyramid level at most 1.1 x the models' um/px is read (then downsampled to it). 
 margin of one model window on every side and run through inference.engine.ensemble.predict_image (the same
 scale rule, sliding windows, blending, TTA, ensembling and thresholds as inference.predict) with a
 WindowFilter, so windows over bare glass are not run; blocks without tissue are not even read. Each block's
-centre goes into two zarr arrays on disk (mask and probability at the level's resolution) and the block is
+centre goes into two zarr arrays on disk (mask and probability at the level's resolution, or, for a level at least
+1.5 x finer than the models such as a slide without a pyramid, on a work grid shrunk by an integer factor to about
+the models' um/px: work_factor) and the block is
 recorded in DIR/S_work/state.json, so an interrupted run resumes at the next block and memory stays one
 block whatever the slide size. --fill-holes / --min-area then clean every FTU with
 inference.engine.postprocess (one connected component at a time, so memory stays bounded).
@@ -29,8 +31,9 @@ Writes, for slide stem S (see docs/wsi.md for opening them in QuPath, OpenSlide 
 - DIR/S.geojson: QuPath-importable FeatureCollection, one valid (Multi)Polygon per FTU in level-0 pixels,
   QuPath classification per organ (glomerulus, gland, crypt, white pulp, alveolus), objectType --objects;
 - DIR/S_ftus.csv: one row per FTU (slide, class, centroid, whole-pixel box, mpp, area in px and um^2);
-- DIR/S_summary.json: slide, mpp, level read, models, thresholds, windows run and skipped, FTUs and area
-  per class, seconds; DIR/S_heatmap.png and DIR/S_overlay.png: thumbnail previews.
+- DIR/S_summary.json: slide, mpp, level read, work grid, models, thresholds, windows run and skipped, FTUs and
+  area per class, seconds (in all and per stage: tissue, read, predict, postprocess, ftus, mask / prob pyramids,
+  pictures); DIR/S_heatmap.png and DIR/S_overlay.png: thumbnail previews.
 A finished slide is skipped on re-run (--overwrite redoes it). --slides runs a cohort (inference.wsi.cohort);
 the command line is inference.wsi.cli.
 """
@@ -180,19 +183,25 @@ class BlockRegion:
 
 
 def block_regions(
-    slide: Slide, level: int, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float
+    slide: Slide, level: int, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float,
+    factor: int = 1,
 ) -> list[BlockRegion]:
-    """Every block of a level with its read region (one model window of margin, plus half an MRN context view)."""
+    """Every block of the work grid with its read region (one model window of margin, plus half an MRN context view).
+
+    The work grid is the level shrunk by the integer `factor` (work_factor); blocks, cores and regions are in
+    work-grid pixels, and a region covers level pixels [x0 * factor, x1 * factor).
+    """
     lw, lh = slide.dimensions[level]
-    level_mpp = slide.level_mpp(level)
-    ds = slide.downsamples[level]
+    gw, gh = math.ceil(lw / factor), math.ceil(lh / factor)
+    work_mpp = slide.level_mpp(level) * factor
+    ds = slide.downsamples[level] * factor
     margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
-                           * m.predictor.config.pixel_size / level_mpp) for m in members)
+                           * m.predictor.config.pixel_size / work_mpp) for m in members)
     out = []
-    for i, (x0, y0, x1, y1) in enumerate(_blocks(lh, lw, block)):
+    for i, (x0, y0, x1, y1) in enumerate(_blocks(gh, gw, work_block(block, factor))):
         rx0, ry0 = max(0, x0 - margin), max(0, y0 - margin)
-        rx1, ry1 = min(lw, x1 + margin), min(lh, y1 + margin)
-        # the region's footprint on the thumbnail tissue map (level px -> level-0 px -> thumbnail px)
+        rx1, ry1 = min(gw, x1 + margin), min(gh, y1 + margin)
+        # the region's footprint on the thumbnail tissue map (work px -> level-0 px -> thumbnail px)
         f = ds / thumb_factor
         tx0, ty0 = int(rx0 * f), int(ry0 * f)
         tx1, ty1 = max(tx0 + 1, math.ceil(rx1 * f)), max(ty0 + 1, math.ceil(ry1 * f))
@@ -201,6 +210,37 @@ def block_regions(
 
 
 PREDOWNSAMPLE = 1.5  # a level this much finer than the models is area-shrunk before predict_image
+
+
+def work_factor(level_mpp: float, target: float) -> int:
+    """Level pixels per work-grid pixel: 1, or the integer k with level_mpp * k <= target when the level is at
+    least PREDOWNSAMPLE times finer than the models (a slide without a pyramid). The work arrays, post-processing
+    and FTU tracing then run at about the models' um/px, never at the level's: a 20k single-strip TIFF read at
+    0.5 um/px for a 4 um/px model keeps 2.5k x 2.5k work arrays, not 20k x 20k ones."""
+    factor = target / level_mpp
+    return 1 if factor < PREDOWNSAMPLE else max(1, math.floor(factor + 1e-6))
+
+
+def work_block(block: int, factor: int) -> int:
+    """The block side in work-grid pixels: --block level pixels, whole zarr chunks, at least one chunk."""
+    return max(CHUNK, block // factor // CHUNK * CHUNK)
+
+
+def read_work_region(
+    slide: Slide, level: int, region: tuple[int, int, int, int], factor: int
+) -> np.ndarray:
+    """RGB of work-grid region (x0, y0, x1, y1): level pixels [x0 * k, x1 * k) read and area-shrunk by exactly k
+    (the level's last row / column of pixels repeated where its size is not a multiple of k)."""
+    x0, y0, x1, y1 = region
+    if factor == 1:
+        return slide.read(level, x0, y0, x1 - x0, y1 - y0)
+    lw, lh = slide.dimensions[level]
+    k = factor
+    image = slide.read(level, x0 * k, y0 * k, min(lw, x1 * k) - x0 * k, min(lh, y1 * k) - y0 * k)
+    h, w = image.shape[:2]
+    if (h, w) != ((y1 - y0) * k, (x1 - x0) * k):
+        image = cv2.copyMakeBorder(image, 0, (y1 - y0) * k - h, 0, (x1 - x0) * k - w, cv2.BORDER_REPLICATE)
+    return cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
 
 
 def _predict_region(
@@ -237,24 +277,29 @@ def _predict_region(
 
 def predict_blocks(
     slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
-    tissue: np.ndarray, thumb_factor: float,
+    tissue: np.ndarray, thumb_factor: float, factor: int = 1,
 ) -> None:
-    """Predict every unfinished block into the work arrays (see the module docstring)."""
-    level_mpp = slide.level_mpp(level)
+    """Predict every unfinished block into the work arrays (work grid: the level shrunk by `factor`)."""
+    level_mpp = slide.level_mpp(level) * factor
     target = model_pixel_size(members)
-    todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor)
+    todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor, factor)
             if b.index not in work.done]
     state = work.state
+    seconds = state.setdefault("stage_seconds", {})  # summed over resumed runs
     for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
         i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
         if not keep.any():
             state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
             state["blocks_without_tissue"] += 1
         else:
-            image = slide.read(level, rx0, ry0, rx1 - rx0, ry1 - ry0)
+            tick = time.perf_counter()
+            image = read_work_region(slide, level, b.region, factor)
+            seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - tick
             windows = WindowFilter(keep)
             core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
+            tick = time.perf_counter()
             mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
+            seconds["predict"] = seconds.get("predict", 0.0) + time.perf_counter() - tick
             work.mask[y0:y1, x0:x1] = mask
             work.prob[y0:y1, x0:x1] = prob
             state["predicted_windows"] += windows.predicted
@@ -268,20 +313,22 @@ def predict_blocks(
         work.save()
 
 
-def level0_strips(array, level0: tuple[int, int], rows: int = 256, binary: bool = True) -> Iterator[np.ndarray]:
-    """Level-0 row strips (uint8) of a level-resolution array, nearest-sampled at pixel centres (binary: 0/255)."""
+def level0_strips(
+    array, level0: tuple[int, int], rows: int = 256, binary: bool = True, span: tuple[float, float] | None = None
+) -> Iterator[np.ndarray]:
+    """Level-0 row strips (uint8) of a coarser array, nearest-sampled at pixel centres (binary: 0/255).
+
+    `span` = (width, height) in array pixels that level 0 covers (default the array's size; a work grid whose
+    last column covers only part of a level pixel block spans level width / k).
+    """
     w0, h0 = level0
     lh, lw = array.shape
-    xs = np.minimum(((np.arange(w0) + 0.5) * lw / w0).astype(np.int64), lw - 1)
+    sw, sh = span or (lw, lh)
+    xs = np.minimum(((np.arange(w0) + 0.5) * sw / w0).astype(np.int64), lw - 1)
     for y in range(0, h0, rows):
-        ys = np.minimum(((np.arange(y, min(y + rows, h0)) + 0.5) * lh / h0).astype(np.int64), lh - 1)
+        ys = np.minimum(((np.arange(y, min(y + rows, h0)) + 0.5) * sh / h0).astype(np.int64), lh - 1)
         band = np.asarray(array[int(ys[0]) : int(ys[-1]) + 1, :])[ys - ys[0]][:, xs]
         yield (band > 0).astype(np.uint8) * np.uint8(255) if binary else band.astype(np.uint8)
-
-
-def mask_strips(mask, level0: tuple[int, int], rows: int = 256) -> Iterator[np.ndarray]:
-    """Level-0 row strips (0/255 uint8) of a level-resolution mask."""
-    return level0_strips(mask, level0, rows, binary=True)
 
 
 def min_area_for(options: WsiOptions, organ_key: str) -> float:
@@ -410,45 +457,69 @@ def predict_slide(
         target = model_pixel_size(members)
         level = slide.level_for(target)
         lw, lh = slide.dimensions[level]
-        work = WorkState(work_dir, _fingerprint(slide, level, members, options), (lh, lw), False)
+        factor = work_factor(slide.level_mpp(level), target)
+        grid = (math.ceil(lh / factor), math.ceil(lw / factor))  # work arrays (rows, cols)
+        work_mpp = slide.level_mpp(level) * factor
+        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": factor}
+        work = WorkState(work_dir, fingerprint, grid, False)
         state = work.state
         if state["finished"] and all(p.is_file() for p in paths.values()):
             print(f"{slide_path} is already predicted into {out} (pass --overwrite to redo it)")
             return state["summary"]
+        tick = time.perf_counter()
         thumb, thumb_factor = thumbnail(slide, options.thumbnail_side)
         tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
+        state.setdefault("stage_seconds", {})["tissue"] = round(time.perf_counter() - tick, 2)
         log.info("%s: %dx%d px at %.4g um/px (%s reader, mpp from %s); level %d (%dx%d, %.4g um/px) for models at "
-                 "%.4g um/px", slide_path.name, *slide.dimensions[0], slide.mpp, slide.reader, slide.mpp_source,
-                 level, lw, lh, slide.level_mpp(level), target)
-        predict_blocks(slide, level, members, options, work, tissue, thumb_factor)
+                 "%.4g um/px; work grid %dx%d at %.4g um/px", slide_path.name, *slide.dimensions[0], slide.mpp,
+                 slide.reader, slide.mpp_source, level, lw, lh, slide.level_mpp(level), target, grid[1], grid[0],
+                 work_mpp)
+        predict_blocks(slide, level, members, options, work, tissue, thumb_factor, factor)
         level0 = slide.dimensions[0]
-        scale = (level0[0] / lw, level0[1] / lh)
+        span = (lw / factor, lh / factor)  # work-grid pixels that level 0 covers
+        scale = (level0[0] / span[0], level0[1] / span[1])
         organ_key, class_name = _slide_class(options, state)
-        mask = clean_mask(work, options, organ_key, slide.level_mpp(level))
+        stages = state.setdefault("stage_seconds", {})
+        tick = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            stages[stage] = round(now - tick, 2)
+            tick = now
+
+        mask = clean_mask(work, options, organ_key, work_mpp)
+        lap("postprocess")
         totals = write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
                             class_name, slide=stem, objects=options.objects)
-        write_pyramid(paths["mask"], level0_strips(mask, level0), level0[1], level0[0], mpp=slide.mpp,
+        lap("ftus")
+        write_pyramid(paths["mask"], level0_strips(mask, level0, span=span), level0[1], level0[0], mpp=slide.mpp,
                       layout="subifds" if options.mask_format == "ome" else "chain", mask=True)
-        write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False), level0[1], level0[0],
-                      mpp=slide.mpp, layout="chain", grey=True)
+        lap("mask_pyramid")
+        write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False, span=span), level0[1],
+                      level0[0], mpp=slide.mpp, layout="chain", grey=True)
+        lap("prob_pyramid")
         write_pictures(thumb, work, paths["heatmap"], paths["overlay"])
+        lap("pictures")
         area_um2 = round(totals["area_px"] * slide.mpp**2, 1)
         summary = {
             "slide": str(slide_path), "stem": stem, "reader": slide.reader, "mpp": slide.mpp,
             "mpp_source": slide.mpp_source, "dimensions": list(level0),
             "level": level, "level_mpp": slide.level_mpp(level), "model_mpp": target,
+            "work_mpp": work_mpp, "work_dimensions": [grid[1], grid[0]],
             "models": [{"folder": m.predictor.name, "weight": m.weight,
                         "pixel_size": m.predictor.config.pixel_size} for m in members],
             "organ": options.organ, "thresholds": sorted(state["thresholds"]),
             "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
             "min_area_um2": min_area_for(options, organ_key),
-            "blocks": len(_blocks(lh, lw, options.block)), "blocks_without_tissue": state["blocks_without_tissue"],
+            "blocks": len(_blocks(*grid, work_block(options.block, factor))), "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
             "ftus": totals["ftus"], "ftu_area_um2": area_um2,
             "classes": {totals["class"]: {"ftus": totals["ftus"], "area_um2": area_um2,
                                           "color": list(ftu_class(class_name)[1])}},
             "heatmap_um_per_px": round(slide.mpp * thumb_factor, 4),
-            "seconds": round(time.perf_counter() - start, 1), "outputs": {k: str(p) for k, p in paths.items()},
+            "seconds": round(time.perf_counter() - start, 1),
+            "stage_seconds": {k: round(v, 2) for k, v in stages.items()}, "outputs": {k: str(p) for k, p in paths.items()},
         }
         _write_json(paths["summary"], summary)
         state.update(finished=True, summary=summary)

@@ -270,12 +270,19 @@ def test_fine_level_is_shrunk_before_prediction(
     from inference.wsi.cli import main
 
     slide = demo_slides.parent / pd.read_csv(demo_slides)["slide"][0]
-    masks = []
+    masks, summaries = [], []
     for name, factor in (("shrunk", wsi.PREDOWNSAMPLE), ("full", 1e9)):
         monkeypatch.setattr(wsi, "PREDOWNSAMPLE", factor)
         out = tmp_path / name
         assert main(["--slide", str(slide), "--models", str(dark_run), "--out", str(out), "--block", "512",
                          "--device", "cpu", "--reader", "openslide"]) == 0
-        assert json.loads((out / "slide00_kidney_summary.json").read_text())["level"] == 0
+        summary = json.loads((out / "slide00_kidney_summary.json").read_text())
+        assert summary["level"] == 0
+        summaries.append(summary)
         masks.append(tifffile.imread(out / "slide00_kidney_mask.tif") > 0)
     assert masks[0].mean() > 0.05 and dice(masks[0], masks[1]) > 0.98
+    # shrunk: the work arrays are at about the model's um/px (a whole factor k of level 0), not at level 0
+    (w0, h0), k = summaries[1]["dimensions"], round(summaries[0]["work_mpp"] / summaries[0]["level_mpp"])
+    assert k >= 2 and summaries[0]["work_mpp"] <= summaries[0]["model_mpp"]
+    assert summaries[0]["work_dimensions"] == [-(-w0 // k), -(-h0 // k)]
+    assert summaries[1]["work_dimensions"] == [w0, h0] and masks[0].shape == masks[1].shape == (h0, w0)
