@@ -205,37 +205,60 @@ def blob(
     return np.stack([x + u * np.cos(angle) - v * np.sin(angle), y + u * np.sin(angle) + v * np.cos(angle)], axis=1)
 
 
-def draw_kidney(c: Canvas) -> None:
-    """Cortex: packed tubules around round glomeruli (lobulated tuft, Bowman's space, thin capsule)."""
+def kidney_tubules(c: Canvas) -> np.ndarray:
+    """A uint8 map of packed tubules on a jittered hexagonal grid: 1 epithelium, 2 lumen."""
     rng = c.rng
     r_tub = rng.uniform(20, 28)
-    tubules = c.mask()  # 1 epithelium, 2 lumen
+    tubules = c.mask()
     for x, y in c.hex_grid(2.1 * r_tub, 0.2):
         a, b, ang = r_tub * rng.uniform(0.9, 1.4), r_tub * rng.uniform(0.7, 1.0), rng.uniform(0, 180)
         cv2.ellipse(tubules, c.xy(x, y), c.xy(a, b), ang, 0, 360, 1, -1, cv2.LINE_8, 4)
         cv2.ellipse(tubules, c.xy(x, y), c.xy(a * 0.35, b * 0.3), ang, 0, 360, 2, -1, cv2.LINE_8, 4)
+    return tubules
+
+
+def colour_kidney(c: Canvas, glom: np.ndarray, tuft: np.ndarray, tubules: np.ndarray) -> None:
+    """Fill cyto, hema and target: glomeruli (thin capsule wall, Bowman's space, tuft inside glom) among tubules."""
+    wall = glom & ~c.morph(glom, 3, cv2.MORPH_ERODE)
+    space = glom & ~tuft & ~wall
+    epi, lumen = (tubules == 1) & ~glom, (tubules == 2) & ~glom
+    membrane = (cv2.morphologyEx(tubules, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0) & ~glom
+    grain = c.noise(5)
+    capillaries = c.nuclei(tuft, 5, 3.5)
+    c.cyto[:] = 0.1 + epi * (0.5 + 0.1 * grain) + 0.25 * membrane + 0.02 * lumen
+    c.cyto[tuft] = 0.3 + 0.08 * grain[tuft]
+    c.cyto[wall] += 0.45
+    c.cyto[space] = 0.02
+    c.cyto -= 0.3 * capillaries
+    c.hema[:] = c.nuclei(epi, 4, 3.0) + c.nuclei(~glom & ~epi & ~lumen, 1.5, 2.5) + c.nuclei(wall, 6, 2.5)
+    c.hema += c.nuclei(tuft, 22, 2.6) + 0.08 * tuft - 0.3 * capillaries
+    c.target[:] = epi * (0.7 + 0.2 * grain)
+
+
+def draw_kidney(c: Canvas) -> None:
+    """Cortex: packed tubules around round glomeruli (lobulated tuft, Bowman's space, thin capsule)."""
+    rng = c.rng
+    tubules = kidney_tubules(c)
     capsule, tuft = c.mask(), c.mask()
     for x, y, r in c.scatter(c.morph(c.tissue, 60, cv2.MORPH_ERODE), rng.uniform(65, 110, c.count(4.0)), gap=1.4):
         aspect = rng.uniform(0.85, 1.15)
         c.fill(capsule, blob(rng, x, y, r, 0.04, aspect=aspect))
         c.fill(tuft, blob(rng, x + rng.normal(0, 4), y + rng.normal(0, 4), r - rng.uniform(8, 16), 0.12, 7, aspect))
     glom = capsule.astype(bool)
-    tuft_b = tuft.astype(bool) & glom
-    wall = glom & ~c.morph(glom, 3, cv2.MORPH_ERODE)
-    space = glom & ~tuft_b & ~wall
-    epi, lumen = (tubules == 1) & ~glom, (tubules == 2) & ~glom
-    membrane = (cv2.morphologyEx(tubules, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0) & ~glom
-    grain = c.noise(5)
-    capillaries = c.nuclei(tuft_b, 5, 3.5)
-    c.cyto[:] = 0.1 + epi * (0.5 + 0.1 * grain) + 0.25 * membrane + 0.02 * lumen
-    c.cyto[tuft_b] = 0.3 + 0.08 * grain[tuft_b]
-    c.cyto[wall] += 0.45
-    c.cyto[space] = 0.02
-    c.cyto -= 0.3 * capillaries
-    c.hema[:] = c.nuclei(epi, 4, 3.0) + c.nuclei(~glom & ~epi & ~lumen, 1.5, 2.5) + c.nuclei(wall, 6, 2.5)
-    c.hema += c.nuclei(tuft_b, 22, 2.6) + 0.08 * tuft_b - 0.3 * capillaries
-    c.target[:] = epi * (0.7 + 0.2 * grain)
+    colour_kidney(c, glom, tuft.astype(bool) & glom, tubules)
     c.ftu |= capsule
+
+
+def colour_prostate(c: Canvas, gland: np.ndarray, lum: np.ndarray, concretion: np.ndarray) -> None:
+    """Fill cyto, hema and target: glands (basal nuclei, epithelium around a pale lumen, concretions) in stroma."""
+    epi = gland & ~lum
+    basal = gland & ~c.morph(gland, 8, cv2.MORPH_ERODE)
+    stroma = ~gland
+    fib = c.fibres(25, 3)
+    c.cyto[:] = stroma * (0.42 + 0.12 * fib) + epi * (0.5 + 0.1 * c.noise(4)) + lum * (0.06 + 0.04 * c.noise(30))
+    c.cyto += 0.6 * concretion
+    c.hema[:] = c.nuclei(stroma, 1.2, 2.5) + c.nuclei(basal & epi, 14, 3.0) + c.nuclei(epi & ~basal, 2, 3.0)
+    c.target[:] = epi * (0.8 + 0.2 * c.noise(6)) + 0.1 * stroma
 
 
 def draw_prostate(c: Canvas) -> None:
@@ -258,15 +281,24 @@ def draw_prostate(c: Canvas) -> None:
         if rng.random() < 0.15:
             c.disc(concretion, *centre, rng.uniform(6, 14))
     g, lum = gland.astype(bool), lumen.astype(bool) & gland.astype(bool)
-    epi = g & ~lum
-    basal = g & ~c.morph(g, 8, cv2.MORPH_ERODE)
-    stroma = ~g
-    fib = c.fibres(25, 3)
-    c.cyto[:] = stroma * (0.42 + 0.12 * fib) + epi * (0.5 + 0.1 * c.noise(4)) + lum * (0.06 + 0.04 * c.noise(30))
-    c.cyto += 0.6 * (concretion.astype(bool) & lum)
-    c.hema[:] = c.nuclei(stroma, 1.2, 2.5) + c.nuclei(basal & epi, 14, 3.0) + c.nuclei(epi & ~basal, 2, 3.0)
-    c.target[:] = epi * (0.8 + 0.2 * c.noise(6)) + 0.1 * stroma
+    colour_prostate(c, g, lum, concretion.astype(bool) & lum)
     c.ftu |= gland
+
+
+def colour_largeintestine(c: Canvas, cr: np.ndarray, slit: np.ndarray, mucosa: np.ndarray) -> None:
+    """Fill cyto, hema and target: crypts (basal nuclei, goblet cells, slit lumen) in lamina propria, deeper layers."""
+    basal = cr & ~c.morph(cr, 8, cv2.MORPH_ERODE)
+    goblets = c.nuclei(cr & ~basal, 14, 4.5)
+    lamina = mucosa & ~cr
+    deep = ~mucosa
+    fib = c.fibres(30, 4)
+    c.cyto[:] = (
+        cr * (0.3 - 0.25 * np.clip(goblets, 0, 1)) + lamina * (0.35 + 0.1 * c.noise(10)) + deep * (0.55 + 0.15 * fib)
+    )
+    c.cyto[slit] = 0.03
+    c.hema[:] = c.nuclei(basal, 22, 2.6) + c.nuclei(lamina, 9, 2.4) + c.nuclei(deep, 1.0, 2.5) + 0.1 * goblets * cr
+    c.hema[slit] = 0
+    c.target[:] = basal * 0.8 + (cr & ~basal & ~slit) * 0.3 + 0.1 * deep
 
 
 def draw_largeintestine(c: Canvas) -> None:
@@ -306,43 +338,30 @@ def draw_largeintestine(c: Canvas) -> None:
         if rng.random() < 0.5:  # muscularis under part of the section
             mucosa = c.noise(400) < 0.6
     cr = crypts.astype(bool) & mucosa
-    slit = slits.astype(bool) & cr
-    basal = cr & ~c.morph(cr, 8, cv2.MORPH_ERODE)
-    goblets = c.nuclei(cr & ~basal, 14, 4.5)
-    lamina = mucosa & ~cr
-    deep = ~mucosa
-    fib = c.fibres(30, 4)
-    c.cyto[:] = (
-        cr * (0.3 - 0.25 * np.clip(goblets, 0, 1)) + lamina * (0.35 + 0.1 * c.noise(10)) + deep * (0.55 + 0.15 * fib)
-    )
-    c.cyto[slit] = 0.03
-    c.hema[:] = c.nuclei(basal, 22, 2.6) + c.nuclei(lamina, 9, 2.4) + c.nuclei(deep, 1.0, 2.5) + 0.1 * goblets * cr
-    c.hema[slit] = 0
-    c.target[:] = basal * 0.8 + (cr & ~basal & ~slit) * 0.3 + 0.1 * deep
+    colour_largeintestine(c, cr, slits.astype(bool) & cr, mucosa)
     c.ftu |= cr
 
 
-def draw_spleen(c: Canvas) -> None:
-    """Red pulp (blood, sinusoids, trabeculae) around white-pulp nodules of packed lymphocytes."""
+def spleen_trabeculae(c: Canvas) -> np.ndarray:
+    """A uint8 mask of 0-2 fibrous trabeculae: thick random-walk polylines across the image."""
     rng = c.rng
-    nodules, arterioles, trabeculae = c.mask(), c.mask(), c.mask()
+    trabeculae = c.mask()
     w_um, h_um = c.extent_um
     for _ in range(rng.integers(0, 3)):
         xy = np.cumsum(rng.normal(0, 250, (4, 2)), 0) + rng.uniform(0, 1, 2) * [w_um, h_um]
         c.line(trabeculae, xy, rng.uniform(25, 60))
-    for x, y, r in c.scatter(c.morph(c.tissue, 80, cv2.MORPH_ERODE), rng.uniform(130, 330, c.count(1.6)), gap=1.5):
-        c.fill(nodules, blob(rng, x, y, r, 0.12, 4, rng.uniform(0.65, 1.0)))
-        ax, ay = x + rng.normal(0, 0.25 * r), y + rng.normal(0, 0.25 * r)
-        c.disc(arterioles, ax, ay, rng.uniform(8, 16))
-    nod = nodules.astype(bool)
+    return trabeculae
+
+
+def colour_spleen(c: Canvas, nod: np.ndarray, trabeculae: np.ndarray, arterioles: np.ndarray) -> None:
+    """Fill cyto, hema and target: white pulp nod (with its arterioles) in red pulp with sinusoids and trabeculae."""
     trab = trabeculae.astype(bool) & ~nod
     art = arterioles.astype(bool) & nod
     art_lumen = c.morph(art, 5, cv2.MORPH_ERODE)
-    margin = c.morph(nod, rng.uniform(25, 50), cv2.MORPH_DILATE) & ~nod
+    margin = c.morph(nod, c.rng.uniform(25, 50), cv2.MORPH_DILATE) & ~nod
     red = ~nod & ~trab
     sinus = (c.noise(12) > 1.1) & red
-    blood = c.noise(3)
-    c.cyto[:] = red * (0.45 + 0.1 * blood) + nod * 0.15 + trab * (0.75 + 0.1 * c.fibres(30, 4))
+    c.cyto[:] = red * (0.45 + 0.1 * c.noise(3)) + nod * 0.15 + trab * (0.75 + 0.1 * c.fibres(30, 4))
     c.cyto[sinus] = 0.15
     c.cyto[art] = 0.7
     c.cyto[art_lumen] = 0.03
@@ -350,6 +369,18 @@ def draw_spleen(c: Canvas) -> None:
     c.hema += c.nuclei(trab, 0.8, 2.5) + c.nuclei(art & ~art_lumen, 6, 2.5)
     c.hema[art_lumen] = 0
     c.target[:] = red * np.clip(0.45 + 0.25 * c.noise(6), 0, None) + 0.05 * nod
+
+
+def draw_spleen(c: Canvas) -> None:
+    """Red pulp (blood, sinusoids, trabeculae) around white-pulp nodules of packed lymphocytes."""
+    rng = c.rng
+    trabeculae = spleen_trabeculae(c)
+    nodules, arterioles = c.mask(), c.mask()
+    for x, y, r in c.scatter(c.morph(c.tissue, 80, cv2.MORPH_ERODE), rng.uniform(130, 330, c.count(1.6)), gap=1.5):
+        c.fill(nodules, blob(rng, x, y, r, 0.12, 4, rng.uniform(0.65, 1.0)))
+        ax, ay = x + rng.normal(0, 0.25 * r), y + rng.normal(0, 0.25 * r)
+        c.disc(arterioles, ax, ay, rng.uniform(8, 16))
+    colour_spleen(c, nodules.astype(bool), trabeculae, arterioles)
     c.ftu |= nodules
 
 

@@ -5,9 +5,10 @@
 
 Every row of --rows (real train rows: organ, size, 0.4 um/px, column-major RLE) is decoded at its true geometry
 (inference.rle), so the FTU sizes, counts and spacing are the real ones, then resampled and drawn around with the
-tissue and stain model of data_prep.make_demo (Canvas primitives, tissue_layout, stain): each organ's texture is
-painted inside and outside the real mask (glomerular tuft, capsule and tubules; gland epithelium and lumen;
-crypt epithelium, slit lumen and lamina propria; white-pulp lymphocytes and red pulp; alveolar air and walls).
+tissue and stain model of data_prep.make_demo (Canvas primitives, tissue_layout, stain, and the colour_<organ>
+functions its drawers use): each organ's texture is painted inside and outside the real mask (glomerular tuft,
+capsule and tubules; gland epithelium and lumen; crypt epithelium, slit lumen and lamina propria; white-pulp
+lymphocytes and red pulp; alveolar air and walls).
 
 Split by the committed folds.csv: rows of --test-folds are test images, the rest train images.
 - train.csv / train_images: HPA style (hematoxylin + DAB) at --pixel-size um/px.
@@ -38,7 +39,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep.make_demo import SAMPLE_RLE, Canvas, stain, tissue_layout
+from data_prep.make_demo import (
+    SAMPLE_RLE,
+    Canvas,
+    colour_kidney,
+    colour_largeintestine,
+    colour_prostate,
+    colour_spleen,
+    kidney_tubules,
+    spleen_trabeculae,
+    stain,
+    tissue_layout,
+)
 from inference.cli import HelpFormatter
 from inference.io import write_image
 from inference.organs import ORGANS, organ
@@ -73,46 +85,18 @@ def resample_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def paint_kidney(c: Canvas, ftu: np.ndarray) -> None:
     """Glomeruli on the mask (capsule wall, Bowman's space, lobulated tuft); packed tubules around them."""
-    rng = c.rng
     glom = ftu > 0
-    r_tub = rng.uniform(20, 28)
-    tubules = c.mask()  # 1 epithelium, 2 lumen
-    for x, y in c.hex_grid(2.1 * r_tub, 0.2):
-        a, b, ang = r_tub * rng.uniform(0.9, 1.4), r_tub * rng.uniform(0.7, 1.0), rng.uniform(0, 180)
-        cv2.ellipse(tubules, c.xy(x, y), c.xy(a, b), ang, 0, 360, 1, -1, cv2.LINE_8, 4)
-        cv2.ellipse(tubules, c.xy(x, y), c.xy(a * 0.35, b * 0.3), ang, 0, 360, 2, -1, cv2.LINE_8, 4)
-    wall = glom & ~c.morph(glom, 3, cv2.MORPH_ERODE)
-    tuft = c.morph(glom, rng.uniform(8, 16), cv2.MORPH_ERODE) & (c.noise(12) > -1.2)
-    space = glom & ~tuft & ~wall
-    epi, lumen = (tubules == 1) & ~glom, (tubules == 2) & ~glom
-    membrane = (cv2.morphologyEx(tubules, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0) & ~glom
-    grain = c.noise(5)
-    capillaries = c.nuclei(tuft, 5, 3.5)
-    c.cyto[:] = 0.1 + epi * (0.5 + 0.1 * grain) + 0.25 * membrane + 0.02 * lumen
-    c.cyto[tuft] = 0.3 + 0.08 * grain[tuft]
-    c.cyto[wall] += 0.45
-    c.cyto[space] = 0.02
-    c.cyto -= 0.3 * capillaries
-    c.hema[:] = c.nuclei(epi, 4, 3.0) + c.nuclei(~glom & ~epi & ~lumen, 1.5, 2.5) + c.nuclei(wall, 6, 2.5)
-    c.hema += c.nuclei(tuft, 22, 2.6) + 0.08 * tuft - 0.3 * capillaries
-    c.target[:] = epi * (0.7 + 0.2 * grain)
+    tubules = kidney_tubules(c)
+    tuft = c.morph(glom, c.rng.uniform(8, 16), cv2.MORPH_ERODE) & (c.noise(12) > -1.2)
+    colour_kidney(c, glom, tuft, tubules)
 
 
 def paint_prostate(c: Canvas, ftu: np.ndarray) -> None:
     """Glands on the mask (basal nuclei, epithelium around a pale lumen) in fibromuscular stroma."""
-    rng = c.rng
     gland = ftu > 0
     # An uneven epithelium: the lumen is the gland eroded by 14-22 um, pushed in further where the noise is high.
-    lum = c.morph(gland, rng.uniform(14, 22), cv2.MORPH_ERODE) & (c.noise(25) < 0.9)
-    epi = gland & ~lum
-    basal = gland & ~c.morph(gland, 8, cv2.MORPH_ERODE)
-    stroma = ~gland
-    concretion = lum & (c.noise(10) > 2.3)
-    fib = c.fibres(25, 3)
-    c.cyto[:] = stroma * (0.42 + 0.12 * fib) + epi * (0.5 + 0.1 * c.noise(4)) + lum * (0.06 + 0.04 * c.noise(30))
-    c.cyto += 0.6 * concretion
-    c.hema[:] = c.nuclei(stroma, 1.2, 2.5) + c.nuclei(basal & epi, 14, 3.0) + c.nuclei(epi & ~basal, 2, 3.0)
-    c.target[:] = epi * (0.8 + 0.2 * c.noise(6)) + 0.1 * stroma
+    lum = c.morph(gland, c.rng.uniform(14, 22), cv2.MORPH_ERODE) & (c.noise(25) < 0.9)
+    colour_prostate(c, gland, lum, lum & (c.noise(10) > 2.3))
 
 
 def paint_largeintestine(c: Canvas, ftu: np.ndarray) -> None:
@@ -121,48 +105,20 @@ def paint_largeintestine(c: Canvas, ftu: np.ndarray) -> None:
     dist = cv2.distanceTransform(cr.astype(np.uint8), cv2.DIST_L2, 3)
     ridge = (dist >= cv2.dilate(dist, np.ones((3, 3), np.uint8))) & (dist * c.px > 8)
     slit = c.morph(ridge, 2, cv2.MORPH_DILATE) & cr
-    basal = cr & ~c.morph(cr, 8, cv2.MORPH_ERODE)
-    goblets = c.nuclei(cr & ~basal, 14, 4.5)
-    mucosa = c.morph(cr, 60, cv2.MORPH_DILATE)
-    lamina = mucosa & ~cr
-    deep = ~mucosa
-    fib = c.fibres(30, 4)
-    c.cyto[:] = (
-        cr * (0.3 - 0.25 * np.clip(goblets, 0, 1)) + lamina * (0.35 + 0.1 * c.noise(10)) + deep * (0.55 + 0.15 * fib)
-    )
-    c.cyto[slit] = 0.03
-    c.hema[:] = c.nuclei(basal, 22, 2.6) + c.nuclei(lamina, 9, 2.4) + c.nuclei(deep, 1.0, 2.5) + 0.1 * goblets * cr
-    c.hema[slit] = 0
-    c.target[:] = basal * 0.8 + (cr & ~basal & ~slit) * 0.3 + 0.1 * deep
+    colour_largeintestine(c, cr, slit, c.morph(cr, 60, cv2.MORPH_DILATE))
 
 
 def paint_spleen(c: Canvas, ftu: np.ndarray) -> None:
     """White pulp on the mask (packed lymphocytes, a central arteriole) in red pulp with trabeculae."""
     rng = c.rng
     nod = ftu > 0
-    trabeculae, arterioles = c.mask(), c.mask()
-    w_um, h_um = c.extent_um
-    for _ in range(rng.integers(0, 3)):
-        xy = np.cumsum(rng.normal(0, 250, (4, 2)), 0) + rng.uniform(0, 1, 2) * [w_um, h_um]
-        c.line(trabeculae, xy, rng.uniform(25, 60))
+    trabeculae = spleen_trabeculae(c)
+    arterioles = c.mask()
     count, _, stats, centroids = cv2.connectedComponentsWithStats(nod.astype(np.uint8))
     for k in range(1, count):
         r_um = np.sqrt(stats[k, cv2.CC_STAT_AREA] / np.pi) * c.px
         c.disc(arterioles, *(centroids[k] * c.px + rng.normal(0, 0.2 * r_um, 2)), rng.uniform(8, 16))
-    trab = trabeculae.astype(bool) & ~nod
-    art = arterioles.astype(bool) & nod
-    art_lumen = c.morph(art, 5, cv2.MORPH_ERODE)
-    margin = c.morph(nod, rng.uniform(25, 50), cv2.MORPH_DILATE) & ~nod
-    red = ~nod & ~trab
-    sinus = (c.noise(12) > 1.1) & red
-    c.cyto[:] = red * (0.45 + 0.1 * c.noise(3)) + nod * 0.15 + trab * (0.75 + 0.1 * c.fibres(30, 4))
-    c.cyto[sinus] = 0.15
-    c.cyto[art] = 0.7
-    c.cyto[art_lumen] = 0.03
-    c.hema[:] = c.nuclei(red & ~margin, 4, 2.8) + c.nuclei(margin, 12, 2.5) + c.nuclei(nod & ~art, 32, 2.4)
-    c.hema += c.nuclei(trab, 0.8, 2.5) + c.nuclei(art & ~art_lumen, 6, 2.5)
-    c.hema[art_lumen] = 0
-    c.target[:] = red * np.clip(0.45 + 0.25 * c.noise(6), 0, None) + 0.05 * nod
+    colour_spleen(c, nod, trabeculae, arterioles)
 
 
 def paint_lung(c: Canvas, ftu: np.ndarray) -> None:

@@ -28,14 +28,14 @@ from inference.predict import main as predict_main
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
-from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, load_config
+from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, experiment_names, load_config
 from train.fastai_data import split_rows
 from train.fastai_unet import ResumeCheckpoint, schedule, train
 from train.losses import SegmentationLoss
 from train.models import build_model, fixed_input_size
 
 REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
+EXPERIMENTS = experiment_names()
 TINY = dict(tile_size=64, bs=4, batches_per_epoch=4, epochs=2, num_workers=0, minutes=None)
 
 

@@ -8,6 +8,8 @@ for that length from the start would have followed), and scales the validation a
 run validates and saves as often as its config asks. It re-plans at every tenth of the budget and after each
 validation, and stops at once (the last iteration still validates and saves) when the budget is spent.
 The plan is kept in the message hub, which mmengine checkpoints, so `--resume` continues the same budget.
+The clock (time.perf_counter) is injectable and read once per iteration and at each validation's start and end,
+so a test can drive the budget with a fake clock.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable
 
 from mmengine.dist import broadcast_object_list, get_world_size, is_main_process
 from mmengine.hooks import CheckpointHook, Hook
@@ -50,10 +53,14 @@ class TimeBudgetHook(Hook):
     # (VERY_LOW = 90), so that a new last iteration is saved as the last one
     priority = 80
 
-    def __init__(self, minutes: float, skip_iters: int = 2, calibrate_iters: int = 3, tolerance: float = 0.02) -> None:
+    def __init__(
+        self, minutes: float, skip_iters: int = 2, calibrate_iters: int = 3, tolerance: float = 0.02,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if not minutes > 0:
             raise ValueError(f"TimeBudgetHook: minutes must be > 0, got {minutes}")
         self.budget = 60.0 * float(minutes)
+        self.clock = clock  # injectable: tests drive the budget with a fake clock
         self.skip_iters = skip_iters  # the first iterations start workers and allocate memory: not timed
         self.calibrate_iters = calibrate_iters
         self.tolerance = tolerance  # re-plans that change max_iters by less than this fraction keep the schedule
@@ -61,8 +68,9 @@ class TimeBudgetHook(Hook):
         self.elapsed_before = 0.0  # seconds spent by earlier processes of a resumed run
 
     # -- timing --------------------------------------------------------------------------------------------
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start
+    def elapsed(self, now: float) -> float:
+        """Seconds of this budget spent at clock reading now (earlier processes of a resumed run included)."""
+        return self.elapsed_before + now - self.start
 
     def before_train(self, runner) -> None:
         loop = runner.train_loop
@@ -80,36 +88,37 @@ class TimeBudgetHook(Hook):
             self._apply_intervals(runner, int(saved["max_iters"]))
         # at least enough iterations to calibrate, whatever the config's nominal length
         loop._max_iters = max(loop.max_iters, runner.iter + self.skip_iters + self.calibrate_iters + 1)
-        self.start = time.perf_counter()
+        self.start = self.clock()
         self.timed_after = runner.iter + self.skip_iters  # iterations done when timing starts
         self.timed_from: tuple[float, int, float] | None = None  # (time, iterations done, validation seconds)
         self.next_plan = self.timed_after + self.calibrate_iters
-        self.next_fraction = math.floor(10 * self.elapsed() / self.budget + 1) / 10
+        self.next_fraction = math.floor(10 * self.elapsed_before / self.budget + 1) / 10
         self.val_started = 0.0
 
     def before_val(self, runner) -> None:
-        self.val_started = time.perf_counter()
+        self.val_started = self.clock()
 
     def after_val(self, runner) -> None:
-        self.val_seconds.append(time.perf_counter() - self.val_started)
+        self.val_seconds.append(self.clock() - self.val_started)
         self.next_plan = runner.iter  # re-plan with the measured validation time at the next iteration
 
     # -- planning ------------------------------------------------------------------------------------------
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         done = runner.iter + 1  # iterations finished (the loop increments its counter after this hook)
+        now = self.clock()
         if self.timed_from is None and done >= self.timed_after:
-            self.timed_from = (time.perf_counter(), done, sum(self.val_seconds))
-        decision = self._decide(runner, done) if is_main_process() else None
+            self.timed_from = (now, done, sum(self.val_seconds))
+        decision = self._decide(runner, done, now) if is_main_process() else None
         if get_world_size() > 1:  # every rank must stop at the same iteration
             holder = [decision]
             broadcast_object_list(holder, src=0)
             decision = holder[0]
         if decision is not None:
-            self._apply(runner, done, decision)
+            self._apply(runner, done, decision, now)
         runner.message_hub.update_info(
             INFO_KEY,
             dict(
-                elapsed=self.elapsed(),
+                elapsed=self.elapsed(now),
                 max_iters=runner.train_loop.max_iters,
                 val_seconds=self.val_seconds,
                 budget=self.budget,
@@ -119,9 +128,9 @@ class TimeBudgetHook(Hook):
     def _val_estimate(self) -> float:
         return sum(self.val_seconds) / len(self.val_seconds) if self.val_seconds else 0.0
 
-    def _decide(self, runner, done: int) -> int | None:
+    def _decide(self, runner, done: int, now: float) -> int | None:
         """The new max_iters, or None to keep the plan."""
-        elapsed = self.elapsed()
+        elapsed = self.elapsed(now)
         last_val = self._val_estimate() if self.validates else 0.0
         if elapsed + last_val >= self.budget:  # spent: this iteration is the last one (it still validates and saves)
             return done if done < runner.train_loop.max_iters else None
@@ -131,7 +140,7 @@ class TimeBudgetHook(Hook):
         self.next_fraction = math.floor(10 * elapsed / self.budget + 1) / 10
         self.next_plan = runner.train_loop.max_iters + 1  # next: at the next tenth of the budget or validation
         t0, done0, val0 = self.timed_from
-        per_iter = max(1e-6, (time.perf_counter() - t0 - (sum(self.val_seconds) - val0)) / (done - done0))
+        per_iter = max(1e-6, (now - t0 - (sum(self.val_seconds) - val0)) / (done - done0))
         planned = runner.train_loop.max_iters
         vals_left = 0
         if self.validates:
@@ -143,7 +152,7 @@ class TimeBudgetHook(Hook):
             return None
         return new_max
 
-    def _apply(self, runner, done: int, new_max: int) -> None:
+    def _apply(self, runner, done: int, new_max: int, now: float) -> None:
         loop = runner.train_loop
         if new_max == done:
             runner.logger.info(f"time budget of {self.budget / 60:g} min spent: stopping after iteration {done}")
@@ -153,7 +162,7 @@ class TimeBudgetHook(Hook):
         self._apply_intervals(runner, new_max)
         runner.message_hub.update_info("max_iters", new_max)
         runner.logger.info(
-            f"time budget {self.budget / 60:g} min: {self.elapsed():.0f} s for {done} iterations, "
+            f"time budget {self.budget / 60:g} min: {self.elapsed(now):.0f} s for {done} iterations, "
             f"planning {new_max} iterations (LR schedule and intervals rescaled)"
         )
 

@@ -1,7 +1,8 @@
 """Typed defaults of the fastai binary UNet trainer, and loading an experiment file by path.
 
 An experiment file (e.g. unet_effb7_768.py) defines `config = FastaiConfig(...)` with only the fields it
-changes; its stem names the run and the output folder outputs/<stem>/fold<k>/.
+changes, or `config = replace(other, ...)` over another experiment or a shared recipe (_gpu_recipe.py); its stem
+names the run and the output folder outputs/<stem>/fold<k>/.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ class FastaiConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def experiment_names() -> list[str]:
+    """Stems of the experiment files in CONFIG_DIR (not base.py, __init__.py or _-prefixed shared recipes)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "base" and not p.stem.startswith("_"))
+
+
 def resolve_config_path(config: str | Path) -> Path:
     """A config file path, or a bare experiment name looked up in train/configs/fastai/."""
     path = Path(config)
@@ -130,8 +136,7 @@ def resolve_config_path(config: str | Path) -> Path:
     named = CONFIG_DIR / f"{path.stem}.py"
     if path.suffix in ("", ".py") and path.parent == Path(".") and named.is_file():
         return named
-    available = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
-    raise FileNotFoundError(f"config {config} not found; experiments in {CONFIG_DIR}: {', '.join(available)}")
+    raise FileNotFoundError(f"config {config} not found; experiments in {CONFIG_DIR}: {', '.join(experiment_names())}")
 
 
 def load_config(config: str | Path) -> tuple[str, FastaiConfig]:

@@ -4,19 +4,8 @@ Batch 4 per GPU: BatchNorm statistics of 4 images are noise, so the encoder keep
 (freeze_encoder_bn) and the decoder uses GroupNorm, which does not depend on the batch (several GPUs: SyncBN).
 """
 
-from train.configs.fastai.base import FastaiConfig
+from dataclasses import replace
 
-config = FastaiConfig(
-    encoder="tu-tf_efficientnet_b7",
-    tile_size=768,
-    pixel_size=0.8,
-    augment="seed10+stain",
-    lowres_prob=0.1,
-    decoder_norm="groupnorm",
-    freeze_encoder_bn=True,
-    epochs=40,
-    bs=4,
-    grad_accum=4,
-    lr=4e-4,
-    channels_last=True,
-)
+from train.configs.fastai._gpu_recipe import GPU_CROPS
+
+config = replace(GPU_CROPS, encoder="tu-tf_efficientnet_b7", freeze_encoder_bn=True)

@@ -3,19 +3,8 @@
 Batch 4 per GPU: the encoder keeps its ImageNet BN statistics (freeze_encoder_bn), the decoder uses GroupNorm.
 """
 
-from train.configs.fastai.base import FastaiConfig
+from dataclasses import replace
 
-config = FastaiConfig(
-    encoder="tu-tf_efficientnetv2_l",
-    tile_size=768,
-    pixel_size=0.8,
-    augment="seed10+stain",
-    lowres_prob=0.1,
-    decoder_norm="groupnorm",
-    freeze_encoder_bn=True,
-    epochs=40,
-    bs=4,
-    grad_accum=4,
-    lr=4e-4,
-    channels_last=True,
-)
+from train.configs.fastai._gpu_recipe import GPU_CROPS
+
+config = replace(GPU_CROPS, encoder="tu-tf_efficientnetv2_l", freeze_encoder_bn=True)

@@ -5,19 +5,14 @@ encoders in smp (no stride-2 feature), so this is a UNet. Batch 4 per GPU: Group
 train at a lower peak LR than the CNN configs.
 """
 
-from train.configs.fastai.base import FastaiConfig
+from dataclasses import replace
 
-config = FastaiConfig(
+from train.configs.fastai._gpu_recipe import GPU_CROPS
+
+config = replace(
+    GPU_CROPS,
     encoder="mit_b5",
     tile_size=1024,
-    pixel_size=0.8,
-    augment="seed10+stain",
-    lowres_prob=0.1,
-    decoder_norm="groupnorm",
-    epochs=40,
-    bs=4,
-    grad_accum=4,
     lr=2e-4,
-    channels_last=True,
     average_k=3,  # 3rd place: the weight average of the 3 best checkpoints
 )

@@ -4,17 +4,8 @@ Kept on the seed team's tile sampler for comparison; stain transfer added (HuBMA
 the encoder keeps its ImageNet BN statistics and the decoder uses GroupNorm (several GPUs: SyncBN).
 """
 
-from train.configs.fastai.base import FastaiConfig
+from dataclasses import replace
 
-config = FastaiConfig(
-    encoder="tu-resnest269e",
-    tile_size=768,
-    sampler="tiles",
-    augment="seed10+stain",
-    decoder_norm="groupnorm",
-    freeze_encoder_bn=True,
-    epochs=40,
-    bs=4,
-    grad_accum=4,
-    lr=4e-4,
-)
+from train.configs.fastai._gpu_recipe import GPU_RECIPE
+
+config = replace(GPU_RECIPE, encoder="tu-resnest269e", sampler="tiles", freeze_encoder_bn=True)

@@ -3,21 +3,17 @@
 Batch 2 per GPU: frozen encoder BN statistics, GroupNorm decoder.
 """
 
-from train.configs.fastai.base import FastaiConfig
+from dataclasses import replace
 
-config = FastaiConfig(
+from train.configs.fastai._gpu_recipe import GPU_CROPS
+
+config = replace(
+    GPU_CROPS,
     arch="UnetPlusPlus",
     encoder="tu-tf_efficientnet_b7",
     tile_size=1024,
-    pixel_size=0.8,
-    augment="seed10+stain",
-    lowres_prob=0.1,
-    decoder_norm="groupnorm",
     freeze_encoder_bn=True,
-    epochs=40,
     bs=2,
     grad_accum=8,
-    lr=4e-4,
-    channels_last=True,
     average_k=3,
 )

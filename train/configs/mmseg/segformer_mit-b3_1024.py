@@ -7,13 +7,11 @@ model = dict(
     backbone=dict(
         num_layers=[3, 4, 18, 3],
         init_cfg=dict(checkpoint='pretrained/mit_b3_20220624-13b1141c.pth')))
+# b5's pipeline (parsed at its 960 px) with the random resize scale and the crop size at this tile size
 train_pipeline = [
-    dict(type='LoadTileImage'),
-    dict(type='LoadAnnotations'),
-    dict(type='FtuMask'),
-    dict(type='AugmentPreset', preset='seed10+stain'),
-    dict(type='RandomResize', scale=(tile_size, tile_size), ratio_range=(480 / 1024, 1600 / 1024), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=(tile_size, tile_size)),
-    dict(type='PackSegInputs'),
+    dict(step, scale=(tile_size, tile_size)) if step.type == 'RandomResize'
+    else dict(step, crop_size=(tile_size, tile_size)) if step.type == 'RandomCrop'
+    else step
+    for step in _base_.train_pipeline
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))

@@ -1,22 +1,12 @@
 # UperNet on an mmpretrain ConvNeXt-B backbone, 6 classes (inference.organs.CLASSES: background + 5 organs).
-# Tiles are read as RGB, so no channel swap; mean/std are ImageNet's on the 0-255 scale
-# (train.mmseg_train writes them on the 0-1 scale into config.json for inference).
+# Tiles, normalisation (ImageNet mean/std on the 0-255 scale, no channel swap) and GroupNorm: encoder_decoder.py.
 # GroupNorm in the heads (the ConvNeXt backbone has its own LayerNorm): the 768 px configs train 2 to 4 images per
 # GPU, where BatchNorm's batch statistics are noise and differ between training and inference; GroupNorm does not
 # depend on the batch, so one GPU and several GPUs train the same model. Configs at batch >= 8 may switch to BN.
-norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=False,
-    pad_val=0,
-    seg_pad_val=255,
-    size_divisor=32)
+_base_ = './encoder_decoder.py'
+data_preprocessor = dict(size_divisor=32)
 model = dict(
-    type='EncoderDecoder',
     data_preprocessor=data_preprocessor,
-    pretrained=None,
     backbone=dict(
         type='mmpretrain.ConvNeXt',
         arch='base',
@@ -33,7 +23,7 @@ model = dict(
         channels=512,
         dropout_ratio=0.1,
         num_classes=6,
-        norm_cfg=norm_cfg,
+        norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=1.0)),
     auxiliary_head=dict(
@@ -45,8 +35,6 @@ model = dict(
         concat_input=False,
         dropout_ratio=0.1,
         num_classes=6,
-        norm_cfg=norm_cfg,
+        norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=0.4)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=0.4)))

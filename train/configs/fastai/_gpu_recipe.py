@@ -1,0 +1,22 @@
+"""The recipe the large fastai experiments share on GPU; each experiment replace()s only what its model changes.
+
+Not an experiment (no `config`): the leading underscore keeps it out of the experiment list (base.experiment_names).
+"""
+
+from dataclasses import replace
+
+from train.configs.fastai.base import FastaiConfig
+
+# 40 epochs of batch 4 per GPU with 4 batches accumulated per step, stain transfer on top of the seed augmentation
+# (HuBMAP is H&E/PAS), and a GroupNorm decoder: BatchNorm statistics of 4 images are noise (several GPUs: SyncBN).
+GPU_RECIPE = FastaiConfig(
+    tile_size=768,
+    augment="seed10+stain",
+    decoder_norm="groupnorm",
+    epochs=40,
+    bs=4,
+    grad_accum=4,
+    lr=4e-4,
+)
+# The crop sampler at 0.8 um/px (tile set built with --scaled 0.8) with the blur of small coarse images; channels-last.
+GPU_CROPS = replace(GPU_RECIPE, pixel_size=0.8, lowres_prob=0.1, channels_last=True)
