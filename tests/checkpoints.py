@@ -90,3 +90,17 @@ def make_torchscript_checkpoint(
                   tile_size=tile, weights="model.ts", arch="", encoder="")
     CheckpointConfig(**{**fields, **config}).save(folder)
     return folder
+
+
+SEGFORMER_SIDE = 128  # the demo tile set's tiles
+
+
+def segformer_tile_options(side: int) -> list[str]:
+    """--cfg-options that move the SegFormer CPU config to another tile size (its pipeline and padding follow it)."""
+    size = f"({side},{side})"
+    return [
+        f"tile_size={side}",
+        f"model.data_preprocessor.size={size}",
+        f"train_dataloader.dataset.pipeline.4.scale={size}",
+        f"train_dataloader.dataset.pipeline.5.crop_size={size}",
+    ]

@@ -1,4 +1,4 @@
-"""Session fixtures shared by the test suite: a small demo dataset, its folds and a tile set."""
+"""Session fixtures shared by the test suite: a small demo dataset, its folds, a tile set and a SegFormer run."""
 
 from __future__ import annotations
 
@@ -47,3 +47,25 @@ def demo_tiles(demo_data: Path, demo_folds: Path, tmp_path_factory: pytest.TempP
     out = tmp_path_factory.mktemp("demo_tiles")
     build_tiles(demo_data, demo_folds, out, size=128, splits=(1, 2), workers=1, scaled=(0.8,))
     return out
+
+
+@pytest.fixture(scope="session")
+def segformer_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/configs/mmseg/segformer_mit-b0_cpu.py trained 1 minute on the demo tiles (fold 0, average of the 2 best
+    validations), exported: the fold folder (used by the trainer's tests and the offline-notebook test)."""
+    pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
+    from checkpoints import SEGFORMER_SIDE, segformer_tile_options
+
+    from train.mmseg_train import main
+
+    config = Path(__file__).resolve().parents[1] / "train" / "configs" / "mmseg" / "segformer_mit-b0_cpu.py"
+    out = tmp_path_factory.mktemp("segformer_outputs")
+    options = [
+        *segformer_tile_options(SEGFORMER_SIDE),
+        "train_dataloader.num_workers=0",
+        "train_dataloader.persistent_workers=False",
+        "average_k=2",
+    ]
+    args = ["--config", str(config), "--fold", "0", "--tiles", str(demo_tiles), "--work-dir", str(out)]
+    main([*args, "--minutes", "1", "--cfg-options", *options])
+    return out / config.stem / "fold0"

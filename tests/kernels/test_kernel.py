@@ -134,6 +134,27 @@ def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_d
     assert (working / "submission.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
 
 
+@pytest.mark.mmseg
+@pytest.mark.slow
+def test_notebook_offline_predicts_a_segformer_run(segformer_run: Path, demo_data: Path, tmp_path: Path) -> None:
+    """The CPU SegFormer (mmseg trainer, 1 minute on demo tiles, exported to TorchScript) through the offline
+    notebook: the kernel needs no mmcv / mmseg, and writes what inference.predict writes directly."""
+    args = ["--tta", "2", "--tta-scales", "1,1.25"]
+    paths = build([segformer_run], tmp_path / "dist", user="tester", wheels=str(make_wheel(tmp_path / "w").parent),
+                  predict_args=args)
+    kernel = {**paths, "models": [segformer_run], "predict_args": args}
+    inputs, working, script = _fake_kaggle(kernel, demo_data, tmp_path)
+    run = _run_notebook(inputs, working, script, tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(list((inputs / "hubmap-ftu-weights").rglob("model.ts"))) == 1
+    assert not (inputs / "hubmap-ftu-code" / "train").exists()
+    out = tmp_path / "direct.csv"
+    assert predict.main(["--data-dir", str(demo_data), "--out", str(out), "--models", str(segformer_run),
+                         *args]) == 0
+    assert (working / "submission.csv").read_bytes() == out.read_bytes()
+    assert (pd.read_csv(out, keep_default_na=False)["rle"] != "").any()  # the trained model marks FTUs
+
+
 def test_a_killed_child_leaves_every_row(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
     """The child dies (SIGKILL) while reading an image in the loop: it is restarted, and every row is written."""
     from crash import kill_on_open_env

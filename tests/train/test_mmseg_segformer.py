@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import SEGFORMER_SIDE, segformer_tile_options
 
 pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
 
@@ -21,32 +22,7 @@ from train.mmseg_train import ARTIFACTS, main  # noqa: E402
 pytestmark = [pytest.mark.mmseg, pytest.mark.slow]
 
 CONFIG = Path(__file__).resolve().parents[2] / "train" / "configs" / "mmseg" / "segformer_mit-b0_cpu.py"
-SIDE = 128  # the demo tile set's tiles
-
-
-def tile_size_options(side: int) -> list[str]:
-    """--cfg-options that move the SegFormer CPU config to another tile size (its pipeline and padding follow it)."""
-    size = f"({side},{side})"
-    return [
-        f"tile_size={side}",
-        f"model.data_preprocessor.size={size}",
-        f"train_dataloader.dataset.pipeline.4.scale={size}",
-        f"train_dataloader.dataset.pipeline.5.crop_size={size}",
-    ]
-
-
-@pytest.fixture(scope="module")
-def segformer_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("segformer_outputs")
-    options = [
-        *tile_size_options(SIDE),
-        "train_dataloader.num_workers=0",
-        "train_dataloader.persistent_workers=False",
-        "average_k=2",
-    ]
-    args = ["--config", str(CONFIG), "--fold", "0", "--tiles", str(demo_tiles), "--work-dir", str(out)]
-    main([*args, "--minutes", "1", "--cfg-options", *options])
-    return out / CONFIG.stem / "fold0"
+SIDE = SEGFORMER_SIDE
 
 
 def test_segformer_writes_a_binary_checkpoint(segformer_run: Path) -> None:
@@ -98,10 +74,11 @@ def test_segformer_validation_is_what_inference_predict_scores(segformer_run: Pa
     assert list(load_submission(test_out)["id"]) == list(load_test(demo_data / "test.csv")["id"])
 
 
-def test_last_k_averaging_at_fold_minus_one_under_a_budget(demo_tiles: Path, tmp_path: Path) -> None:
-    """No validation to rank by: the last 2 checkpoint intervals of a budgeted run (rescaled by --minutes)."""
+def test_last_k_averaging_at_fold_minus_one_under_a_budget(demo_tiles: Path, tmp_path: Path, fake_clock: None) -> None:
+    """No validation to rank by: the last 2 checkpoint intervals of a budgeted run (rescaled by --minutes; on the
+    fake clock an iteration costs 1 s whatever the machine's load)."""
     demo = CONFIG.with_name("segformer_mit-b0_demo.py")
-    options = [*tile_size_options(SIDE), "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+    options = [*segformer_tile_options(SIDE), "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
                "average_k=2", "average_by=last"]
     main(["--config", str(demo), "--fold", "-1", "--tiles", str(demo_tiles), "--work-dir", str(tmp_path),
           "--minutes", "0.3", "--cfg-options", *options])

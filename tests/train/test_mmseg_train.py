@@ -4,7 +4,6 @@ resumes and fits a time budget; the CPU SegFormer trains as a binary model, aver
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import pickle
 import shutil
@@ -425,18 +424,6 @@ def lr_curve(work_dir: Path) -> list[tuple[int, float]]:
         for line in log.read_text().splitlines()
         if "lr" in json.loads(line)
     )
-
-
-@pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--minutes on a fake clock: every reading of TimeBudgetHook's clock is one second after the last.
-
-    The hook reads it once per iteration and at each validation's start and end, so an iteration costs 1 s and a
-    validation 2 s (the second from the iteration's reading to the validation's start, and the validation itself).
-    """
-    ticks = iter(range(10**6))
-    clock = functools.partialmethod(TimeBudgetHook.__init__, clock=lambda: float(next(ticks)))
-    monkeypatch.setattr(TimeBudgetHook, "__init__", clock)
 
 
 @pytest.mark.slow
