@@ -3,7 +3,7 @@
     python benchmarks/mrn.py [--slides 4] [--side 3072] [--size 96] [--mpp 2.0] [--context 2] [--seconds 120]
         [--tiles-per-slide 80] [--upsampling transpose] [--keep DIR]
 
-Makes demo slides (data_prep.make_demo --slides), one wsi_tiles set with --context views, then trains a
+Makes demo slides (data_prep.make_demo --n-slides), one wsi_tiles set with --context views, then trains a
 plain smp Unet (the fine tile only) and an MRN (fine tile + context view) from random init with the same
 loss (train.losses.SegmentationLoss), optimiser, batch size and flips for the same number of seconds
 each, and reports the held-out fold's pooled pixel Dice per organ and overall, with the steps each got.

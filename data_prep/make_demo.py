@@ -2,7 +2,7 @@
 
     python -m data_prep.make_demo --out demo/data [--seed 0] [--n-train 40] [--n-test 10] [--n-targets 5]
         [--scale 0.1667]
-    python -m data_prep.make_demo --out demo/slides --slides N [--slide-size 8192] [--slide-mpp 0.5] [--seed 0]
+    python -m data_prep.make_demo --out demo/slides --n-slides N [--slide-size 8192] [--slide-mpp 0.5] [--seed 0]
 
 Writes train.csv, test.csv, sample_submission.csv, train_images/<id>.tiff, test_images/<id>.tiff and
 test_solution.csv (the test ground truth, for `python -m inference.score`). Masks are column-major RLE.
@@ -19,7 +19,7 @@ Train images are HPA and square; test images mix HPA and Hubmap, with non-square
 (160 px) and one large one. Test images cover about the tissue extent of a train image, so Hubmap images
 have the pixel counts their pixel size implies (large intestine larger, prostate a few dozen pixels).
 
---slides N writes N synthetic whole slides instead (organs round-robin, HuBMAP-like stain, --slide-mpp um/px):
+--n-slides N writes N synthetic whole slides instead (organs round-robin, HuBMAP-like stain, --slide-mpp um/px):
 OUT/<slide_id>.ome.tif (tiled pyramidal OME-TIFF, SubIFD levels; every second slide is a generic tiled TIFF
 pyramid <slide_id>.tif whose levels OpenSlide also sees), OUT/<slide_id>_mask.tif (0/255 FTU mask pyramid of
 the same layout), OUT/<slide_id>.geojson (FTU polygons in level-0 pixels, holes as inner rings) and
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import encode
@@ -680,13 +680,14 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_SCALE,
         help=f"linear size against the real data: 1 = 3000 px train images (default {DEFAULT_SCALE:.4g})",
     )
-    ap.add_argument("--slides", type=int, help="write N synthetic whole slides (and slides.csv) instead")
+    ap.add_argument("--n-slides", type=int, metavar="N", help="write N synthetic whole slides (and slides.csv) instead")
     ap.add_argument("--slide-size", type=int, default=8192, help="slide height in pixels (default 8192)")
     ap.add_argument("--slide-mpp", type=float, default=0.5, help="slide um per pixel (default 0.5)")
+    hidden_alias(ap, "--slides", "--n-slides")  # the old spelling (elsewhere --slides is a slides CSV)
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    if args.slides is not None:
-        table = pd.read_csv(make_slides(args.out, args.slides, args.seed, args.slide_size, args.slide_mpp))
+    if args.n_slides is not None:
+        table = pd.read_csv(make_slides(args.out, args.n_slides, args.seed, args.slide_size, args.slide_mpp))
         print(f"wrote {len(table)} slides to {args.out} in {time.perf_counter() - start:.1f} s")
         print(table[["slide_id", "slide", "organ", "width", "height", "mpp"]].to_string(index=False))
         return

@@ -169,13 +169,6 @@ def ftu_pixels(mask: np.ndarray) -> np.ndarray:
     return (mask > 0) & (mask != IGNORE_INDEX)
 
 
-def resize_to(array: np.ndarray, width: int, height: int, nearest: bool) -> np.ndarray:
-    """Resize with area interpolation (images) or nearest (masks); a same-size call returns the input."""
-    if array.shape[1] == width and array.shape[0] == height:
-        return array
-    return cv2.resize(array, (width, height), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
-
-
 def pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Reflection-pad bottom/right up to (height, width); no-op when already large enough."""
     dh, dw = max(0, height - array.shape[0]), max(0, width - array.shape[1])
@@ -237,8 +230,8 @@ def cut_tiles(image: np.ndarray, mask: np.ndarray, job: ImageJob, settings: Tile
                 n,
                 0,
                 (x0, y0, x1, y1),
-                resize_to(image[y0:y1, x0:x1], size, size, nearest=False),
-                resize_to(mask[y0:y1, x0:x1], size, size, nearest=True),
+                resize_image(image[y0:y1, x0:x1], size, size),
+                resize_image(mask[y0:y1, x0:x1], size, size, nearest=True),
                 job.pixel_size * ((x1 - x0) + (y1 - y0)) / (2 * size),
             )
     stride = stride_for(size, settings.overlap)

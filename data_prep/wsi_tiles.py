@@ -1,10 +1,10 @@
 """Tile sets from whole slides: FTU-centred and background tiles at one or several um/px, in data_prep.tiles' format.
 
-    python -m data_prep.wsi_tiles --slides slides.csv --out TILES [--size 256] [--mpp 1.0 --mpp 2.0]
+    python -m data_prep.wsi_tiles --slides slides.csv --out TILES [--size 256] [--tile-mpp 1.0 --tile-mpp 2.0]
         [--tiles-per-slide 60] [--ratio 2:1] [--centre 32] [--annotation mask|geojson] [--n-folds 5]
         [--context K] [--classes NAME ...] [--seed 0] [--overwrite]
 
-slides.csv (what `python -m data_prep.make_demo --slides N` writes): slide_id, slide (path, relative to the
+slides.csv (what `python -m data_prep.make_demo --n-slides N` writes): slide_id, slide (path, relative to the
 CSV), organ, data_source, and an annotation: `mask` (a 0/255 or class-index mask pyramid of the same level-0
 size) and/or `geojson` (FTU polygons in level-0 pixels, holes as inner rings, in any form QuPath writes:
 FeatureCollection, plain array of Features, one Feature, bare geometries; --classes keeps only features of
@@ -12,7 +12,7 @@ those classification names); optional `mpp` (um per level-0 pixel when the file 
 Without a fold column slides get organ-stratified folds from data_prep.make_folds (folds by slide, so no
 slide is in training and validation at once).
 
-Sampling, per slide and per --mpp (Camelyon-style): tissue is Otsu's on a thumbnail (inference.tissue);
+Sampling, per slide and per --tile-mpp (Camelyon-style): tissue is Otsu's on a thumbnail (inference.tissue);
 positive tiles are centred on a random FTU pixel and kept when the centre square of --centre tile pixels
 holds FTU (the tile's label is its centre); negative tiles are centred on random tissue pixels whose centre
 square holds none. --ratio P:N sets positives to negatives among --tiles-per-slide. Each tile is read from the
@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from data_prep.make_folds import make_folds
 from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.organs import ORGANS, class_index
 from inference.tiling import context_window
 from inference.tissue import tissue_cutoff, tissue_fraction, tissue_mask
@@ -313,10 +313,10 @@ def _ratio(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m data_prep.wsi_tiles", description=__doc__,
                                  formatter_class=HelpFormatter)
-    ap.add_argument("--slides", type=Path, required=True, help="slides CSV (data_prep.make_demo --slides writes one)")
+    ap.add_argument("--slides", type=Path, required=True, help="slides CSV (data_prep.make_demo --n-slides writes one)")
     ap.add_argument("--out", type=Path, required=True, help="tile set folder")
     ap.add_argument("--size", type=int, default=256, help="tile side in pixels")
-    ap.add_argument("--mpp", type=float, action="append", help="tile um/px (repeatable; unset: 1.0)")
+    ap.add_argument("--tile-mpp", type=float, action="append", help="tile um/px (repeatable; unset: 1.0)")
     ap.add_argument("--tiles-per-slide", type=int, default=60, help="tiles per slide and um/px")
     ap.add_argument("--ratio", type=_ratio, default=(2, 1), help="positive:negative tiles")
     ap.add_argument("--centre", type=int, default=32, help="side of the centre square that labels a tile (px)")
@@ -327,9 +327,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --annotation geojson: keep only features of this QuPath class (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="delete the tile set and redo every slide")
+    hidden_alias(ap, "--mpp", "--tile-mpp")  # the old spelling (inference.wsi --mpp is the slide's own um/px)
     args = ap.parse_args(argv)
     try:
-        index = build_wsi_tiles(args.slides, args.out, args.size, tuple(args.mpp or (1.0,)), args.tiles_per_slide,
+        index = build_wsi_tiles(args.slides, args.out, args.size, tuple(args.tile_mpp or (1.0,)), args.tiles_per_slide,
                                 args.ratio, args.centre, args.annotation, args.n_folds, args.seed, args.overwrite,
                                 args.context, tuple(args.classes or ()))
     except (TileSetError, ValueError, OSError) as exc:

@@ -35,6 +35,8 @@ def hidden_alias(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     kwargs: dict = {"dest": target.dest, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
     if isinstance(target, argparse._StoreTrueAction | argparse._StoreFalseAction):
         kwargs["action"] = "store_true" if isinstance(target, argparse._StoreTrueAction) else "store_false"
+    elif isinstance(target, argparse._AppendAction):
+        kwargs.update(action="append", type=target.type, choices=target.choices)
     else:
         kwargs.update(type=target.type, nargs=target.nargs, choices=target.choices)
     parser.add_argument(old, **kwargs)

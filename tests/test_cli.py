@@ -51,3 +51,20 @@ def test_usage_is_runnable_as_shown_and_shows_defaults(module: str, helps: tuple
 
 def test_help_writes_nothing_to_stderr(helps: tuple[dict[str, str], str]) -> None:
     assert helps[1] == "", helps[1][-2000:]
+
+
+def test_one_meaning_per_option_name_and_the_old_spellings_still_parse() -> None:
+    """--slides is a slides CSV and --mpp a slide's own um/px everywhere; make_demo's slide count and wsi_tiles'
+    tile um/px have their own names, and the old spellings parse to them (hidden from --help)."""
+    import argparse
+
+    from inference.cli import hidden_alias
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tile-mpp", type=float, action="append")
+    ap.add_argument("--n-slides", type=int)
+    hidden_alias(ap, "--mpp", "--tile-mpp")
+    hidden_alias(ap, "--slides", "--n-slides")
+    args = ap.parse_args(["--mpp", "1", "--tile-mpp", "2", "--slides", "3"])
+    assert args.tile_mpp == [1.0, 2.0] and args.n_slides == 3
+    assert "--mpp" not in ap.format_help() and "--slides" not in ap.format_help()

@@ -4,7 +4,7 @@
         [--ray-address ADDR] [--max-retries 3] [the prediction flags of a single slide]
 
 slides.csv: `slide` (path, relative to the CSV), `organ` (one of inference.organs.ORGANS, or empty), optional
-`mpp` (um per level-0 pixel when the file lacks it). `python -m data_prep.make_demo --slides N` writes one.
+`mpp` (um per level-0 pixel when the file lacks it). `python -m data_prep.make_demo --n-slides N` writes one.
 
 Every slide goes through inference.wsi.predict.predict_slide into DIR (outputs are prefixed by the slide's
 stem, so stems must be unique). A slide whose outputs are finished is skipped, and said so; an unfinished

@@ -266,7 +266,7 @@ def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> No
     from train.fastai_unet import main as train_main
 
     tiles = tmp_path / "tiles"
-    tiles_main(["--slides", str(demo_slides), "--out", str(tiles), "--size", "128", "--mpp", "1.0",
+    tiles_main(["--slides", str(demo_slides), "--out", str(tiles), "--size", "128", "--tile-mpp", "1.0",
                 "--tiles-per-slide", "24", "--centre", "32"])
     # the demo recipe on the tile set's own tiles (slides have no competition-layout images for the crop
     # sampler or whole-image validation, so fold -1: train on every slide)
