@@ -107,7 +107,7 @@ def flat_seconds(slide_path: Path, run: Path, block: int) -> tuple[float, int]:
     from inference.engine.sliding import WindowFilter
     from inference.predict import load_members
     from inference.tissue import tissue_mask
-    from inference.wsi.predict import block_regions, model_pixel_size, read_work_region, work_factor
+    from inference.wsi.predict import WsiOptions, block_regions, model_pixel_size, read_work_region, work_factor
     from inference.wsi.reader import open_slide, thumbnail
 
     torch.set_num_threads(1)
@@ -125,7 +125,8 @@ def flat_seconds(slide_path: Path, run: Path, block: int) -> tuple[float, int]:
     windows = 0
     for b, image in zip(blocks, images, strict=True):
         keep = WindowFilter(b.keep)
-        predict_image(image, members, organ="kidney", pixel_size=level_mpp, scale_mode="pixel-size", windows=keep)
+        predict_image(image, members, organ="kidney", pixel_size=level_mpp, options=WsiOptions(organ="kidney"),
+                      windows=keep)
         windows += keep.predicted
     return time.perf_counter() - start, windows
 

@@ -185,6 +185,12 @@ def _labels(mask, win: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarra
     return labels, stats
 
 
+def _holds(crop: np.ndarray, box: tuple[int, int, int, int], point: tuple[int, int]) -> bool:
+    """Is mask pixel `point` (y, x) part of the component `crop` at `box`?"""
+    y, x = point
+    return box[0] <= y < box[2] and box[1] <= x < box[3] and bool(crop[y - box[0], x - box[1]])
+
+
 def _component(mask, seed: tuple[int, int], box: tuple[int, int, int, int], halo: int) -> tuple[np.ndarray, tuple]:
     """(bool crop, its (y0, x0, y1, x1)) of the component holding `seed`, growing the window until it fits."""
     shape = mask.shape
@@ -212,6 +218,7 @@ def iter_components(mask, block: int = 2048, halo: int = 256) -> Iterator[tuple[
             win = _window(*core, halo, shape)
             labels, stats = _labels(mask, win)
             grown: set[tuple[int, int]] = set()  # pieces of one component that join outside the window
+            covered: list[tuple[np.ndarray, tuple]] = []  # components grown from this window: grow each once
             for label in range(1, len(stats)):
                 left, top, w, h = (int(v) for v in stats[label, :4])
                 box = (win[0] + top, win[1] + left, win[0] + top + h, win[1] + left + w)
@@ -223,7 +230,11 @@ def iter_components(mask, block: int = 2048, halo: int = 256) -> Iterator[tuple[
                 if box[0] < core[0]:
                     continue  # its first row, and so its first pixel, lies above this block
                 first = int(np.argmax(labels[top] == label))
-                crop, full = _component(mask, (box[0], win[1] + first), box, halo)
+                point = (box[0], win[1] + first)
+                if any(_holds(c, f, point) for c, f in covered):
+                    continue  # a piece of a component already grown (and yielded or left to its owner)
+                crop, full = _component(mask, point, box, halo)
+                covered.append((crop, full))
                 # the owner is the block holding the whole component's first pixel in raster order
                 seed = (full[0], full[1] + int(np.argmax(crop[0])))
                 if core[0] <= seed[0] < core[2] and core[1] <= seed[1] < core[3] and seed not in grown:
