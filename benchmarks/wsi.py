@@ -88,6 +88,11 @@ def run_with_peak_rss(cmd: list[str]) -> float:
     return peak
 
 
+def stage_seconds(summary: dict) -> str:
+    """'tissue 2, read 0, predict 358, ...' from an S_summary.json."""
+    return ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
+
+
 def predict_wsi(slide: Path, run: Path, out: Path, block: int) -> tuple[float, float, dict]:
     """(peak RSS MiB, wall seconds, summary) of `python -m inference.wsi` on one slide."""
     cmd = [sys.executable, "-m", "inference.wsi", "--slide", str(slide), "--models", str(run), "--out", str(out),
@@ -226,7 +231,7 @@ def main() -> None:
                 f"  same {windows} tissue windows as flat in-memory images: {flat:.0f} s -> slide / flat = "
                 f"{summary['seconds'] / flat:.2f}x (goal <= 1.1x; the slide run also reads, writes the mask and "
                 f"probability pyramids, GeoJSON and CSV)",
-                "  seconds by stage: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
+                f"  seconds by stage: {stage_seconds(summary)}",
                 f"  peak RSS {peak:.0f} MiB (goal < 1536 MiB); holding the slide as RGB uint8 would take "
                 f"{rgb:.2f} GiB",
             ])
@@ -240,7 +245,7 @@ def main() -> None:
                 f"({strip.stat().st_size / 2**30:.2f} GiB, read memory-mapped per region): {seconds:.0f} s wall, "
                 f"level {summary['level']}, work grid {summary['work_dimensions']} at {summary['work_mpp']:.3g} um/px, "
                 f"{summary['predicted_windows']} windows; peak RSS {peak:.0f} MiB (goal < 1536 MiB); seconds by "
-                "stage: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
+                f"stage: {stage_seconds(summary)}")
         if "cohort" not in skip:
             rates = cohort_rates(work, run, args.cohort_slides, args.cohort_side, min(args.block, 1024))
             (s1, r1), (s2, r2) = rates[1], rates[2]

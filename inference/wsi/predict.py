@@ -49,6 +49,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -210,6 +211,17 @@ def block_regions(
     return out
 
 
+@contextmanager
+def timed(state: dict, stage: str) -> Iterator[None]:
+    """Add the seconds of the `with` body to state["stage_seconds"][stage] (summed over resumed runs)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages = state.setdefault("stage_seconds", {})
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - start
+
+
 PREDOWNSAMPLE = 1.5  # a level this much finer than the models is area-shrunk before predict_image
 
 
@@ -286,21 +298,18 @@ def predict_blocks(
     todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor, factor)
             if b.index not in work.done]
     state = work.state
-    seconds = state.setdefault("stage_seconds", {})  # summed over resumed runs
     for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
         i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
         if not keep.any():
             state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
             state["blocks_without_tissue"] += 1
         else:
-            tick = time.perf_counter()
-            image = read_work_region(slide, level, b.region, factor)
-            seconds["read"] = seconds.get("read", 0.0) + time.perf_counter() - tick
+            with timed(state, "read"):
+                image = read_work_region(slide, level, b.region, factor)
             windows = WindowFilter(keep)
             core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
-            tick = time.perf_counter()
-            mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
-            seconds["predict"] = seconds.get("predict", 0.0) + time.perf_counter() - tick
+            with timed(state, "predict"):
+                mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
             work.mask[y0:y1, x0:x1] = mask
             work.prob[y0:y1, x0:x1] = prob
             state["predicted_windows"] += windows.predicted
@@ -473,10 +482,9 @@ def predict_slide(
         if state["finished"] and all(p.is_file() for p in paths.values()):
             print(f"{slide_path} is already predicted into {out} (pass --overwrite to redo it)")
             return state["summary"]
-        tick = time.perf_counter()
-        thumb, thumb_factor = thumbnail(slide, options.thumbnail_side)
-        tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
-        state.setdefault("stage_seconds", {})["tissue"] = round(time.perf_counter() - tick, 2)
+        with timed(state, "tissue"):
+            thumb, thumb_factor = thumbnail(slide, options.thumbnail_side)
+            tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
         log.info("%s: %dx%d px at %.4g um/px (%s reader, mpp from %s); level %d (%dx%d, %.4g um/px) for models at "
                  "%.4g um/px; work grid %dx%d at %.4g um/px", slide_path.name, *slide.dimensions[0], slide.mpp,
                  slide.reader, slide.mpp_source, level, lw, lh, slide.level_mpp(level), target, grid[1], grid[0],
@@ -486,28 +494,19 @@ def predict_slide(
         span = (lw / factor, lh / factor)  # work-grid pixels that level 0 covers
         scale = (level0[0] / span[0], level0[1] / span[1])
         organ_key, class_name = _slide_class(options, state)
-        stages = state.setdefault("stage_seconds", {})
-        tick = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal tick
-            now = time.perf_counter()
-            stages[stage] = round(now - tick, 2)
-            tick = now
-
-        mask = clean_mask(work, options, organ_key, work_mpp)
-        lap("postprocess")
-        totals = write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
-                            class_name, slide=stem, objects=options.objects)
-        lap("ftus")
-        write_pyramid(paths["mask"], level0_strips(mask, level0, span=span), level0[1], level0[0], mpp=slide.mpp,
-                      layout="subifds" if options.mask_format == "ome" else "chain", mask=True)
-        lap("mask_pyramid")
-        write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False, span=span), level0[1],
-                      level0[0], mpp=slide.mpp, layout="chain", grey=True)
-        lap("prob_pyramid")
-        write_pictures(thumb, work, paths["heatmap"], paths["overlay"])
-        lap("pictures")
+        with timed(state, "postprocess"):
+            mask = clean_mask(work, options, organ_key, work_mpp)
+        with timed(state, "ftus"):
+            totals = write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
+                                class_name, slide=stem, objects=options.objects)
+        with timed(state, "mask_pyramid"):
+            write_pyramid(paths["mask"], level0_strips(mask, level0, span=span), level0[1], level0[0],
+                          mpp=slide.mpp, layout="subifds" if options.mask_format == "ome" else "chain", mask=True)
+        with timed(state, "prob_pyramid"):
+            write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False, span=span), level0[1],
+                          level0[0], mpp=slide.mpp, layout="chain", grey=True)
+        with timed(state, "pictures"):
+            write_pictures(thumb, work, paths["heatmap"], paths["overlay"])
         area_um2 = round(totals["area_px"] * slide.mpp**2, 1)
         summary = {
             "slide": str(slide_path), "stem": stem, "reader": slide.reader, "mpp": slide.mpp,
@@ -519,14 +518,15 @@ def predict_slide(
             "organ": options.organ, "thresholds": sorted(state["thresholds"]),
             "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
             "min_area_um2": min_area_for(options, organ_key),
-            "blocks": len(_blocks(*grid, work_block(options.block, factor))), "blocks_without_tissue": state["blocks_without_tissue"],
+            "blocks": len(_blocks(*grid, work_block(options.block, factor))),
+            "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
             "ftus": totals["ftus"], "ftu_area_um2": area_um2,
             "classes": {totals["class"]: {"ftus": totals["ftus"], "area_um2": area_um2,
                                           "color": list(ftu_class(class_name)[1])}},
             "heatmap_um_per_px": round(slide.mpp * thumb_factor, 4),
             "seconds": round(time.perf_counter() - start, 1),
-            "stage_seconds": {k: round(v, 2) for k, v in stages.items()}, "outputs": {k: str(p) for k, p in paths.items()},
+            "stage_seconds": {k: round(v, 2) for k, v in state["stage_seconds"].items()}, "outputs": {k: str(p) for k, p in paths.items()},
         }
         _write_json(paths["summary"], summary)
         state.update(finished=True, summary=summary)

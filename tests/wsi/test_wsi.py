@@ -167,6 +167,9 @@ def test_wsi_matches_predict_and_writes_readable_outputs(
     assert written == summary and written["mpp"] == 0.5 and written["level_mpp"] == pytest.approx(1.0)
     assert written["classes"]["glomerulus"]["ftus"] == summary["ftus"] and written["thresholds"] == [0.5]
     assert written["models"][0]["pixel_size"] == 1.0
+    stages = {"tissue", "read", "predict", "postprocess", "ftus", "mask_pyramid", "prob_pyramid", "pictures"}
+    assert set(written["stage_seconds"]) == stages and min(written["stage_seconds"].values()) >= 0
+    assert sum(written["stage_seconds"].values()) <= written["seconds"] + 0.1
 
     collection = json.loads((out / f"{stem}.geojson").read_text())
     assert collection["type"] == "FeatureCollection" and collection["features"]
