@@ -53,10 +53,15 @@ def test_help_writes_nothing_to_stderr(helps: tuple[dict[str, str], str]) -> Non
     assert helps[1] == "", helps[1][-2000:]
 
 
-def test_one_meaning_per_option_name_and_the_old_spellings_still_parse() -> None:
+def test_one_meaning_per_option_name_and_the_old_spellings_still_parse(helps: tuple[dict[str, str], str]) -> None:
     """--slides is a slides CSV and --mpp a slide's own um/px everywhere; make_demo's slide count and wsi_tiles'
     tile um/px have their own names, and the old spellings parse to them (hidden from --help)."""
     import argparse
+
+    texts = helps[0]
+    assert "--n-slides N" in texts["data_prep.make_demo"] and "--slides" not in texts["data_prep.make_demo"]
+    assert "--tile-mpp" in texts["data_prep.wsi_tiles"] and "--mpp" not in texts["data_prep.wsi_tiles"]
+    assert "--slides" in texts["inference.wsi"] and "--mpp" in texts["inference.wsi"]
 
     from inference.cli import hidden_alias
 
