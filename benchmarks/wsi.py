@@ -13,7 +13,7 @@
    window filter (what predicting the tissue as a folder of flat images costs, without reading or writing
    anything). Ratio = slide seconds / flat seconds (goal <= 1.1).
 2. strip: a --strip-side single-strip uncompressed TIFF (what `tifffile.imwrite` writes by default), predicted
-   the same way (memory-mapped per region; goal < 1.5 GB peak RSS).
+   the same way (read row by row per region, on a work grid at the model's um/px; goal < 1.5 GB peak RSS).
 3. cohort: --cohort-slides demo slides predicted with `--engine ray` on a local Ray cluster of 1 and of 2
    CPU workers (torch one thread each): slides per minute.
 """
@@ -65,27 +65,35 @@ def slide_strips(side: int, mpp: float, seed: int = 0, n_patches: int = 4) -> It
         yield row
 
 
-def _hwm_mib(pid: int) -> float | None:
-    """Peak RSS of a process's current address space (VmHWM), None once it has exited."""
+def _memory_mib(pid: int) -> dict[str, float] | None:
+    """VmHWM (peak RSS of the current address space), RssAnon and RssFile of a process in MiB; None once it exited."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return None
+    try:
+        return {key: int(fields[key].split()[0]) / 1024 for key in ("VmHWM", "RssAnon", "RssFile")}
+    except KeyError:  # a zombie: the address space is gone
+        return None
 
 
-def run_with_peak_rss(cmd: list[str]) -> float:
-    """Run a command to completion and return its peak RSS in MiB (VmHWM polled every 50 ms)."""
+def run_with_peak_rss(cmd: list[str]) -> dict[str, float]:
+    """Run a command to completion: its peak RSS (VmHWM) and the largest anonymous (heap) and file-backed RSS
+    seen, in MiB, polled every 50 ms (the file-backed part is page cache the kernel can drop)."""
     child = subprocess.Popen(cmd, cwd=ROOT, env=ENV)
-    peak = 0.0
+    peak = {"VmHWM": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     while child.poll() is None:
-        peak = max(peak, _hwm_mib(child.pid) or 0.0)
+        for key, value in (_memory_mib(child.pid) or {}).items():
+            peak[key] = max(peak[key], value)
         time.sleep(0.05)
     if child.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {child.returncode}")
     return peak
+
+
+def memory_text(peak: dict[str, float]) -> str:
+    return (f"peak RSS {peak['VmHWM']:.0f} MiB (goal < 1536 MiB; largest anonymous {peak['RssAnon']:.0f} MiB, "
+            f"file-backed {peak['RssFile']:.0f} MiB)")
 
 
 def stage_seconds(summary: dict) -> str:
@@ -93,8 +101,8 @@ def stage_seconds(summary: dict) -> str:
     return ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
 
 
-def predict_wsi(slide: Path, run: Path, out: Path, block: int) -> tuple[float, float, dict]:
-    """(peak RSS MiB, wall seconds, summary) of `python -m inference.wsi` on one slide."""
+def predict_wsi(slide: Path, run: Path, out: Path, block: int) -> tuple[dict[str, float], float, dict]:
+    """(peak memory in MiB as run_with_peak_rss, wall seconds, summary) of `python -m inference.wsi` on one slide."""
     cmd = [sys.executable, "-m", "inference.wsi", "--slide", str(slide), "--models", str(run), "--out", str(out),
            "--block", str(block), "--device", "cpu", "--overwrite", *POST]
     start = time.perf_counter()
@@ -232,7 +240,7 @@ def main() -> None:
                 f"{summary['seconds'] / flat:.2f}x (goal <= 1.1x; the slide run also reads, writes the mask and "
                 f"probability pyramids, GeoJSON and CSV)",
                 f"  seconds by stage: {stage_seconds(summary)}",
-                f"  peak RSS {peak:.0f} MiB (goal < 1536 MiB); holding the slide as RGB uint8 would take "
+                f"  {memory_text(peak)}; holding the slide as RGB uint8 would take "
                 f"{rgb:.2f} GiB",
             ])
         if "strip" not in skip:
@@ -242,9 +250,9 @@ def main() -> None:
             peak, seconds, summary = predict_wsi(strip, run, work / "strip_out", args.block)
             lines.append(
                 f"single-strip uncompressed TIFF {args.strip_side}x{args.strip_side} "
-                f"({strip.stat().st_size / 2**30:.2f} GiB, read memory-mapped per region): {seconds:.0f} s wall, "
+                f"({strip.stat().st_size / 2**30:.2f} GiB, read row by row per region): {seconds:.0f} s wall, "
                 f"level {summary['level']}, work grid {summary['work_dimensions']} at {summary['work_mpp']:.3g} um/px, "
-                f"{summary['predicted_windows']} windows; peak RSS {peak:.0f} MiB (goal < 1536 MiB); seconds by "
+                f"{summary['predicted_windows']} windows; {memory_text(peak)}; seconds by "
                 f"stage: {stage_seconds(summary)}")
         if "cohort" not in skip:
             rates = cohort_rates(work, run, args.cohort_slides, args.cohort_side, min(args.block, 1024))

@@ -35,7 +35,9 @@ def add_prediction_args(ap: argparse.ArgumentParser) -> None:
                     help="QuPath objectType of the GeoJSON features (detection: lighter for many objects)")
     ap.add_argument("--mask-format", choices=MASK_FORMATS, default="tiff",
                     help="tiff: S_mask.tif in OpenSlide's layout; ome: S_mask.ome.tif with SubIFDs (Bio-Formats)")
-    ap.add_argument("--block", type=int, default=2048, help=f"block side in level pixels (multiple of {CHUNK})")
+    ap.add_argument("--block", type=int, default=2048,
+                    help=f"block side in work-grid pixels (the level read, or a slide without a pyramid shrunk to "
+                    f"about the models' um/px; multiple of {CHUNK})")
     ap.add_argument("--overwrite", action="store_true", help="discard finished or partial work")
 
 

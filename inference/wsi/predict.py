@@ -12,13 +12,14 @@ How: the slide is opened with OpenSlide (vendor formats and vendor TIFFs) or tif
 compressed strip TIFFs are converted once to a tiled pyramid in DIR/S_work), its um/px checked (file
 metadata, else --mpp, else objective power with a warning; outside [0.05, 50] is refused), and the coarsest
 pyramid level at most 1.1 x the models' um/px is read (then downsampled to it). A thumbnail's Otsu tissue map
-(inference.tissue) decides what to predict. The level is cut into blocks of --block pixels, each read with a
-margin of one model window on every side and run through inference.engine.ensemble.predict_image (the same
-scale rule, sliding windows, blending, TTA, ensembling and thresholds as inference.predict) with a
-WindowFilter, so windows over bare glass are not run; blocks without tissue are not even read. Each block's
-centre goes into two zarr arrays on disk (mask and probability at the level's resolution, or, for a level at least
-1.5 x finer than the models such as a slide without a pyramid, on a work grid shrunk by an integer factor to about
-the models' um/px: work_factor) and the block is
+(inference.tissue) decides what to predict. The work grid (the level itself, or, for a level at least 1.5 x
+finer than the models such as a slide without a pyramid, the level shrunk by an integer factor to about the
+models' um/px: work_factor) is cut into blocks of --block work-grid pixels, each read with a margin of one model
+window on every side (a shrunk level in row bands, area-shrunk band by band) and run through
+inference.engine.ensemble.predict_image (the same scale rule, sliding windows, blending, TTA, ensembling and
+thresholds as inference.predict) with a WindowFilter, so windows over bare glass are not run; blocks without
+tissue are not even read, and the next tissue block is read in a thread while one is predicted. Each block's
+centre goes into two zarr arrays on disk (mask and probability on the work grid) and the block is
 recorded in DIR/S_work/state.json, so an interrupted run resumes at the next block and memory stays one
 block whatever the slide size. --fill-holes / --min-area then clean every FTU with
 inference.engine.postprocess (one connected component at a time, so memory stays bounded).
@@ -32,8 +33,9 @@ Writes, for slide stem S (see docs/wsi.md for opening them in QuPath, OpenSlide 
   QuPath classification per organ (glomerulus, gland, crypt, white pulp, alveolus), objectType --objects;
 - DIR/S_ftus.csv: one row per FTU (slide, class, centroid, whole-pixel box, mpp, area in px and um^2);
 - DIR/S_summary.json: slide, mpp, level read, work grid, models, thresholds, windows run and skipped, FTUs and
-  area per class, seconds (in all and per stage: tissue, read, predict, postprocess, ftus, mask / prob pyramids,
-  pictures); DIR/S_heatmap.png and DIR/S_overlay.png: thumbnail previews.
+  area per class, seconds (in all and per stage: tissue, read (time waited for pixels), predict, postprocess,
+  ftus, mask / prob pyramids (these three are written side by side, so their seconds overlap), pictures);
+  DIR/S_heatmap.png and DIR/S_overlay.png: thumbnail previews.
 A finished slide is skipped on re-run (--overwrite redoes it). --slides runs a cohort (inference.wsi.cohort);
 the command line is inference.wsi.cli.
 """
@@ -48,7 +50,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,7 +203,7 @@ def block_regions(
     margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
                            * m.predictor.config.pixel_size / work_mpp) for m in members)
     out = []
-    for i, (x0, y0, x1, y1) in enumerate(_blocks(gh, gw, work_block(block, factor))):
+    for i, (x0, y0, x1, y1) in enumerate(_blocks(gh, gw, block)):
         rx0, ry0 = max(0, x0 - margin), max(0, y0 - margin)
         rx1, ry1 = min(gw, x1 + margin), min(gh, y1 + margin)
         # the region's footprint on the thumbnail tissue map (work px -> level-0 px -> thumbnail px)
@@ -234,26 +237,34 @@ def work_factor(level_mpp: float, target: float) -> int:
     return 1 if factor < PREDOWNSAMPLE else max(1, math.floor(factor + 1e-6))
 
 
-def work_block(block: int, factor: int) -> int:
-    """The block side in work-grid pixels: --block level pixels, whole zarr chunks, at least one chunk."""
-    return max(CHUNK, block // factor // CHUNK * CHUNK)
+BAND_BYTES = 32 << 20  # level-pixel RGB read at once when shrinking a region onto the work grid
 
 
 def read_work_region(
     slide: Slide, level: int, region: tuple[int, int, int, int], factor: int
 ) -> np.ndarray:
     """RGB of work-grid region (x0, y0, x1, y1): level pixels [x0 * k, x1 * k) read and area-shrunk by exactly k
-    (the level's last row / column of pixels repeated where its size is not a multiple of k)."""
+    (the level's last row / column of pixels repeated where its size is not a multiple of k).
+
+    The level pixels are read in bands of whole work rows (about BAND_BYTES each): an exact k x k area mean
+    per band gives the same pixels as one resize of the whole region, at a band's memory."""
     x0, y0, x1, y1 = region
     if factor == 1:
         return slide.read(level, x0, y0, x1 - x0, y1 - y0)
     lw, lh = slide.dimensions[level]
     k = factor
-    image = slide.read(level, x0 * k, y0 * k, min(lw, x1 * k) - x0 * k, min(lh, y1 * k) - y0 * k)
-    h, w = image.shape[:2]
-    if (h, w) != ((y1 - y0) * k, (x1 - x0) * k):
-        image = cv2.copyMakeBorder(image, 0, (y1 - y0) * k - h, 0, (x1 - x0) * k - w, cv2.BORDER_REPLICATE)
-    return cv2.resize(image, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    width = (x1 - x0) * k
+    band = max(1, BAND_BYTES // (width * 3 * k))  # work rows per band
+    out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+    for by in range(y0, y1, band):
+        by1 = min(y1, by + band)
+        ly0, ly1 = by * k, min(lh, by1 * k)  # the grid is ceil(lh / k) rows: every band starts inside the level
+        image = slide.read(level, x0 * k, ly0, min(lw, x1 * k) - x0 * k, ly1 - ly0)
+        h, w = image.shape[:2]
+        if (h, w) != ((by1 - by) * k, width):
+            image = cv2.copyMakeBorder(image, 0, (by1 - by) * k - h, 0, width - w, cv2.BORDER_REPLICATE)
+        out[by - y0 : by1 - y0] = cv2.resize(image, (x1 - x0, by1 - by), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def _predict_region(
@@ -297,30 +308,62 @@ def predict_blocks(
     target = model_pixel_size(members)
     todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor, factor)
             if b.index not in work.done]
+    # the next tissue block is read in a thread while this one is predicted (reads release the GIL in preadv,
+    # tifffile's codecs and OpenSlide), so "read" is the time the loop waited for pixels, not the reading itself
+    to_read = iter([b for b in todo if b.keep.any()])
+    ahead: dict[int, Future] = {}
+
+    def read_next() -> None:
+        b = next(to_read, None)
+        if b is not None:
+            ahead[b.index] = reader.submit(read_work_region, slide, level, b.region, factor)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-read") as reader:
+        read_next()
+        for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
+            _predict_block(b, ahead, read_next, members, options, work, level_mpp, target)
+
+
+def _predict_block(
+    b: BlockRegion, ahead: dict[int, Future], read_next: Callable[[], None], members: list[Member],
+    options: WsiOptions, work: WorkState, level_mpp: float, target: float,
+) -> None:
+    """Predict one block into the work arrays (its pixels from `ahead`, the next read started first) and record it."""
     state = work.state
-    for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
-        i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
-        if not keep.any():
-            state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
-            state["blocks_without_tissue"] += 1
-        else:
-            with timed(state, "read"):
-                image = read_work_region(slide, level, b.region, factor)
-            windows = WindowFilter(keep)
-            core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
-            with timed(state, "predict"):
-                mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
-            work.mask[y0:y1, x0:x1] = mask
-            work.prob[y0:y1, x0:x1] = prob
-            state["predicted_windows"] += windows.predicted
-            state["skipped_windows"] += windows.skipped
-            if decision.class_index is not None:  # multiclass members: the block's majority organ
-                key = str(decision.class_index)
-                state["classes"][key] = state["classes"].get(key, 0) + windows.predicted
-            if round(decision.threshold, 4) not in state["thresholds"]:
-                state["thresholds"].append(round(decision.threshold, 4))
-        work.done.add(i)
-        work.save()
+    i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
+    if not keep.any():
+        state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
+        state["blocks_without_tissue"] += 1
+    else:
+        read_next()
+        with timed(state, "read"):
+            image = ahead.pop(i).result()
+        windows = WindowFilter(keep)
+        core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
+        with timed(state, "predict"):
+            mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
+        work.mask[y0:y1, x0:x1] = mask
+        work.prob[y0:y1, x0:x1] = prob
+        state["predicted_windows"] += windows.predicted
+        state["skipped_windows"] += windows.skipped
+        if decision.class_index is not None:  # multiclass members: the block's majority organ
+            key = str(decision.class_index)
+            state["classes"][key] = state["classes"].get(key, 0) + windows.predicted
+        if round(decision.threshold, 4) not in state["thresholds"]:
+            state["thresholds"].append(round(decision.threshold, 4))
+    work.done.add(i)
+    work.save()
+
+
+def run_side_by_side(tasks: dict[str, Callable[[], object]], state: dict) -> dict[str, object]:
+    """Run independent output writers in threads, each timed as its own stage; the first error is raised."""
+    def stage(name: str, task: Callable[[], object]) -> object:
+        with timed(state, name):
+            return task()
+
+    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="wsi-out") as pool:
+        futures = {name: pool.submit(stage, name, task) for name, task in tasks.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def level0_strips(
@@ -476,7 +519,8 @@ def predict_slide(
         factor = work_factor(slide.level_mpp(level), target)
         grid = (math.ceil(lh / factor), math.ceil(lw / factor))  # work arrays (rows, cols)
         work_mpp = slide.level_mpp(level) * factor
-        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": factor}
+        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": factor,
+                                                                        "block_unit": "work-grid px"}
         work = WorkState(work_dir, fingerprint, grid, False)
         state = work.state
         if state["finished"] and all(p.is_file() for p in paths.values()):
@@ -496,15 +540,18 @@ def predict_slide(
         organ_key, class_name = _slide_class(options, state)
         with timed(state, "postprocess"):
             mask = clean_mask(work, options, organ_key, work_mpp)
-        with timed(state, "ftus"):
-            totals = write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
-                                class_name, slide=stem, objects=options.objects)
-        with timed(state, "mask_pyramid"):
-            write_pyramid(paths["mask"], level0_strips(mask, level0, span=span), level0[1], level0[0],
-                          mpp=slide.mpp, layout="subifds" if options.mask_format == "ome" else "chain", mask=True)
-        with timed(state, "prob_pyramid"):
-            write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False, span=span), level0[1],
-                          level0[0], mpp=slide.mpp, layout="chain", grey=True)
+        layout = "subifds" if options.mask_format == "ome" else "chain"
+        outputs = {  # three independent writers over the finished arrays, side by side (zlib, cv2 and numpy
+            # release the GIL): their stage seconds overlap
+            "ftus": lambda: write_ftus(iter_ftus(mask, scale, work.prob), paths["geojson"], paths["csv"], slide.mpp,
+                                       class_name, slide=stem, objects=options.objects),
+            "mask_pyramid": lambda: write_pyramid(paths["mask"], level0_strips(mask, level0, span=span), level0[1],
+                                                  level0[0], mpp=slide.mpp, layout=layout, mask=True),
+            "prob_pyramid": lambda: write_pyramid(paths["prob"], level0_strips(work.prob, level0, binary=False,
+                                                                               span=span),
+                                                  level0[1], level0[0], mpp=slide.mpp, layout="chain", grey=True),
+        }
+        totals = run_side_by_side(outputs, state)["ftus"]
         with timed(state, "pictures"):
             write_pictures(thumb, work, paths["heatmap"], paths["overlay"])
         area_um2 = round(totals["area_px"] * slide.mpp**2, 1)
@@ -518,7 +565,7 @@ def predict_slide(
             "organ": options.organ, "thresholds": sorted(state["thresholds"]),
             "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
             "min_area_um2": min_area_for(options, organ_key),
-            "blocks": len(_blocks(*grid, work_block(options.block, factor))),
+            "blocks": len(_blocks(*grid, options.block)),
             "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
             "ftus": totals["ftus"], "ftu_area_um2": area_um2,

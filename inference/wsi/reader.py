@@ -7,7 +7,7 @@ Readers (open_slide, `auto` routing):
 - TiffSlide: OME-TIFF and generic TIFF through tifffile, one tile or strip decoded at a time (imagecodecs
   covers LZW, JPEG, JPEG 2000, zstd, ...; a small LRU cache keeps recently decoded tiles). Levels are the
   series' pyramid (SubIFDs or reduced-resolution pages). An uncompressed strip TIFF (what `tifffile.imwrite`
-  writes by default: one strip) is read through a memory map opened per region, so RSS stays one region;
+  writes by default: one strip) is read row by row into the region (preadv), so RSS stays one region;
   a compressed strip TIFF is converted once, with a warning, into a tiled pyramid in the work folder.
 Both give level sizes, downsamples, the level-0 micrometres per pixel (`mpp=` > OME PhysicalSizeX /
 openslide.mpp-x / Aperio MPP / TIFF resolution tags > objective power, with a warning) and
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import tempfile
 import threading
@@ -174,7 +175,7 @@ def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
 
 
 class TiffSlide(Slide):
-    """OME-TIFF / generic TIFF pyramid read a tile (or strip) at a time with tifffile, or memory-mapped."""
+    """OME-TIFF / generic TIFF pyramid read a tile (or strip) at a time with tifffile, or row by row when raw."""
 
     reader = "tifffile"
 
@@ -216,20 +217,24 @@ class TiffSlide(Slide):
         """A compressed strip page: reading a region would decode whole (possibly slide-sized) strips."""
         return not page.is_tiled and page.compression != 1
 
-    def _mapped(self, page: tifffile.TiffPage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
-        """The region through a memory map of an uncompressed contiguous page (None when it is not one).
+    def _raw(self, page: tifffile.TiffPage, x0: int, y0: int, x1: int, y1: int) -> np.ndarray | None:
+        """The region of an uncompressed contiguous page read row by row with preadv (None when it is not one).
 
-        The map is opened and dropped per read: its pages then leave the process's RSS.
+        Each row's bytes go straight into the output array: no memory map, so neither the rows' other columns nor
+        the page cache count in the process's RSS, which stays the region itself.
         """
         if page.compression != 1 or not page.is_contiguous or page.planarconfig != 1:
             return None
-        offset = page.dataoffsets[0]
-        shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
-        array = np.memmap(self._file, dtype=page.dtype, mode="r", offset=offset, shape=shape)
-        try:
-            return np.array(array[y0:y1, x0:x1])
-        finally:
-            del array
+        samples, itemsize = page.samplesperpixel, np.dtype(page.dtype).itemsize
+        row_bytes = page.imagewidth * samples * itemsize
+        out = np.empty((y1 - y0, x1 - x0, samples), page.dtype)
+        start = page.dataoffsets[0] + x0 * samples * itemsize
+        fd = self._tif.filehandle.fileno()
+        for i, row in enumerate(out):
+            view = memoryview(row.reshape(-1).view(np.uint8))
+            if os.preadv(fd, [view], start + (y0 + i) * row_bytes) != view.nbytes:
+                raise ImageReadError(f"{self.path}: the file ends inside pixel row {y0 + i} (truncated?)")
+        return out
 
     def _segment(self, level: int, page: tifffile.TiffPage, index: int) -> np.ndarray:
         """Decoded tile or strip `index` of a level as (rows, cols, samples), through the LRU cache."""
@@ -287,7 +292,7 @@ class TiffSlide(Slide):
         page = self._pages[level]
 
         def region(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-            array = self._mapped(page, x0, y0, x1, y1) if not page.is_tiled else None
+            array = self._raw(page, x0, y0, x1, y1) if not page.is_tiled else None
             if array is None:
                 array = self._decoded(level, page, x0, y0, x1, y1)
             return to_rgb_uint8(array, str(self.path), int(page.bitspersample))

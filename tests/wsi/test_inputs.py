@@ -83,14 +83,14 @@ def test_lzw_and_jpeg_tiles_read_and_a_broken_tile_is_one_line(tmp_path: Path, d
     assert "Traceback" not in err and "Task was destroyed" not in err and "asyncio" not in err
 
 
-def test_strip_tiffs_memory_mapped_or_converted_once(tmp_path: Path, caplog) -> None:
+def test_strip_tiffs_read_raw_or_converted_once(tmp_path: Path, caplog) -> None:
     image = _image(1500, 1100)
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, image, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
     with tifffile.TiffFile(plain) as tif:
         assert not tif.pages[0].is_tiled and len(tif.pages[0].dataoffsets) == 1  # tifffile's default: one strip
     with open_slide(plain) as slide:
-        assert slide._mapped(slide._pages[0], 0, 0, 1, 1) is not None  # read through the memory map
+        assert slide._raw(slide._pages[0], 0, 0, 1, 1) is not None  # read row by row, no conversion
         np.testing.assert_array_equal(slide.read(0, 1000, 1400, 200, 200)[:100, :100], image[1400:, 1000:])
         assert slide.mpp == pytest.approx(0.5) and slide.path == plain
     packed = tmp_path / "packed.tif"
@@ -107,6 +107,24 @@ def test_strip_tiffs_memory_mapped_or_converted_once(tmp_path: Path, caplog) -> 
     with caplog.at_level(logging.WARNING), open_slide(packed, work=work) as slide:
         assert slide.dimensions[0] == (1100, 1500)
     assert "converting" not in caplog.text and list(work.glob("converted-*.tif")) == converted  # once
+
+
+def test_work_region_shrunk_band_by_band_equals_one_resize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strip TIFF region read in bands of a few work rows and shrunk per band is the one-resize result, edges
+    included (the level's last row and column repeated where its size is not a multiple of k)."""
+    import inference.wsi.predict as wsi
+
+    image = _image(1003, 1201, seed=3)
+    path = tmp_path / "strip.tif"
+    tifffile.imwrite(path, image, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    k = 4
+    padded = cv2.copyMakeBorder(image, 0, -1003 % k, 0, -1201 % k, cv2.BORDER_REPLICATE)
+    whole = cv2.resize(padded, (padded.shape[1] // k, padded.shape[0] // k), interpolation=cv2.INTER_AREA)
+    monkeypatch.setattr(wsi, "BAND_BYTES", 3 * 300 * k * 3 * k)  # 3 work rows of a 300-px-wide region per band
+    with open_slide(path) as slide:
+        for region in ((0, 0, 301, 251), (200, 190, 301, 251), (17, 5, 90, 250)):
+            x0, y0, x1, y1 = region
+            np.testing.assert_array_equal(wsi.read_work_region(slide, 0, region, k), whole[y0:y1, x0:x1])
 
 
 def test_pixel_size_checks_and_level_choice(tmp_path: Path, dark_run: Path, capsys) -> None:

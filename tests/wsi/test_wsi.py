@@ -169,7 +169,10 @@ def test_wsi_matches_predict_and_writes_readable_outputs(
     assert written["models"][0]["pixel_size"] == 1.0
     stages = {"tissue", "read", "predict", "postprocess", "ftus", "mask_pyramid", "prob_pyramid", "pictures"}
     assert set(written["stage_seconds"]) == stages and min(written["stage_seconds"].values()) >= 0
-    assert sum(written["stage_seconds"].values()) <= written["seconds"] + 0.1
+    side_by_side = {"ftus", "mask_pyramid", "prob_pyramid"}  # written in three threads: their seconds overlap
+    seconds = written["stage_seconds"]
+    in_turn = sum(v for k, v in seconds.items() if k not in side_by_side)
+    assert in_turn + max(seconds[k] for k in side_by_side) <= written["seconds"] + 0.1
 
     collection = json.loads((out / f"{stem}.geojson").read_text())
     assert collection["type"] == "FeatureCollection" and collection["features"]
