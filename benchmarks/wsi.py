@@ -1,17 +1,18 @@
 """Whole-slide throughput and memory: inference.wsi against flat-image prediction, strip TIFFs, Ray cohorts.
 
-    python benchmarks/wsi.py [--side 30000] [--strip-side 20000] [--mpp 0.5] [--model-mpp 4.0] [--tile 256]
-        [--block 2048] [--cohort-slides 4] [--cohort-side 2048] [--keep DIR] [--skip slide,strip,cohort]
+    python benchmarks/wsi.py [--side 30000] [--slide-compression zlib|lzw|jpeg] [--strip-side 20000] [--mpp 0.5]
+        [--model-mpp 4.0] [--tile 256] [--block 2048] [--cohort-slides 4] [--cohort-side 2048] [--keep DIR]
+        [--skip slide,strip,cohort]
 
-1. slide: writes a --side x --side pyramidal OME-TIFF strip by strip (a few make_demo kidney patches repeated
-   inside a section outline, so the slide is never whole in memory), builds a random-init smp Unet-ResNet18
-   checkpoint at --model-mpp um/px and runs `python -m inference.wsi` on it in a child process: peak RSS
-   (VmHWM of the child's own address space, polled; getrusage would count the RSS it was forked with), wall
-   time, windows predicted and skipped (with --fill-holes --min-area 100: the random network's mask is noise).
-   Then the same tissue windows as flat images: every block region the
-   slide run predicted, already in memory, through inference.engine.ensemble.predict_image with the same
-   window filter (what predicting the tissue as a folder of flat images costs, without reading or writing
-   anything). Ratio = slide seconds / flat seconds (goal <= 1.1).
+1. slide: writes a --side x --side pyramidal OME-TIFF (tiles in --slide-compression) strip by strip (a few
+   make_demo kidney patches repeated inside a section outline, so the slide is never whole in memory), builds
+   a random-init smp Unet-ResNet18 checkpoint at --model-mpp um/px and runs `python -m inference.wsi` on it in
+   a child process: peak RSS (VmHWM of the child's own address space, polled, with its largest anonymous and
+   file-backed parts; getrusage would count the RSS it was forked with), wall time, windows predicted and
+   skipped (with --fill-holes --min-area 100: the random network's mask is noise). Then the same tissue windows
+   as flat images: every block region the slide run predicted, already in memory, through
+   inference.engine.ensemble.predict_image with the same window filter (what predicting the tissue as a folder
+   of flat images costs, without reading or writing anything). Ratio = slide seconds / flat seconds (goal <= 1.1).
 2. strip: a --strip-side single-strip uncompressed TIFF (what `tifffile.imwrite` writes by default), predicted
    the same way (read row by row per region, on a work grid at the model's um/px; goal < 1.5 GB peak RSS).
 3. cohort: --cohort-slides demo slides predicted with `--engine ray` on a local Ray cluster of 1 and of 2
@@ -201,6 +202,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python benchmarks/wsi.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=30000, help="pyramidal slide side (px)")
+    ap.add_argument("--slide-compression", default="zlib", choices=("zlib", "lzw", "jpeg"),
+                    help="tile codec of the pyramidal slide (jpeg / lzw: what scanners and libvips write)")
     ap.add_argument("--strip-side", type=int, default=20000, help="single-strip TIFF side (px)")
     ap.add_argument("--mpp", type=float, default=0.5, help="slide um/px")
     ap.add_argument("--model-mpp", type=float, default=4.0, help="checkpoint um/px (decides the pyramid level)")
@@ -221,17 +224,17 @@ def main() -> None:
         run = work / "runs" / "unet_r18_bench"
         make_smp_checkpoint(run / "fold0", tile=args.tile, pixel_size=args.model_mpp)
         if "slide" not in skip:
-            slide = work / "big.ome.tif"
+            slide = work / f"big-{args.slide_compression}.ome.tif"
             start = time.perf_counter()
             if not slide.is_file():
                 write_pyramid(slide, slide_strips(args.side, args.mpp), args.side, args.side, mpp=args.mpp,
-                              layout="subifds")
+                              layout="subifds", compression=args.slide_compression)
             made = time.perf_counter() - start
             peak, seconds, summary = predict_wsi(slide, run, work / "wsi", args.block)
             flat, windows = flat_seconds(slide, run, args.block)
             rgb = args.side**2 * 3 / 2**30
             lines.extend([
-                f"slide {args.side}x{args.side} at {args.mpp} um/px (pyramidal OME-TIFF, "
+                f"slide {args.side}x{args.side} at {args.mpp} um/px ({args.slide_compression} pyramidal OME-TIFF, "
                 f"{slide.stat().st_size / 2**20:.0f} MiB, written in {made:.0f} s)",
                 f"  inference.wsi (Unet-R18 at {args.model_mpp} um/px, tile {args.tile}, level {summary['level']}): "
                 f"{seconds:.0f} s wall, {summary['seconds']:.0f} s after start-up, {summary['predicted_windows']} "

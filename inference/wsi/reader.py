@@ -477,12 +477,14 @@ def write_pyramid(
     min_side: int = 1024,
     description: str | None = None,
     grey: bool = False,
+    compression: str = "zlib",
 ) -> Path:
     """Write a tiled pyramidal TIFF from level-0 row strips (top to bottom, full width, any heights).
 
     RGB uint8 strips (h, w, 3), 2-D uint8 masks (mask=True: 0/255, levels stay 0/255) or 2-D uint8 maps
     (grey=True: levels area-averaged, e.g. a probability map). `mpp` goes into the resolution tags (pixels
-    per cm) and OME PhysicalSizeX with layout "subifds". Written to a temporary name first.
+    per cm) and OME PhysicalSizeX with layout "subifds". `compression` is a tifffile codec name (zlib, lzw,
+    jpeg, ...). Written to a temporary name first.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
@@ -526,7 +528,7 @@ def write_pyramid(
 
             scale = 2**level
             options = dict(
-                shape=(lh, lw, *channels), dtype=np.uint8, tile=(tile, tile), compression="zlib",
+                shape=(lh, lw, *channels), dtype=np.uint8, tile=(tile, tile), compression=compression,
                 photometric="rgb" if channels else "minisblack",
             )
             if mpp:
