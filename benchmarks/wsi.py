@@ -121,25 +121,22 @@ def flat_seconds(slide_path: Path, run: Path, block: int) -> tuple[float, int]:
     from inference.engine.sliding import WindowFilter
     from inference.predict import load_members
     from inference.tissue import tissue_mask
-    from inference.wsi.predict import WsiOptions, block_regions, model_pixel_size, read_work_region, work_factor
+    from inference.wsi.predict import WorkGrid, WsiOptions, block_regions, model_pixel_size, read_work_region
     from inference.wsi.reader import open_slide, thumbnail
 
     torch.set_num_threads(1)
     members = load_members([run], None, "cpu", 4, "gaussian")
     with open_slide(slide_path) as slide:
-        target = model_pixel_size(members)
-        level = slide.level_for(target)
-        grid = work_factor(slide.level_mpp(level), target)  # what inference.wsi predicts on
+        grid = WorkGrid.for_models(slide, model_pixel_size(members))  # what inference.wsi predicts on
         thumb, thumb_factor = thumbnail(slide, 2048)
         tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
-        blocks = [b for b in block_regions(slide, level, members, block, tissue, thumb_factor, grid) if b.keep.any()]
-        images = [read_work_region(slide, level, b.region, grid) for b in blocks]
-        level_mpp = slide.level_mpp(level) * grid
+        blocks = [b for b in block_regions(grid, members, block, tissue, thumb_factor) if b.keep.any()]
+        images = [read_work_region(slide, grid, b.region) for b in blocks]
     start = time.perf_counter()
     windows = 0
     for b, image in zip(blocks, images, strict=True):
         keep = WindowFilter(b.keep)
-        predict_image(image, members, organ="kidney", pixel_size=level_mpp, options=WsiOptions(organ="kidney"),
+        predict_image(image, members, organ="kidney", pixel_size=grid.mpp, options=WsiOptions(organ="kidney"),
                       windows=keep)
         windows += keep.predicted
     return time.perf_counter() - start, windows

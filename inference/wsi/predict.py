@@ -188,18 +188,14 @@ class BlockRegion:
 
 
 def block_regions(
-    slide: Slide, level: int, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float,
-    factor: int = 1,
+    grid: WorkGrid, members: list[Member], block: int, tissue: np.ndarray, thumb_factor: float,
 ) -> list[BlockRegion]:
     """Every block of the work grid with its read region (one model window of margin, plus half an MRN context view).
 
-    The work grid is the level shrunk by the integer `factor` (work_factor); blocks, cores and regions are in
-    work-grid pixels, and a region covers level pixels [x0 * factor, x1 * factor).
+    Blocks, cores and regions are in work-grid pixels; a region covers level pixels [x0 * k, x1 * k).
     """
-    lw, lh = slide.dimensions[level]
-    gw, gh = math.ceil(lw / factor), math.ceil(lh / factor)
-    work_mpp = slide.level_mpp(level) * factor
-    ds = slide.downsamples[level] * factor
+    gh, gw = grid.shape
+    work_mpp, ds = grid.mpp, grid.downsample
     margin = max(math.ceil(m.predictor.config.tile_size * (m.predictor.config.context + 1) / 2
                            * m.predictor.config.pixel_size / work_mpp) for m in members)
     out = []
@@ -237,22 +233,63 @@ def work_factor(level_mpp: float, target: float) -> int:
     return 1 if factor < PREDOWNSAMPLE else max(1, math.floor(factor + 1e-6))
 
 
+@dataclass(frozen=True)
+class WorkGrid:
+    """Where the work arrays live: pyramid level `level` shrunk by the integer `factor` (work_factor).
+
+    Blocks, cores, regions, the zarr mask / probability and post-processing are in work-grid pixels; work pixel
+    (x, y) covers level pixels [x * factor, (x + 1) * factor) (the last ones cut by the level's edge)."""
+
+    level: int
+    factor: int
+    level_size: tuple[int, int]  # (width, height) of the level in its pixels
+    level_mpp: float  # um per level pixel
+    level_downsample: float  # level-0 pixels per level pixel
+
+    @classmethod
+    def at(cls, slide: Slide, level: int, factor: int = 1) -> WorkGrid:
+        return cls(level, factor, tuple(slide.dimensions[level]), slide.level_mpp(level), slide.downsamples[level])
+
+    @classmethod
+    def for_models(cls, slide: Slide, target: float) -> WorkGrid:
+        """The grid inference.wsi predicts on for models at `target` um/px: the level_for level, shrunk when finer."""
+        level = slide.level_for(target)
+        return cls.at(slide, level, work_factor(slide.level_mpp(level), target))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the work arrays."""
+        return math.ceil(self.level_size[1] / self.factor), math.ceil(self.level_size[0] / self.factor)
+
+    @property
+    def mpp(self) -> float:
+        return self.level_mpp * self.factor
+
+    @property
+    def downsample(self) -> float:
+        """Level-0 pixels per work-grid pixel."""
+        return self.level_downsample * self.factor
+
+    @property
+    def span(self) -> tuple[float, float]:
+        """(width, height) in work-grid pixels that level 0 covers (fractional at a cut edge)."""
+        return self.level_size[0] / self.factor, self.level_size[1] / self.factor
+
+
 BAND_BYTES = 32 << 20  # level-pixel RGB read at once when shrinking a region onto the work grid
 
 
-def read_work_region(
-    slide: Slide, level: int, region: tuple[int, int, int, int], factor: int
-) -> np.ndarray:
+def read_work_region(slide: Slide, grid: WorkGrid, region: tuple[int, int, int, int]) -> np.ndarray:
     """RGB of work-grid region (x0, y0, x1, y1): level pixels [x0 * k, x1 * k) read and area-shrunk by exactly k
     (the level's last row / column of pixels repeated where its size is not a multiple of k).
 
     The level pixels are read in bands of whole work rows (about BAND_BYTES each): an exact k x k area mean
     per band gives the same pixels as one resize of the whole region, at a band's memory."""
     x0, y0, x1, y1 = region
-    if factor == 1:
+    level, k = grid.level, grid.factor
+    if k == 1:
         return slide.read(level, x0, y0, x1 - x0, y1 - y0)
-    lw, lh = slide.dimensions[level]
-    k = factor
+    lw, lh = grid.level_size
     width = (x1 - x0) * k
     band = max(1, BAND_BYTES // (width * 3 * k))  # work rows per band
     out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
@@ -300,14 +337,12 @@ def _predict_region(
 
 
 def predict_blocks(
-    slide: Slide, level: int, members: list[Member], options: WsiOptions, work: WorkState,
-    tissue: np.ndarray, thumb_factor: float, factor: int = 1,
+    slide: Slide, grid: WorkGrid, members: list[Member], options: WsiOptions, work: WorkState,
+    tissue: np.ndarray, thumb_factor: float,
 ) -> None:
-    """Predict every unfinished block into the work arrays (work grid: the level shrunk by `factor`)."""
-    level_mpp = slide.level_mpp(level) * factor
+    """Predict every unfinished block into the work arrays."""
     target = model_pixel_size(members)
-    todo = [b for b in block_regions(slide, level, members, options.block, tissue, thumb_factor, factor)
-            if b.index not in work.done]
+    todo = [b for b in block_regions(grid, members, options.block, tissue, thumb_factor) if b.index not in work.done]
     # the next tissue block is read in a thread while this one is predicted (reads release the GIL in preadv,
     # tifffile's codecs and OpenSlide), so "read" is the time the loop waited for pixels, not the reading itself
     to_read = iter([b for b in todo if b.keep.any()])
@@ -316,12 +351,12 @@ def predict_blocks(
     def read_next() -> None:
         b = next(to_read, None)
         if b is not None:
-            ahead[b.index] = reader.submit(read_work_region, slide, level, b.region, factor)
+            ahead[b.index] = reader.submit(read_work_region, slide, grid, b.region)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-read") as reader:
         read_next()
         for b in tqdm(todo, desc="wsi blocks", unit="block", total=len(todo)):
-            _predict_block(b, ahead, read_next, members, options, work, level_mpp, target)
+            _predict_block(b, ahead, read_next, members, options, work, grid.mpp, target)
 
 
 def _predict_block(
@@ -514,14 +549,11 @@ def predict_slide(
         if slide.mpp is None:
             raise ValueError(f"{slide_path}: no pixel size in the file's metadata; pass --mpp (um per level-0 pixel)")
         target = model_pixel_size(members)
-        level = slide.level_for(target)
-        lw, lh = slide.dimensions[level]
-        factor = work_factor(slide.level_mpp(level), target)
-        grid = (math.ceil(lh / factor), math.ceil(lw / factor))  # work arrays (rows, cols)
-        work_mpp = slide.level_mpp(level) * factor
-        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": factor,
+        grid = WorkGrid.for_models(slide, target)
+        level, (lw, lh) = grid.level, grid.level_size
+        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": grid.factor,
                                                                         "block_unit": "work-grid px"}
-        work = WorkState(work_dir, fingerprint, grid, False)
+        work = WorkState(work_dir, fingerprint, grid.shape, False)
         state = work.state
         if state["finished"] and all(p.is_file() for p in paths.values()):
             print(f"{slide_path} is already predicted into {out} (pass --overwrite to redo it)")
@@ -531,15 +563,15 @@ def predict_slide(
             tissue = tissue_mask(thumb, slide.mpp * thumb_factor)
         log.info("%s: %dx%d px at %.4g um/px (%s reader, mpp from %s); level %d (%dx%d, %.4g um/px) for models at "
                  "%.4g um/px; work grid %dx%d at %.4g um/px", slide_path.name, *slide.dimensions[0], slide.mpp,
-                 slide.reader, slide.mpp_source, level, lw, lh, slide.level_mpp(level), target, grid[1], grid[0],
-                 work_mpp)
-        predict_blocks(slide, level, members, options, work, tissue, thumb_factor, factor)
+                 slide.reader, slide.mpp_source, level, lw, lh, grid.level_mpp, target, grid.shape[1], grid.shape[0],
+                 grid.mpp)
+        predict_blocks(slide, grid, members, options, work, tissue, thumb_factor)
         level0 = slide.dimensions[0]
-        span = (lw / factor, lh / factor)  # work-grid pixels that level 0 covers
+        span = grid.span
         scale = (level0[0] / span[0], level0[1] / span[1])
         organ_key, class_name = _slide_class(options, state)
         with timed(state, "postprocess"):
-            mask = clean_mask(work, options, organ_key, work_mpp)
+            mask = clean_mask(work, options, organ_key, grid.mpp)
         layout = "subifds" if options.mask_format == "ome" else "chain"
         outputs = {  # three independent writers over the finished arrays, side by side (zlib, cv2 and numpy
             # release the GIL): their stage seconds overlap
@@ -559,13 +591,13 @@ def predict_slide(
             "slide": str(slide_path), "stem": stem, "reader": slide.reader, "mpp": slide.mpp,
             "mpp_source": slide.mpp_source, "dimensions": list(level0),
             "level": level, "level_mpp": slide.level_mpp(level), "model_mpp": target,
-            "work_mpp": work_mpp, "work_dimensions": [grid[1], grid[0]],
+            "work_mpp": grid.mpp, "work_dimensions": [grid.shape[1], grid.shape[0]],
             "models": [{"folder": m.predictor.name, "weight": m.weight,
                         "pixel_size": m.predictor.config.pixel_size} for m in members],
             "organ": options.organ, "thresholds": sorted(state["thresholds"]),
             "ensemble": options.ensemble, "tta": options.tta, "fill_holes": options.fill_holes,
             "min_area_um2": min_area_for(options, organ_key),
-            "blocks": len(_blocks(*grid, options.block)),
+            "blocks": len(_blocks(*grid.shape, options.block)),
             "blocks_without_tissue": state["blocks_without_tissue"],
             "predicted_windows": state["predicted_windows"], "skipped_windows": state["skipped_windows"],
             "ftus": totals["ftus"], "ftu_area_um2": area_um2,

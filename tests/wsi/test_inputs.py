@@ -122,9 +122,11 @@ def test_work_region_shrunk_band_by_band_equals_one_resize(tmp_path: Path, monke
     whole = cv2.resize(padded, (padded.shape[1] // k, padded.shape[0] // k), interpolation=cv2.INTER_AREA)
     monkeypatch.setattr(wsi, "BAND_BYTES", 3 * 300 * k * 3 * k)  # 3 work rows of a 300-px-wide region per band
     with open_slide(path) as slide:
+        assert wsi.WorkGrid.at(slide, 0, k).shape == whole.shape[:2]
         for region in ((0, 0, 301, 251), (200, 190, 301, 251), (17, 5, 90, 250)):
             x0, y0, x1, y1 = region
-            np.testing.assert_array_equal(wsi.read_work_region(slide, 0, region, k), whole[y0:y1, x0:x1])
+            np.testing.assert_array_equal(wsi.read_work_region(slide, wsi.WorkGrid.at(slide, 0, k), region),
+                                          whole[y0:y1, x0:x1])
 
 
 def test_pixel_size_checks_and_level_choice(tmp_path: Path, dark_run: Path, capsys) -> None:
