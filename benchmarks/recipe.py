@@ -128,27 +128,49 @@ def predict_and_score(models: list[Path], data: Path, out: Path) -> dict:
 
 
 def columns(result: dict) -> dict[str, float]:
-    """One row of the table: all, per data source, per organ."""
+    """One row of the table: all, per data source, per organ, per organ and data source ("kidney Hubmap")."""
     row = {"all": result["dice"]}
     row.update({s: result.get("per_data_source", {}).get(s, np.nan) for s in DATA_SOURCES})
     row.update({o: result["per_organ"].get(o, np.nan) for o in ORGANS})
+    cells = result.get("per_organ_source", {})
+    row.update({f"{o} {s}": cells.get(o, {}).get(s, np.nan) for o in ORGANS for s in DATA_SOURCES})
     return row
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown table of mean +- std over seeds per recipe, then the ratio of means ours / plain."""
-    df = pd.DataFrame(rows)
-    cols = ["all", *DATA_SOURCES, *ORGANS]
+def optimizer_steps(recipe: str, folder: Path) -> int | None:
+    """Optimizer steps a run made: metrics.json's steps (fastai) or trained_iters (mmseg), the plain loop's
+    config.json train.steps."""
+    if recipe == "plain":
+        return json.loads((folder / "config.json").read_text()).get("train", {}).get("steps")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return metrics.get("steps", metrics.get("trained_iters"))
+
+
+def _markdown(df: pd.DataFrame, cols: list[str], header: list[str]) -> list[str]:
     mean, std = df.groupby("recipe")[cols].mean(), df.groupby("recipe")[cols].std(ddof=0)
-    lines = ["| recipe (seeds) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines = ["| recipe (seeds) | steps | " + " | ".join(header) + " |", "|---" * (len(cols) + 2) + "|"]
     for recipe in mean.index:
-        n = int((df["recipe"] == recipe).sum())
+        runs = df[df["recipe"] == recipe]
+        steps = runs["steps"].dropna()
+        step_cell = f"{steps.min():.0f}-{steps.max():.0f}" if len(steps) else "?"
         cells = [f"{mean.loc[recipe, c]:.3f} ± {std.loc[recipe, c]:.3f}" for c in cols]
-        lines.append(f"| {recipe} ({n}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {recipe} ({len(runs)}) | {step_cell} | " + " | ".join(cells) + " |")
     if {"ours", "plain"} <= set(mean.index):
         ratio = mean.loc["ours"] / mean.loc["plain"]
-        lines.append("| ours / plain | " + " | ".join(f"{ratio[c]:.2f}" for c in cols) + " |")
-    return "\n".join(lines)
+        lines.append("| ours / plain | | " + " | ".join(f"{ratio[c]:.2f}" for c in cols) + " |")
+    return lines
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown tables of mean +- std over seeds per recipe (all, per source, per organ; then per organ x source),
+    with the optimizer steps each made and the ratio of means ours / plain."""
+    df = pd.DataFrame(rows)
+    if "steps" not in df:
+        df["steps"] = np.nan
+    main = _markdown(df, ["all", *DATA_SOURCES, *ORGANS], ["all", *DATA_SOURCES, *ORGANS])
+    pairs = [f"{o} {s}" for o in ORGANS for s in DATA_SOURCES]
+    by_source = _markdown(df, [c for c in pairs if c in df], [c for c in pairs if c in df])
+    return "\n".join([*main, "", "Per organ and data source:", "", *by_source])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
         for recipe, folder in folders.items():
             result = predict_and_score([folder], data, base / f"{recipe}_submission.csv")
-            rows.append({"recipe": recipe, "seed": seed, **columns(result)})
+            rows.append({"recipe": recipe, "seed": seed, "steps": optimizer_steps(recipe, folder), **columns(result)})
             print(f"seed {seed} {recipe}: Dice {result['dice']:.4f}", flush=True)
     report = table(rows)
     (args.work / "results.json").write_text(json.dumps({"config": name, "minutes": args.minutes, "rows": rows}, indent=2))
