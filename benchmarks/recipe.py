@@ -133,7 +133,7 @@ def columns(result: dict) -> dict[str, float]:
     row.update({s: result.get("per_data_source", {}).get(s, np.nan) for s in DATA_SOURCES})
     row.update({o: result["per_organ"].get(o, np.nan) for o in ORGANS})
     cells = result.get("per_organ_source", {})
-    row.update({f"{o} {s}": cells.get(o, {}).get(s, np.nan) for o in ORGANS for s in DATA_SOURCES})
+    row.update({f"{o} {s}": cells.get(f"{o}/{s}", np.nan) for o in ORGANS for s in DATA_SOURCES})
     return row
 
 
