@@ -361,13 +361,13 @@ def predict_blocks(
 
 def _predict_block(
     b: BlockRegion, ahead: dict[int, Future], read_next: Callable[[], None], members: list[Member],
-    options: WsiOptions, work: WorkState, level_mpp: float, target: float,
+    options: WsiOptions, work: WorkState, work_mpp: float, target: float,
 ) -> None:
     """Predict one block into the work arrays (its pixels from `ahead`, the next read started first) and record it."""
     state = work.state
     i, (x0, y0, x1, y1), (rx0, ry0, rx1, ry1), keep = b.index, b.core, b.region, b.keep
     if not keep.any():
-        state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, level_mpp)
+        state["skipped_windows"] += _windows_in(members, ry1 - ry0, rx1 - rx0, work_mpp)
         state["blocks_without_tissue"] += 1
     else:
         read_next()
@@ -376,7 +376,7 @@ def _predict_block(
         windows = WindowFilter(keep)
         core = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
         with timed(state, "predict"):
-            mask, prob, decision = _predict_region(image, core, members, options, level_mpp, target, windows)
+            mask, prob, decision = _predict_region(image, core, members, options, work_mpp, target, windows)
         work.mask[y0:y1, x0:x1] = mask
         work.prob[y0:y1, x0:x1] = prob
         state["predicted_windows"] += windows.predicted
