@@ -146,9 +146,9 @@ def optimizer_steps(recipe: str, folder: Path) -> int | None:
     return metrics.get("steps", metrics.get("trained_iters"))
 
 
-def _markdown(df: pd.DataFrame, cols: list[str], header: list[str]) -> list[str]:
+def _markdown(df: pd.DataFrame, cols: list[str]) -> list[str]:
     mean, std = df.groupby("recipe")[cols].mean(), df.groupby("recipe")[cols].std(ddof=0)
-    lines = ["| recipe (seeds) | steps | " + " | ".join(header) + " |", "|---" * (len(cols) + 2) + "|"]
+    lines = ["| recipe (seeds) | steps | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for recipe in mean.index:
         runs = df[df["recipe"] == recipe]
         steps = runs["steps"].dropna()
@@ -165,11 +165,8 @@ def table(rows: list[dict]) -> str:
     """Markdown tables of mean +- std over seeds per recipe (all, per source, per organ; then per organ x source),
     with the optimizer steps each made and the ratio of means ours / plain."""
     df = pd.DataFrame(rows)
-    if "steps" not in df:
-        df["steps"] = np.nan
-    main = _markdown(df, ["all", *DATA_SOURCES, *ORGANS], ["all", *DATA_SOURCES, *ORGANS])
-    pairs = [f"{o} {s}" for o in ORGANS for s in DATA_SOURCES]
-    by_source = _markdown(df, [c for c in pairs if c in df], [c for c in pairs if c in df])
+    main = _markdown(df, ["all", *DATA_SOURCES, *ORGANS])
+    by_source = _markdown(df, [f"{o} {s}" for o in ORGANS for s in DATA_SOURCES])
     return "\n".join([*main, "", "Per organ and data source:", "", *by_source])
 
 
