@@ -71,6 +71,9 @@ def add_data_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--scale", type=float, default=1 / 6, help="make_demo --scale (1 = 3000 px train images)")
     ap.add_argument("--real-pixel-size", type=float, default=1.6, help="real_masks --pixel-size (um/px of HPA images)")
     ap.add_argument("--real-test-folds", default="0", help="real_masks --test-folds")
+    ap.add_argument("--extra-data", type=Path, action="append", default=[], metavar="DATA",
+                    help="data_prep.tiles --extra-data: training-only rows (e.g. train.pseudo_label's output) that "
+                         "every fastai model trains on")
 
 
 def make_data(args: argparse.Namespace) -> Path:
@@ -113,7 +116,7 @@ def prepare(args: argparse.Namespace, pixel_size: float | list[float]) -> tuple[
     tiles = args.work / "tiles"
     subprocess.run([py, "-m", "data_prep.tiles", "--data-dir", str(data), "--folds", str(folds), "--out", str(tiles),
                     "--size", "256", "--splits", "1,2,3", *(a for p in sizes for a in ("--scaled", f"{p:g}")),
-                    "--workers", "2"],
+                    *(a for d in args.extra_data for a in ("--extra-data", str(d))), "--workers", "2"],
                    cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return data, tiles
 

@@ -2,7 +2,7 @@
 
     python -m train.pseudo_label --images DIR --models RUN [RUN ...] --out DATA [--low 0.2] [--high 0.6]
         [--table CSV] [--organ ORGAN] [--data-source Hubmap] [--tta 0|2|4|8] [--scale-mode pixel-size]
-        [--device auto] [--overwrite]
+        [--stain-reference REF [--stain-tta [macenko,reinhard]]] [--device auto] [--overwrite]
 
 DIR holds <id>.tiff images (e.g. HuBMAP H&E / PAS slides cut to images, or make_demo's DEMO/targets/). Their
 organ comes from a CSV (--table, default DIR/images.csv: columns id, organ and, optionally, data_source,
@@ -10,7 +10,9 @@ pixel_size, tissue_thickness, img_height, img_width) or from --organ for every i
 through the submission path (inference.predict.predict_one with inference.predict's Options: the same
 predictors, scale rule, sliding window, TTA and ensemble mean; multiclass members take the given organ), and
 its ensemble FTU probability p becomes a label: FTU where p >= high, background where p <= low, and an ignore
-band in between that no loss counts.
+band in between that no loss counts. --stain-reference / --stain-tta are inference.predict's: the teacher predicts
+the image normalised to the training stain (or, with --stain-tta, averages it as is and normalised); the image
+written to DATA is always the one read, so the student trains on the target domain's own stain.
 
 Writes DATA in the competition train layout, which `python -m data_prep.tiles ... --extra-data DATA` tiles into
 training-only rows (fold -1, never validation) that both trainers read: DATA/train.csv (train.csv's columns,
@@ -41,10 +43,11 @@ from inference.cli import HelpFormatter
 from inference.engine.ensemble import ENSEMBLE_MODES
 from inference.engine.predictor import DEFAULT_SCALE_MODE, SCALE_MODES
 from inference.engine.sliding import TTA_SIZES
+from inference.engine.tta import STAIN_METHODS, parse_stain_methods
 from inference.io import write_image
 from inference.organs import DATA_SOURCES, ORGANS
 from inference.organs import organ as organ_info
-from inference.predict import Options, _images, load_members, predict_one
+from inference.predict import Options, _images, _normalise, load_members, predict_one
 from inference.rle import encode
 from inference.tables import TRAIN_COLUMNS
 
@@ -66,6 +69,8 @@ class PseudoSettings:
     tta: int
     scale_mode: str
     ensemble: str
+    stain_reference: str | None = None
+    stain_tta: tuple[str, ...] = ()
 
 
 def pseudo_label(probability: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,17 +169,18 @@ def run_pseudo_labels(
     pseudo_label(np.zeros((1, 1), np.float32), low, high)  # validates the thresholds before any work
     rows = image_table(images, table, organ, data_source)
     settings = asdict(PseudoSettings(tuple(str(Path(m).resolve()) for m in models), float(low), float(high),
-                                     options.tta, options.scale_mode, options.ensemble))
+                                     options.tta, options.scale_mode, options.ensemble,
+                                     options.stain_reference, options.stain_tta))
     _check_settings(out, json.loads(json.dumps(settings)), overwrite)
     todo = rows[[not (out / "parts" / f"{i}.json").is_file() for i in rows["id"]]]
     print(f"pseudo_label: {len(rows)} images, {len(rows) - len(todo)} already done, {len(todo)} to label into {out}")
     if len(todo):
         members = load_members([Path(m) for m in models], None, device, batch_size, "gaussian")
-        for row, image in tqdm(_images(todo, images, options.stain_reference), total=len(todo), desc="pseudo-label",
-                               unit="img"):  # fmt: skip
+        for row, image in tqdm(_images(todo, images), total=len(todo), desc="pseudo-label", unit="img"):
             if isinstance(image, Exception):
                 raise image  # an unreadable image is the user's to fix, not an empty label
-            _, decision = predict_one(image, row.organ, float(row.pixel_size), members, options,
+            seen = image if options.image_reference is None else _normalise(image, options.image_reference)
+            _, decision = predict_one(seen, row.organ, float(row.pixel_size), members, options,
                                       data_source=row.data_source, image_id=row.id)  # fmt: skip
             confident, band = pseudo_label(decision.probability, low, high)
             write_image(out / "train_images" / f"{row.id}.tiff", image)
@@ -210,6 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views")
     ap.add_argument("--scale-mode", choices=SCALE_MODES, default=DEFAULT_SCALE_MODE)
     ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
+    ap.add_argument("--stain-reference", help="normalise what the teacher sees to this reference (inference.stain)")
+    ap.add_argument("--stain-tta", type=parse_stain_methods, nargs="?", const=STAIN_METHODS, default=(),
+                    metavar="METHODS", help="also predict each image normalised to --stain-reference by these methods "
+                                            "and average (inference.predict --stain-tta)")
     ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
     ap.add_argument("--overwrite", action="store_true", help="delete DATA's pseudo-labels and redo every image")
@@ -217,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.0 <= args.low <= args.high <= 1.0:
         ap.error(f"need 0 <= --low <= --high <= 1, got {args.low}, {args.high}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    options = Options(ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode)
+    try:
+        options = Options(ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
+                          stain_reference=args.stain_reference, stain_tta=args.stain_tta)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         train = run_pseudo_labels(args.images, args.models, args.out, args.low, args.high, args.table, args.organ,
                                   args.data_source, options, args.device, args.batch_size, args.overwrite)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -172,3 +173,24 @@ def test_crop_batches_carry_the_band_to_the_loss() -> None:
     dataset = CropDataset(CropSampler([item], CropSettings(size=96, ftu_share=0.0)), n=4, augment="flips")
     targets = [dataset[i][1] for i in range(4)]
     assert all(set(t.unique().tolist()) == {0.0, 1.0, float(IGNORE_INDEX)} for t in targets)
+
+
+def test_teacher_sees_the_stain_views_and_the_student_the_image_as_read(
+    runs: dict[str, Path], demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inference.io import read_image
+    from inference.stain import fit_reference
+
+    train_images = sorted((demo_data / "train_images").glob("*.tiff"))[:4]
+    ref = fit_reference([read_image(p) for p in train_images], pixels_per_image=20_000).save(tmp_path / "ref.json")
+    out = tmp_path / "pseudo"
+    main(["--images", str(demo_data / "targets"), "--models", str(runs["sure"]), "--out", str(out),
+          "--stain-reference", str(ref), "--stain-tta", "--device", "cpu"])
+    settings = json.loads((out / "pseudo_label.json").read_text())
+    assert settings["stain_reference"] == str(ref) and settings["stain_tta"] == ["macenko", "reinhard"]
+    for p in (demo_data / "targets").glob("*.tiff"):  # written as read, not normalised
+        assert np.array_equal(read_image(out / "train_images" / p.name), read_image(p))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--images", str(demo_data / "targets"), "--models", str(runs["sure"]), "--out", str(tmp_path / "x"),
+              "--stain-tta"])
+    assert exit_info.value.code == 2 and "--stain-reference" in capsys.readouterr().err
