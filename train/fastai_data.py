@@ -16,6 +16,7 @@ Either way the monitored Dice is measured on whole validation images by the subm
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig
 from train.crops import CropSampler, CropSettings, ScaledImage, ftu_points
 from train.validation import validation_tiles
+
+log = logging.getLogger("train.fastai_data")
 
 VALID_CROPS_PER_IMAGE = 4
 
@@ -89,6 +92,10 @@ def _scaled_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.
             f"--scaled {cfg.pixel_size:g}"
         )
     train = scaled[scaled["source"].isin(sources) & ((scaled["fold"] != fold) | (fold == -1))]
+    if cfg.stain_copy_share > 0 and not train["source"].eq("stain").any():
+        log.warning("stain_copy_share %g, but the tile set has no stain copies at %g um/px: every crop comes from "
+                    "the images as they are; add copies with python -m data_prep.stain_copies --tiles TILES "
+                    "--targets H&E_PAS_IMAGES", cfg.stain_copy_share, cfg.pixel_size)
     return train.reset_index(drop=True), rows[rows["fold"] == fold].reset_index(drop=True)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -61,10 +62,16 @@ def test_copies_carry_the_target_stain_and_the_source_mask_and_fold(
     assert np.mean(closer) >= 0.8, f"{method}: only {np.mean(closer):.0%} of copies moved towards their target"
 
 
-def test_copies_train_their_own_fold_only_and_never_validate(tiles: Path, demo_data: Path) -> None:
+def test_copies_train_their_own_fold_only_and_never_validate(
+    tiles: Path, demo_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = FastaiConfig(encoder_weights=None, tile_size=64, pixel_size=0.8, stain_copy_share=0.5)
+    before = load_index(tiles)
+    with caplog.at_level(logging.WARNING, logger="train.fastai_data"):
+        split_rows(before[before["source"] != "stain"], 0, cfg)  # a share but no copies: said, not silent
+    assert "data_prep.stain_copies" in caplog.text
     index = add_stain_copies(tiles, [demo_data / "targets"], method="reinhard", copies=2)
     copies = index[index["source"] == "stain"]
-    cfg = FastaiConfig(encoder_weights=None, tile_size=64, pixel_size=0.8, stain_copy_share=0.5)
     for fold in [*sorted(index["fold"].unique()), -1]:
         train, valid = split_rows(index, int(fold), cfg)
         assert not valid["source"].eq("stain").any()
