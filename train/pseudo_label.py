@@ -47,7 +47,7 @@ from inference.engine.tta import STAIN_METHODS, parse_stain_methods
 from inference.io import write_image
 from inference.organs import DATA_SOURCES, ORGANS
 from inference.organs import organ as organ_info
-from inference.predict import Options, _images, _normalise, load_members, predict_one
+from inference.predict import Options, _images, _normalise, load_members, options_from_args, predict_one
 from inference.rle import encode
 from inference.tables import TRAIN_COLUMNS
 
@@ -227,9 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     if not 0.0 <= args.low <= args.high <= 1.0:
         ap.error(f"need 0 <= --low <= --high <= 1, got {args.low}, {args.high}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        options = Options(ensemble=args.ensemble, tta=args.tta, scale_mode=args.scale_mode,
-                          stain_reference=args.stain_reference, stain_tta=args.stain_tta)
+    try:  # inference.predict's own parse: the same Options fields and its stain-reference checks
+        options = options_from_args(args)
     except ValueError as exc:
         ap.error(str(exc))
     try:
