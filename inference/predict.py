@@ -64,7 +64,13 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from inference.cli import HelpFormatter
-from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_WINDOWS, BatchNormAdaptation, adapt_batchnorm
+from inference.engine.adapt_bn import (
+    DEFAULT_IMAGES,
+    DEFAULT_WINDOWS,
+    GROUPINGS,
+    BatchNormAdaptation,
+    adapt_batchnorm,
+)
 from inference.engine.budget import Level, TimeBudget, degradation_levels
 from inference.engine.ensemble import (
     Decision,
@@ -103,9 +109,10 @@ class Options(EnsembleOptions):
     max_image_side: int | None = MAX_IMAGE_SIDE  # refuse larger images (declared or decoded) as bad rows
     stain_tta: tuple[str, ...] = ()  # views normalised to stain_reference by these methods, beside the image as is
     source_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # {data_source: {organ: t}}
-    adapt_bn: bool = False  # AdaBN: encoder BatchNorm statistics per data_source (inference.engine.adapt_bn)
-    adapt_bn_windows: int = DEFAULT_WINDOWS  # windows per member and data source
-    adapt_bn_images: int = DEFAULT_IMAGES  # images drawn per data source
+    adapt_bn: bool = False  # AdaBN: encoder BatchNorm statistics per group (inference.engine.adapt_bn)
+    adapt_bn_windows: int = DEFAULT_WINDOWS  # windows per member and group
+    adapt_bn_images: int = DEFAULT_IMAGES  # images drawn per group
+    adapt_bn_groups: str = GROUPINGS[0]  # "source-organ" (one group per data_source and organ) or "source"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +124,8 @@ class Options(EnsembleOptions):
             raise ValueError("--stain-tta needs --stain-reference (the training stain: python -m inference.stain)")
         if self.adapt_bn_windows < 1 or self.adapt_bn_images < 1:
             raise ValueError("--adapt-bn-windows and --adapt-bn-images must be >= 1")
+        if self.adapt_bn_groups not in GROUPINGS:
+            raise ValueError(f"--adapt-bn-groups must be one of {GROUPINGS}, got {self.adapt_bn_groups!r}")
 
     def with_level(self, level: Level) -> Options:
         """A copy at a time-budget level: EnsembleOptions' knobs plus the stain views kept."""
@@ -446,7 +455,7 @@ def predict_row(
 ) -> RowResult:
     """Predict one test.csv row into a RowResult; never raises (a failure is an empty row, logged, counted).
 
-    adaptation (--adapt-bn) loads the statistics of the row's data_source into its members first.
+    adaptation (--adapt-bn) loads the statistics of the row's group into its members first.
     """
     image_id = str(row.id)
     fold = None
@@ -479,7 +488,7 @@ def predict_row(
         row_members = _row_members(members, fold, level.dropped if level else ())
         opts = options.with_level(level) if level else options
         if adaptation is not None:
-            adaptation.use(row.data_source, row_members)
+            adaptation.use(adaptation.key(row), row_members)
         rle, decision = predict_one(image, row.organ, row.pixel_size, row_members, opts,
                                     data_source=row.data_source, image_id=image_id, out_size=out_size)
     except Exception as exc:  # the submission loop must finish: empty mask, warning, counted
@@ -596,7 +605,8 @@ def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options:
 
     return adapt_batchnorm(
         table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
-        scale_mode=options.scale_mode, max_side=options.max_side, stain_reference=options.image_reference, read=read)
+        scale_mode=options.scale_mode, max_side=options.max_side, stain_reference=options.image_reference, read=read,
+        grouping=options.adapt_bn_groups)
 
 
 def _resume(book: Journal | None, rows: list) -> dict[int, RowResult]:
@@ -724,11 +734,13 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
                          f"{','.join(STAIN_METHODS)}; bare flag: both) and average the probabilities")
     ap.add_argument("--adapt-bn", action="store_true",
                     help="AdaBN: re-estimate each member's encoder BatchNorm statistics on random windows of each "
-                         "data_source's images before predicting them (smp and scripted models; traced ones warn)")
+                         "group's images before predicting them (smp and scripted models; traced ones warn)")
     ap.add_argument("--adapt-bn-windows", type=positive_int, default=DEFAULT_WINDOWS,
-                    help="--adapt-bn windows per member and data source")
+                    help="--adapt-bn windows per member and group")
     ap.add_argument("--adapt-bn-images", type=positive_int, default=DEFAULT_IMAGES,
-                    help="--adapt-bn images drawn per data source")
+                    help="--adapt-bn images drawn per group")
+    ap.add_argument("--adapt-bn-groups", choices=GROUPINGS, default=GROUPINGS[0],
+                    help="--adapt-bn groups: one per data_source and organ (default), or one per data_source")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", dest="min_area_um2", type=_min_area, default={}, metavar="UM2|JSON",
                     help="drop components under this area in um^2 (number or organ JSON)")

@@ -1,11 +1,16 @@
-"""Test-time BatchNorm adaptation (AdaBN, Li et al. 2016): encoder BatchNorm statistics re-estimated per data source.
+"""Test-time BatchNorm adaptation (AdaBN, Li et al. 2016): encoder BatchNorm statistics re-estimated per group.
 
 A model trained on HPA normalises its features with HPA statistics; on H&E / PAS images those statistics are off.
 Before the submission loop, every member runs in BatchNorm training mode over random windows of the test images of
-each data_source (windows at the member's own working scale, as it will predict them) and the running mean and
+each group (windows at the member's own working scale, as it will predict them) and the running mean and
 variance of each BatchNorm layer of its encoder are replaced by the average of the batch statistics (what
 torch.optim.swa_utils.update_bn computes with momentum=None). The decoder, GroupNorm / LayerNorm layers, and every
-weight stay as trained. While predicting, each image's member uses the statistics of its image's data source.
+weight stay as trained. While predicting, each image's member uses the statistics of its image's group.
+
+A group is a (data_source, organ) pair by default (GROUPINGS "source-organ"), or a data_source alone ("source"):
+five HuBMAP organs differ in stain (H&E, PAS), pixel size and tissue, so statistics pooled over all of them fit none
+(pooling was why AdaBN lowered the demo's rows); on real DAB -> PAS kidney the per-group statistics are what lifts
+the score (README, benchmarks/real_tissue.py).
 
 The batch statistics are read off the running buffers: reset to mean 0 / variance 1 before each batch, one
 training-mode forward leaves momentum x the batch statistic (plus (1 - momentum) x 1 for the variance). That works
@@ -43,6 +48,15 @@ ENCODER_NAMES = ("encoder", "backbone", "segmentor.backbone")  # smp models; mms
 BATCHNORM_NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "BatchNormAct2d")
 DEFAULT_WINDOWS = 64
 DEFAULT_IMAGES = 8
+GROUPINGS = ("source-organ", "source")
+
+
+def group_key(row: object, grouping: str = "source-organ") -> str:
+    """The AdaBN group of a table row: "Hubmap/kidney" (source-organ) or "Hubmap" (source)."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"AdaBN grouping must be one of {GROUPINGS}, got {grouping!r}")
+    source = str(getattr(row, "data_source"))
+    return source if grouping == "source" else f"{source}/{getattr(row, 'organ')}"
 
 
 def encoder_batchnorms(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -87,10 +101,11 @@ def _batch_statistics(bn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] 
 
 
 class BatchNormAdaptation:
-    """Per-data-source encoder BatchNorm statistics for each member, swapped in image by image."""
+    """Per-group encoder BatchNorm statistics for each member, swapped in image by image."""
 
-    def __init__(self, members: list[Member]) -> None:
+    def __init__(self, members: list[Member], grouping: str = "source-organ") -> None:
         self.members = members
+        self.grouping = grouping
         self.layers = {id(m): encoder_batchnorms(m.predictor.model) for m in members}
         self.original = {key: _snapshot(layers) for key, layers in self.layers.items()}
         self.states: dict[str, dict[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
@@ -109,8 +124,12 @@ class BatchNormAdaptation:
     def adaptable(self) -> list[Member]:
         return [m for m in self.members if id(m) not in self.skipped]
 
+    def key(self, row: object) -> str:
+        """The group whose statistics a table row's image uses."""
+        return group_key(row, self.grouping)
+
     def fit(self, source: str, windows: Iterable[tuple[Member, torch.Tensor]]) -> None:
-        """Average the batch statistics of (member, uint8 window batch) pairs into `source`'s state."""
+        """Average the batch statistics of (member, uint8 window batch) pairs into group `source`'s state."""
         stats: dict[int, _Stats] = {}
         for member, batch in windows:
             key = id(member)
@@ -142,7 +161,7 @@ class BatchNormAdaptation:
             self._restore(member)
 
     def use(self, source: object, members: list[Member]) -> None:
-        """Load `source`'s statistics into these members (the trained ones where the source was not fitted)."""
+        """Load group `source`'s statistics into these members (the trained ones where it was not fitted)."""
         state = self.states.get(str(source), {})
         for member in members:
             key = id(member)
@@ -204,15 +223,17 @@ def random_windows(working: np.ndarray, tile: int, count: int, rng: np.random.Ge
     return torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in zip(ys, xs, strict=True)])
 
 
-def drawn_rows(table: pd.DataFrame, max_images: int = DEFAULT_IMAGES, seed: int = 0) -> dict[str, list[int]]:
-    """data_source -> the row positions of `table` whose images AdaBN reads (at most max_images each, sorted).
+def drawn_rows(table: pd.DataFrame, max_images: int = DEFAULT_IMAGES, seed: int = 0,
+               grouping: str = "source-organ") -> dict[str, list[int]]:
+    """group -> the row positions of `table` whose images AdaBN reads (at most max_images each, sorted).
 
     Its own generator, apart from the window positions', so which images are drawn depends on the table alone.
     """
     rng = np.random.default_rng(seed)
     table = table.reset_index(drop=True)
+    keys = pd.Series([group_key(r, grouping) for r in table.itertuples(index=False)], index=table.index, dtype=str)
     drawn = {}
-    for source, rows in table.groupby(table["data_source"].astype(str), sort=True):
+    for source, rows in table.groupby(keys, sort=True):
         picks = rng.choice(len(rows), min(max_images, len(rows)), replace=False)
         drawn[str(source)] = sorted(int(n) for n in rows.index[picks])
     return drawn
@@ -230,8 +251,9 @@ def adapt_batchnorm(
     stain_reference: str | None = None,
     seed: int = 0,
     read: Callable[[object], np.ndarray] | None = None,
+    grouping: str = "source-organ",
 ) -> BatchNormAdaptation:
-    """Fit every member's encoder BatchNorm statistics on each data_source's images of `table` (see module doc).
+    """Fit every member's encoder BatchNorm statistics on each group's images of `table` (see module doc).
 
     stain_reference (--stain-reference without --stain-tta): images are Macenko-normalised, as the loop reads them.
     read(row) gives a drawn row's image (row.Index: its position in `table`; default: image_dir/<id>.tiff); one
@@ -245,9 +267,11 @@ def adapt_batchnorm(
 
         reference = load_reference(stain_reference)
         transform = lambda image: normalise_stain(image, reference)  # noqa: E731
-    adaptation = BatchNormAdaptation(members)
+    if grouping not in GROUPINGS:
+        raise ValueError(f"AdaBN grouping must be one of {GROUPINGS}, got {grouping!r}")
+    adaptation = BatchNormAdaptation(members, grouping)
     table = table.reset_index(drop=True)  # row numbers = positions, as the journal counts them
-    for source, rows in drawn_rows(table, max_images, seed).items():
+    for source, rows in drawn_rows(table, max_images, seed, grouping).items():
         began = time.perf_counter()
         chosen = table.iloc[rows]
         per_image = max(2, math.ceil(windows / len(chosen)))  # batch statistics need 2+ windows
