@@ -875,7 +875,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(exc))
     where = args.out / ("targets/targets.csv" if split == "targets" else f"{split}.csv")
     print(f"{len(rows)} image(s) imported into {where} (ids {rows['id'].min()}-{rows['id'].max()})")
-    print(summary(rows).to_string())
+    table = summary(rows)
+    print((table[["images"]] if split == "targets" else table).to_string())
 
 
 if __name__ == "__main__":

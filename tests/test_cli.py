@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MODULES = (
     "data_prep.make_demo", "data_prep.make_folds", "data_prep.tiles", "data_prep.lpb", "data_prep.preview",
-    "data_prep.wsi_tiles", "data_prep.real_masks", "data_prep.stain_copies",
+    "data_prep.wsi_tiles", "data_prep.real_masks", "data_prep.stain_copies", "data_prep.import_annotations",
     "train.fastai_unet", "train.mmseg_train", "train.export", "train.mrn_wsi_tiles", "train.pseudo_label",
     "inference.predict", "inference.score", "inference.stain", "inference.tune_thresholds", "inference.overlay",
     "inference.wsi", "kernels.build",

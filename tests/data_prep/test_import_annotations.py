@@ -155,6 +155,37 @@ def test_imagej_rectangle_and_traced_outline_give_imagej_pixels(tmp_path: Path) 
     assert ann.ftus == 2 and np.array_equal(ann.mask, expected)
 
 
+def test_imagej_composite_roi_fills_even_odd_and_oval_is_inside_its_box(tmp_path: Path) -> None:
+    roifile = pytest.importorskip("roifile")
+    path = [0, 10, 10, 1, 30, 10, 1, 30, 30, 1, 10, 30, 4, 0, 15, 15, 1, 25, 15, 1, 25, 25, 1, 15, 25, 4]
+    donut = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=10, top=10, right=30, bottom=30,
+                              shape_roi_size=len(path), multi_coordinates=np.array(path, np.float32))
+    oval = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.OVAL, left=34, top=4, right=44, bottom=14)
+    roifile.roiwrite(tmp_path / "e.roi.zip", [donut, oval])
+    ann = read_annotation(Item(tmp_path / "e.png", tmp_path / "e.roi.zip"), 40, 50)
+    expected = np.zeros((40, 50), np.uint8)
+    expected[10:30, 10:30] = 1
+    expected[15:25, 15:25] = 0
+    assert ann.ftus == 2 and np.array_equal(ann.mask[:, :32], expected[:, :32])
+    disc = ann.mask[:, 32:]
+    assert disc[4:14, 2:12].sum() == disc.sum() and 70 <= disc.sum() <= 90  # pi * 5 ** 2 = 78.5
+    assert np.array_equal(disc[4:14, 2:12], disc[4:14, 2:12][::-1, ::-1])
+
+
+def test_lzw_and_jpeg_compressed_tiff_images_import(tmp_path: Path) -> None:
+    rgb = np.asarray(Image.open(_image(tmp_path / "x.png")).convert("RGB"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, compression in (("lzw", "lzw"), ("jpg", "jpeg")):
+        tifffile.imwrite(src / f"{name}.tif", rgb, photometric="rgb", compression=compression)
+        _labelme(src / f"{name}.json", [_poly([[2, 2], [12, 2], [12, 12]])])
+    rows = import_items(pair_files([src]), tmp_path / "data", "train", PAS, progress=False)
+    assert list(rows["source_file"]) == ["src/jpg.tif", "src/lzw.tif"]
+    assert np.array_equal(tifffile.imread(tmp_path / "data" / "train_images" / "2.tiff"), rgb)  # LZW: lossless
+    jpeg = tifffile.imread(tmp_path / "data" / "train_images" / "1.tiff")
+    assert jpeg.shape == (40, 50, 3) and jpeg.dtype == np.uint8
+
+
 def test_geojson_hole_and_multipolygon_with_class_filter(tmp_path: Path) -> None:
     square = [[10, 10], [30, 10], [30, 30], [10, 30], [10, 10]]
     hole = [[15, 15], [25, 15], [25, 25], [15, 25], [15, 15]]
@@ -293,6 +324,14 @@ def test_degenerate_or_far_outside_polygons_are_errors(tmp_path: Path, points: l
     _labelme(tmp_path / "a.json", [_poly(points)])
     with pytest.raises(AnnotationError, match=message):
         read_annotation(Item(tmp_path / "a.png", tmp_path / "a.json"), 40, 50)
+
+
+def test_line_roi_is_not_an_area(tmp_path: Path) -> None:
+    roifile = pytest.importorskip("roifile")
+    line = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.LINE, x1=2, y1=2, x2=20, y2=20, name="cut")
+    roifile.roiwrite(tmp_path / "a.roi", line)
+    with pytest.raises(AnnotationError, match=r"a\.roi: ROI 0 \(cut, line\) is not an area"):
+        read_annotation(Item(tmp_path / "a.png", tmp_path / "a.roi"), 40, 50)
 
 
 def test_points_just_outside_are_clipped(tmp_path: Path) -> None:
