@@ -334,6 +334,19 @@ def test_line_roi_is_not_an_area(tmp_path: Path) -> None:
         read_annotation(Item(tmp_path / "a.png", tmp_path / "a.roi"), 40, 50)
 
 
+def test_geojson_point_is_not_an_area_and_two_annotations_for_one_image_are_ambiguous(tmp_path: Path) -> None:
+    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]},
+             "properties": {"classification": {"name": "Glomeruli"}}}
+    (tmp_path / "a.geojson").write_text(json.dumps([point]))
+    with pytest.raises(AnnotationError, match=r"a\.geojson: feature 0 \(label 'Glomeruli'\) is a Point, not an area"):
+        read_annotation(Item(tmp_path / "a.png", tmp_path / "a.geojson"), 40, 50)
+    _image(tmp_path / "a.png")
+    _labelme(tmp_path / "a.json", [_poly([[2, 2], [12, 2], [12, 12]])])
+    with pytest.raises(AnnotationError, match=r"a\.png: several annotation files match it"):
+        pair_files([tmp_path])
+    assert pair_files([tmp_path], fmt="labelme", skip_unpaired=True)[0].annotation.name == "a.json"
+
+
 def test_points_just_outside_are_clipped(tmp_path: Path) -> None:
     _image(tmp_path / "a.png")
     _labelme(tmp_path / "a.json", [_poly([[-1.5, -1], [50.5, -1], [50.5, 10], [-1.5, 10]])])
