@@ -17,6 +17,7 @@ from data_prep.import_annotations import (
     AnnotationError,
     Item,
     Meta,
+    image_size,
     import_items,
     main,
     pair_files,
@@ -69,6 +70,8 @@ def test_every_pas_labelme_file_counts_245_glomeruli_over_58_images(realdata: Pa
     assert len(files) == 58 and sum(counts) == 245
     items = pair_files([realdata / "kidney_pas_hubmap"])
     assert len(items) == 58 and all(it.annotation.suffix == ".json" for it in items)
+    # every file passes every check (size, points, area) against its image's size, without writing anything
+    assert sum(read_annotation(it, *image_size(it.image), ["Glomeruli"]).ftus for it in items) == 245
 
 
 def test_pas_tiles_import_as_train_rows_whose_rle_is_the_rasterised_mask(realdata: Path, tmp_path: Path) -> None:
@@ -110,6 +113,7 @@ def test_glas_masks_pair_by_suffix_and_import(realdata: Path, tmp_path: Path) ->
     assert len(items) == 105 and sum(s.startswith("train_") for s in stems) == 85
     assert sum(s.startswith("testB_") for s in stems) == 20
     assert all(it.annotation.name == f"{it.image.stem}_anno.png" for it in items)
+    assert all(read_annotation(it, *image_size(it.image)).ftus > 0 for it in items)  # every mask fits its image
     chosen = [it for it in items if it.image.stem in ("train_1", "train_2", "testB_1")]
     rows = import_items(chosen, tmp_path, "test", Meta("largeintestine", "Hubmap", "H&E", 0.62), progress=False)
     solution = load_solution(tmp_path / "test_solution.csv")
