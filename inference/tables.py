@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +65,10 @@ def _read(path: str | Path, required: tuple[str, ...]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise TableError(f"CSV not found: {path}")
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"rle": str})
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"rle": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise TableError(f"{path}: not readable as CSV ({' '.join(str(exc).split())})") from exc
     return validate(df, required, str(path))
 
 
@@ -92,30 +98,87 @@ def _normalise(value: object, known: tuple[str, ...]) -> str | None:
     return next((k for k in known if k.lower() == key), None)
 
 
+def _split_at_commas(line: str) -> list[str]:
+    """A line's fields split at every comma, quote characters dropped: how a line with a broken quote is read."""
+    return [v.replace('"', "") for v in line.rstrip("\r\n").split(",")]
+
+
+@contextlib.contextmanager
+def _field_limit(limit: int) -> Iterator[None]:
+    """csv's field size limit raised to at least `limit` for the block (the default 128 KiB refuses long fields)."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, limit))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _records(lines: list[str], notes: list[tuple[str, str]]) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every record of a CSV's physical lines; a broken quote costs only its own line.
+
+    Strict quoting: a quote left open (or closed in the middle of a field) is a csv.Error, and so is a record that
+    spans lines (no competition table has a field with a line break: a quote opened there swallows the rows
+    after it). Such a line is read alone by splitting at its commas, with a warning naming it, and reading goes
+    on with the next line. The field limit is raised to the file's size, so a long field is read whole.
+    """
+    records: list[tuple[int, list[str]]] = []
+    pos = 0
+    with _field_limit(sum(map(len, lines)) + 1):
+        while pos < len(lines):
+            reader = csv.reader(itertools.islice(lines, pos, None), skipinitialspace=True, strict=True)
+            base, read, broken = pos, 0, None
+            try:
+                for values in reader:
+                    first, read = base + read, reader.line_num
+                    if base + read - first > 1:
+                        broken = first, "a quoted field runs over a line break (a quote never closed?)"
+                        break
+                    records.append((first + 1, values))
+                else:
+                    pos = len(lines)
+            except csv.Error as exc:
+                broken = base + read, f"not readable as CSV ({exc}; a quote never closed?)"
+            if broken is not None:
+                first, why = broken
+                notes.append((f"line {first + 1}", f"{why}: this line read by splitting at commas, quotes dropped; "
+                                                   "the lines after it read on their own"))
+                records.append((first + 1, _split_at_commas(lines[first])))
+                pos = first + 1
+    return records
+
+
 def read_csv_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Any CSV the csv module can read row by row, as a table of stripped strings, and (where, message) warnings.
+    """Any CSV, as a table of stripped strings, and (where, message) warnings; a damaged line never costs another.
 
     Header names are stripped and lower-cased (a BOM is dropped); bytes that are not UTF-8 are replaced (U+FFFD);
-    spaces around values are stripped; a short row is padded with empty values and a long one truncated. Each
-    repair is a warning naming the line. Only a missing file or a file without an `id` column is an error.
+    spaces around values are stripped; a short row is padded with empty values and a long one truncated; a line
+    the csv module cannot read (a quote never closed, a field over csv's limit) is read alone (see _records).
+    Each repair is a warning naming the line. Only a missing or unreadable file, or one without an `id` column,
+    is an error (TableError).
     """
     path = Path(path)
     if not path.is_file():
         raise TableError(f"CSV not found: {path}")
     notes: list[tuple[str, str]] = []
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        lines = list(csv.reader(f, skipinitialspace=True))
-    while lines and not any(v.strip() for v in lines[0]):
-        lines.pop(0)
-    if not lines:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            lines = f.readlines()
+    except OSError as exc:
+        raise TableError(f"{path}: cannot be read ({exc})") from exc
+    records = _records(lines, notes)
+    while records and not any(v.strip() for v in records[0][1]):
+        records.pop(0)
+    if not records:
         raise TableError(f"{path}: empty file, no 'id' column")
-    header = [h.strip().lower() for h in lines[0]]
+    head, names = records[0]
+    header = [h.strip().lower() for h in names]
     if "id" not in header:
         raise TableError(f"{path}: no 'id' column; found {header}")
-    if any("\ufffd" in h for h in lines[0]):
-        notes.append(("line 1", "bytes that are not UTF-8 in the header replaced"))
+    if any("\ufffd" in h for h in names):
+        notes.append((f"line {head}", "bytes that are not UTF-8 in the header replaced"))
     rows = []
-    for number, values in enumerate(lines[1:], start=2):
+    for number, values in records[1:]:
         if not any(v.strip() for v in values):
             continue  # blank line
         if any("\ufffd" in v for v in values):
@@ -126,7 +189,7 @@ def read_csv_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, st
             values = values + [""] * (len(header) - len(values))
         elif len(values) > len(header):
             notes.append((f"line {number}", f"{len(values)} field(s) for {len(header)} columns: the extra "
-                                            f"{values[len(header):]} dropped"))
+                                            f"{_shorten(values[len(header):])} dropped"))
             values = values[: len(header)]
         rows.append([v.strip() for v in values])
     df = pd.DataFrame(rows, columns=header, dtype=object)
@@ -134,10 +197,48 @@ def read_csv_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, st
     return df.replace("", np.nan), notes
 
 
+def _shorten(values: list[str], limit: int = 200) -> str:
+    """repr of values cut to `limit` characters (a warning must not repeat a 200 KB field)."""
+    text = repr(values)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def load_sample_submission_lenient(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
     """The ids of sample_submission.csv in order, read as leniently as test.csv (the kernel's last resort)."""
     df, notes = read_csv_lenient(path)
     return [i for i in df["id"].fillna("").astype(str) if i], notes
+
+
+def _add_sample_ids(df: pd.DataFrame, sample: Path, notes: list[tuple[str, str]]) -> pd.DataFrame:
+    """df plus a row (id only) for every id of `sample` that df lacks, at the end in sample order, each warned.
+
+    Only when the two tables share an id or df has none: a sample_submission.csv that shares no id with a
+    non-empty test.csv belongs to another test set (the visible one beside a swapped-in hidden test), and
+    adding its ids would add rows Kaggle rejects. A missing or unreadable sample is no error.
+    """
+    if not sample.is_file():
+        return df
+    try:
+        sample_ids, sample_notes = load_sample_submission_lenient(sample)
+    except TableError as exc:
+        notes.append(("*", f"{sample.name} cannot be used to check the ids: {exc}"))
+        return df
+    notes.extend((f"{sample.name} {where}", note) for where, note in sample_notes)
+    have, known = set(df["id"]), set(sample_ids)
+    if have and not have & known:
+        notes.append(("*", f"{sample.name} shares no id with the test table: not used to check the ids"))
+        return df
+    extra = [i for i in df["id"] if i not in known]
+    if extra and known:
+        notes.append(("*", f"{len(extra)} id(s) not in {sample.name}, predicted anyway: {extra[:5]}"))
+    lost = [i for i in dict.fromkeys(sample_ids) if i not in have]
+    for image_id in lost:
+        notes.append((image_id, f"in {sample.name} but not in the test table (a damaged line?): added at the end "
+                                "with only its id"))
+    if not lost:
+        return df
+    added = pd.DataFrame({c: lost if c == "id" else [np.nan] * len(lost) for c in df.columns}, dtype=object)
+    return pd.concat([df, added], ignore_index=True)
 
 
 def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -151,13 +252,18 @@ def load_test_lenient(path: str | Path) -> tuple[pd.DataFrame, list[tuple[str, s
       missing pixel_size the Hubmap value of the organ (unknown organ: no pixel-size rescaling);
     - a missing, non-numeric, NaN, <= 0 or absurd pixel_size becomes NaN (inference.organs.image_pixel_size
       chooses the organ's value); a missing column counts as all-missing;
-    - a missing or non-positive img_height / img_width becomes 0: the image's own size is used.
+    - a missing or non-positive img_height / img_width becomes 0: the image's own size is used;
+    - a test.csv is checked against the sample_submission.csv beside it (see _add_sample_ids): an id the table
+      lost (a damaged line) is added at the end, in sample order, as a row with only its id.
     """
+    path = Path(path)
     df, notes = read_csv_lenient(path)
     df["id"] = df["id"].fillna("").str.strip()
     for i in df.index[df["id"] == ""]:
         notes.append((f"row {i + 2}", "no id: row skipped"))
     df = df[df["id"] != ""].reset_index(drop=True)
+    if path.name.lower() == "test.csv":
+        df = _add_sample_ids(df, path.with_name("sample_submission.csv"), notes)
     for dup in df.loc[df["id"].duplicated(), "id"].unique():
         notes.append((dup, "id appears more than once: every row is predicted"))
     for col in ("organ", "data_source"):

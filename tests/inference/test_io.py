@@ -188,3 +188,70 @@ def test_a_declared_size_beyond_the_cap_is_refused_before_decoding(tmp_path: Pat
         read_image(path)
     with pytest.raises(ImageTooLarge, match="100 px cap"):
         read_image(_write(tmp_path, np.zeros((101, 8, 3), np.uint8), photometric="rgb"), max_side=100)
+
+
+# Decoding bounded by bytes: pages, samples and bit depth count, and deep samples never go through float64.
+def _peak(read: object) -> tuple[object, int]:
+    """(read(), peak bytes traced while it ran): numpy reports its buffers to tracemalloc."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        result = read()
+        return result, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_many_page_tiff_decodes_page_0_alone(tmp_path: Path) -> None:
+    pages = np.random.default_rng(2).integers(0, 256, (64, 128, 128, 3), dtype=np.uint8)
+    path = _write(tmp_path, pages, photometric="rgb", compression="zlib")
+    out, peak = _peak(lambda: read_image(path))
+    np.testing.assert_array_equal(out, pages[0])
+    assert peak < 8 * pages[0].nbytes, f"{peak} bytes traced for a {pages[0].nbytes}-byte page of 64"
+
+
+def test_pages_samples_and_depth_count_in_the_byte_cap(tmp_path: Path) -> None:
+    from inference.io import ImageTooLarge, image_byte_cap
+
+    assert image_byte_cap(100) == 100 * 100 * 3 * 2 and image_byte_cap(None) is None
+    ok = np.zeros((90, 90, 3), np.uint16)  # under the side cap and the byte cap
+    assert read_image(_write(tmp_path, ok, photometric="rgb"), max_side=100).shape == (90, 90, 3)
+    deep = np.zeros((90, 90, 3), np.float64)  # same side, 4x the bytes
+    with pytest.raises(ImageTooLarge, match="float64"):
+        read_image(_write(tmp_path, deep, photometric="rgb"), max_side=100)
+    samples = np.zeros((90, 90, 12), np.uint8)  # twelve samples per pixel
+    with pytest.raises(ImageTooLarge, match="12 sample"):
+        read_image(_write(tmp_path, samples, photometric="minisblack", planarconfig="contig"), max_side=100)
+    with pytest.raises(ImageTooLarge, match="over the"):
+        read_image(_write(tmp_path, ok, photometric="rgb"), max_bytes=1000)
+
+
+def test_16_bit_rgb_converts_in_integers(tmp_path: Path) -> None:
+    """No full-size float64 (8 bytes a sample) or widened copy: peak memory stays near the uint8 output."""
+    rng = np.random.default_rng(3)
+    arr16 = rng.integers(0, 65536, (1000, 1000, 3), dtype=np.uint16)
+    expected = np.rint(arr16 * (255 / 65535)).astype(np.uint8)
+    out, peak = _peak(lambda: to_rgb_uint8(arr16))
+    assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    assert peak < 2 * out.nbytes, f"{peak} bytes traced for a {out.nbytes}-byte output"
+    path = _write(tmp_path, arr16, photometric="rgb")
+    read, peak = _peak(lambda: read_image(path))
+    assert np.array_equal(read, expected)
+    assert peak < arr16.nbytes + 2 * out.nbytes, f"{peak} bytes traced to read {arr16.nbytes} bytes of samples"
+
+
+def test_12_bit_and_float_convert_without_a_float64_image() -> None:
+    rng = np.random.default_rng(4)
+    arr12 = rng.integers(0, 4096, (1000, 1000, 3), dtype=np.uint16)
+    out, peak = _peak(lambda: to_rgb_uint8(arr12, bits_per_sample=12))
+    assert np.array_equal(out, np.rint(arr12 * (255 / 4095)).astype(np.uint8)) and peak < 2 * out.nbytes
+    floats = rng.random((1000, 1000, 3), dtype=np.float32)
+    floats[0, 0] = np.nan
+    out, peak = _peak(lambda: to_rgb_uint8(floats))
+    expected = np.rint(np.nan_to_num(floats.astype(np.float64)) * 255).astype(np.uint8)
+    assert np.array_equal(out, expected) and peak < 2 * out.nbytes
+    wide = np.full((2, 2, 3), 2**20 - 1, np.uint32)  # 20 bits: shifted to 16, then scaled
+    assert to_rgb_uint8(wide).max() == 255 and to_rgb_uint8(wide // 2).max() == 127

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,50 @@ def test_a_run_killed_while_adabn_reads_an_image_blames_that_row(data: Path, mod
     assert any(m.startswith("id 3: the previous run died") for m in messages)
     done = {r["row"]: r["status"] for r in read_records(journal)[1] if r["event"] == "done"}
     assert done == {0: "ok", 1: "ok", 2: "crashed", 3: "ok", 4: "ok"}  # rows released by AdaBN are not blamed
+
+
+@pytest.mark.parametrize("first_line", ["garbage that is not JSON", '{"journal": 99, "fingerprint": "x"}', "[1, 2]",
+                                        '{"journal": 1, "finger'])
+def test_a_damaged_or_foreign_journal_is_kept_under_a_new_name(tmp_path: Path, first_line: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from inference.journal import Journal
+
+    path = tmp_path / "run.journal"
+    content = first_line + '\n{"event": "done", "row": 0, "id": "1", "rle": "1 2"}\n'
+    path.write_text(content)
+    (tmp_path / "run.journal.damaged").write_text("an earlier one")
+    with caplog.at_level(logging.WARNING), Journal(path, "fp") as book:
+        assert book.done == {} and book.crashed == set()
+    assert (tmp_path / "run.journal.damaged.1").read_text() == content  # never truncated, never over another
+    assert (tmp_path / "run.journal.damaged").read_text() == "an earlier one"
+    assert read_records(path)[0] == {"journal": 1, "fingerprint": "fp"}
+    assert any("kept as run.journal.damaged.1" in r.getMessage() for r in caplog.records)
+
+
+def test_a_journal_of_other_settings_is_set_aside_beside_earlier_ones(tmp_path: Path) -> None:
+    from inference.journal import Journal
+
+    path = tmp_path / "run.journal"
+    for fingerprint in ("a", "b", "c"):
+        with Journal(path, fingerprint) as book:
+            book.finish(0, {"id": fingerprint, "rle": ""})
+    assert read_records(tmp_path / "run.journal.stale")[0]["fingerprint"] == "a"
+    assert read_records(tmp_path / "run.journal.stale.1")[0]["fingerprint"] == "b"
+
+
+def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+    from inference.journal import Journal, JournalLocked
+
+    path = tmp_path / "run.journal"
+    book = Journal(path, "fp")
+    book.finish(0, {"id": "1", "rle": "1 2"})
+    with pytest.raises(JournalLocked, match="being written by another run"):
+        Journal(path, "fp")
+    other = subprocess.run(  # another process: the same refusal
+        [sys.executable, "-c", f"from inference.journal import Journal; Journal({str(path)!r}, 'fp')"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and "JournalLocked" in other.stderr and f"pid {os.getpid()}" in other.stderr
+    assert [r["event"] for r in read_records(path)[1]] == ["done"]  # the refused writers changed nothing
+    book.close()
+    with Journal(path, "fp") as again:  # released: the next run resumes
+        assert set(again.done) == {0}

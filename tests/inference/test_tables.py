@@ -136,3 +136,69 @@ def test_predict_writes_every_row_of_an_awkward_csv(demo_data: Path, tmp_path: P
     assert predict.main(["--data-dir", str(data), "--models", str(model), "--out", str(out)]) == 0
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert sub["id"].tolist() == test["id"].tolist() and (sub["rle"] != "").all()
+
+
+ROWS = ["1,kidney,HPA,32,32,0.4,4", "2,spleen,Hubmap,40,40,0.4945,4", "3,lung,HPA,48,48,0.4,4",
+        "4,prostate,HPA,56,56,0.4,4"]
+
+
+def test_a_field_over_csv_s_limit_is_read_with_every_row(tmp_path: Path) -> None:
+    """A 200 KB field (csv's default limit is 128 KiB: `_csv.Error: field larger than field limit`)."""
+    from inference.tables import load_sample_submission_lenient, load_test_lenient
+
+    rows = ROWS.copy()
+    rows[1] = rows[1][: -len("4")] + "9" * 200_000  # tissue_thickness
+    table, notes = load_test_lenient(_csv(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert table["id"].tolist() == ["1", "2", "3", "4"] and table["organ"].tolist()[1] == "spleen"
+    ids, _ = load_sample_submission_lenient(_csv(tmp_path, "id,rle\n1,\n2," + "1 2 " * 60_000 + "\n3,\n", "s.csv"))
+    assert ids == ["1", "2", "3"]
+    import csv
+
+    assert csv.field_size_limit() == 131072  # raised only while reading
+
+
+@pytest.mark.parametrize("broken", [
+    '2,"spleen,Hubmap,40,40,0.4945,4',  # a quote never closed: non-strict csv swallows every row after it
+    '2,spleen,"Hubmap,40,40,0.4945,4',
+    '2,"spleen" ,Hubmap,40,40,0.4945,4',  # text after a closing quote
+])
+def test_a_broken_quote_costs_only_its_own_line(tmp_path: Path, broken: str) -> None:
+    from inference.tables import load_test_lenient
+
+    rows = ROWS.copy()
+    rows[1] = broken
+    rows[3] = '4,"prostate",HPA,56,56,0.4,4'  # a later quote that would close the broken one
+    table, notes = load_test_lenient(_csv(tmp_path, HEADER + "\n" + "\n".join(rows) + "\n"))
+    assert table["id"].tolist() == ["1", "2", "3", "4"]
+    assert table["organ"].tolist() == ["kidney", "spleen", "lung", "prostate"]
+    assert table["img_height"].tolist() == [32, 40, 48, 56] and table["pixel_size"].tolist()[1] == 0.4945
+    broken_notes = [n for n in notes if n[0].startswith("line")]
+    assert [n[0] for n in broken_notes] == ["line 3"] and "quote" in broken_notes[0][1], notes
+
+
+def test_the_strict_loaders_name_a_broken_quote(tmp_path: Path) -> None:
+    with pytest.raises(TableError, match="not readable as CSV"):
+        load_test(_csv(tmp_path, HEADER + '\n1,"kidney,HPA,32,32,0.4,4\n'))
+
+
+def test_sample_submission_supplies_the_ids_test_csv_lost(tmp_path: Path) -> None:
+    from inference.tables import load_test_lenient
+
+    _csv(tmp_path, "id,rle\n1,\n2,\n3,\n4,\n", "sample_submission.csv")
+    table, notes = load_test_lenient(_csv(tmp_path, HEADER + "\n" + ROWS[2] + "\n" + ROWS[0] + "\n", "test.csv"))
+    assert table["id"].tolist() == ["3", "1", "2", "4"]  # test.csv's order, then the lost ids in sample order
+    assert table["organ"].tolist() == ["lung", "kidney", "", ""] and table["img_height"].tolist() == [48, 32, 0, 0]
+    assert table["pixel_size"].isna().tolist() == [False, False, True, True]
+    assert [i for i, n in notes if "not in the test table" in n] == ["2", "4"]
+
+
+def test_a_sample_submission_of_another_test_set_adds_nothing(tmp_path: Path) -> None:
+    """The visible sample_submission.csv beside a swapped-in hidden test.csv shares no id: adding its id would
+    add a row Kaggle rejects."""
+    from inference.tables import load_test_lenient
+
+    _csv(tmp_path, "id,rle\n10078,\n", "sample_submission.csv")
+    table, notes = load_test_lenient(_csv(tmp_path, HEADER + "\n" + "\n".join(ROWS) + "\n", "test.csv"))
+    assert table["id"].tolist() == ["1", "2", "3", "4"] and any("shares no id" in n for _, n in notes)
+    train, _ = load_test_lenient(_csv(tmp_path, HEADER + "\n" + ROWS[0] + "\n", "train.csv"))
+    assert train["id"].tolist() == ["1"]  # only a test.csv is checked against the sample
