@@ -7,7 +7,9 @@ grid and piecewise-affine distortion), "seed10+stain" (seed10 plus stain transfe
 jitter, for the HPA -> HuBMAP stain shift) and "hubmap" (flips, a wider-zoom affine, mild brightness/contrast
 and HSV, stain transfer and HED jitter); "flips+histmatch" and "seed10+histmatch" add histogram matching to
 target-domain images (the 3rd place: albumentations' HistogramMatching, blend 0.5-1.0, half the tiles; the
-reference images come from `histmatch_targets`, FastaiConfig.histmatch_targets). They take and return a uint8 HWC image and a uint8 class-index mask of the same size,
+reference images come from `histmatch_targets`, FastaiConfig.histmatch_targets); "flips+fda" swaps the low
+Fourier amplitudes of half the crops with a target image's (albumentations' FDA, Yang & Soatto 2020; same
+references); "flips+colour" is the 1st place's strong colour augmentation (HSV +-20, gamma 0.25-2.5). They take and return a uint8 HWC image and a uint8 class-index mask of the same size,
 without normalisation (trainers normalise with the checkpoint's mean/std).
 
 Argument names are albumentations 2.x ones: 2.0.8 only warns about 1.x names such as
@@ -38,7 +40,9 @@ from pydantic import Field  # noqa: E402
 
 PRESETS: tuple[str, ...] = (
     "flips", "flips+stain", "seed10", "seed10+stain", "hubmap", "flips+histmatch", "seed10+histmatch",
+    "flips+colour", "flips+fda", "flips+colour+fda",
 )  # fmt: skip
+REFERENCE_PRESETS = ("+histmatch", "+fda")  # preset suffixes that need target reference images
 REFERENCE_MAX_SIDE = 1024  # references are resized to each crop anyway; this bounds the memory per worker
 
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density, as in skimage.
@@ -293,6 +297,35 @@ class TargetHistogramMatching(A.HistogramMatching):
         }
 
 
+class TargetFDA(A.FDA):
+    """albumentations' FDA (Fourier domain adaptation) with the target images held by the transform.
+
+    As TargetHistogramMatching: albumentations 2.x wants references passed with every call (`fda_metadata=[...]`);
+    our presets are called with image and mask only. The low-frequency amplitude spectrum of the crop (a square
+    of beta x its side) is replaced by a target image's, resized to the crop: its stain colours and illumination,
+    not its structures.
+    """
+
+    def __init__(self, references: Sequence[np.ndarray], beta_limit: tuple[float, float] = (0.01, 0.05),
+                 p: float = 0.5) -> None:
+        super().__init__(beta_limit=beta_limit, p=p)
+        if not references:
+            raise ValueError("FDA needs at least one reference image")
+        self.references = [np.ascontiguousarray(r) for r in references]
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        """No per-call reference key: the references are the transform's own."""
+        return []
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Draw a target image (resized to the crop) and a beta."""
+        height, width = params["shape"][:2]
+        target = self.references[self.py_random.randrange(len(self.references))]
+        return {"target_image": cv2.resize(target, (width, height), interpolation=cv2.INTER_AREA),
+                "beta": self.py_random.uniform(*self.beta_limit)}
+
+
 def load_references(paths: Sequence[str | Path]) -> list[np.ndarray]:
     """RGB uint8 reference images from files or folders, each area-downscaled to at most REFERENCE_MAX_SIDE."""
     from data_prep.stain_copies import image_paths, read_any  # torchstain and scikit only where asked for
@@ -418,6 +451,14 @@ def _seed10() -> list[A.BasicTransform]:
     ]
 
 
+def _strong_colour() -> list[A.BasicTransform]:
+    # The 1st place's colour augmentation: hue, saturation and value shifted by up to 20, gamma 25-250 (/ 100).
+    return [
+        A.HueSaturationValue(hue_shift_limit=20, sat_shift_limit=20, val_shift_limit=20, p=0.8),
+        A.RandomGamma(gamma_limit=(25, 250), p=0.8),
+    ]
+
+
 def _stain() -> list[A.BasicTransform]:
     # Half the tiles re-stained as H&E or PAS, then the HED jitter on top (its eosin channel is only non-zero there).
     return [StainTransfer(p=0.5), HEDJitter(scale_limit=0.3, shift_limit=0.05, p=0.5)]
@@ -440,18 +481,25 @@ def train_transforms(
 ) -> A.Compose:
     """The training pipeline of a named preset (see PRESETS); seed makes it reproducible (see reseed).
 
-    histmatch_targets: reference images (files or folders) of the "+histmatch" presets.
+    histmatch_targets: reference images (files or folders) of the "+histmatch" and "+fda" presets.
     """
-    if preset.endswith("+histmatch"):
+    suffix = next((s for s in REFERENCE_PRESETS if preset.endswith(s)), None)
+    if suffix is not None:
         if not histmatch_targets:
-            raise ValueError(f"preset {preset!r} needs reference images: pass histmatch_targets")
-        base = train_transforms(preset.removesuffix("+histmatch")).transforms
-        compose = A.Compose([*base, TargetHistogramMatching(load_references(histmatch_targets), (0.5, 1.0), p=0.5)])
+            raise ValueError(f"preset {preset!r} needs reference images: pass histmatch_targets "
+                             "(train.fastai_unet --histmatch-targets H&E_PAS_IMAGES)")
+        base = train_transforms(preset.removesuffix(suffix)).transforms
+        references = load_references(histmatch_targets)
+        last = (TargetHistogramMatching(references, (0.5, 1.0), p=0.5) if suffix == "+histmatch"
+                else TargetFDA(references, beta_limit=(0.01, 0.05), p=0.5))
+        compose = A.Compose([*base, last])
         if seed is not None:
             reseed(compose, seed)
         return compose
     if preset == "flips":
         transforms = _flips()
+    elif preset == "flips+colour":
+        transforms = [*_flips(), *_strong_colour()]
     elif preset == "flips+stain":  # light: a share of the crops re-stained, nothing else on top
         transforms = [*_flips(), StainTransfer(p=0.3)]
     elif preset == "seed10":

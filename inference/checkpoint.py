@@ -21,6 +21,8 @@ TASKS = ("binary", "multiclass")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+INPUT_MODES = ("rgb", "grey", "hematoxylin")  # what the network sees of an image (inference.input_modes)
+
 
 @dataclass
 class CheckpointConfig:
@@ -42,6 +44,7 @@ class CheckpointConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     threshold: float = 0.5  # default binary cut-off (organ thresholds may override at inference)
     context: int = 1  # MRN: the model also takes a view of context x the tile's field as channels 3-5 (1 = none)
+    input_mode: str = "rgb"  # what the network sees: "rgb", "grey" or "hematoxylin" (inference.input_modes)
     format: str = FORMAT
     train: dict = field(default_factory=dict)  # the resolved training config, for the record only
 
@@ -54,6 +57,8 @@ class CheckpointConfig:
             raise ValueError(f"config.json: a binary model has one class, got {self.classes}")
         if self.context < 1:
             raise ValueError(f"config.json: context must be >= 1, got {self.context}")
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"config.json: input_mode {self.input_mode!r} not in {INPUT_MODES}")
         if self.format != FORMAT:
             raise ValueError(f"config.json: format {self.format!r} is not {FORMAT!r}; re-export the checkpoint")
 

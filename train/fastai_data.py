@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
 from data_prep.tiles import IGNORE_INDEX, read_png, whole_image_rows
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
+from inference.input_modes import project_image
 from inference.tiling import resize_image
 from train.configs.fastai.base import FastaiConfig
 from train.crops import CropSampler, CropSettings, ScaledImage, ftu_points
@@ -130,9 +131,15 @@ def crop_settings(cfg: FastaiConfig) -> CropSettings:
 
 
 def _sample(
-    image: np.ndarray, mask: np.ndarray, context: np.ndarray | None = None
+    image: np.ndarray, mask: np.ndarray, context: np.ndarray | None = None, input_mode: str = "rgb"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised image (3 or, with a context view, 6, S, S), FTU mask (1, S, S)) float32 tensors."""
+    """(normalised image (3 or, with a context view, 6, S, S), FTU mask (1, S, S)) float32 tensors.
+
+    input_mode: what the network sees (inference.input_modes, as the Predictor applies it at inference).
+    """
+    image = project_image(image, input_mode)
+    if context is not None:
+        context = project_image(context, input_mode)
     x = normalise(image) if context is None else np.concatenate([normalise(image), normalise(context)])
     target = (mask > 0).astype(np.float32)
     target[mask == IGNORE_INDEX] = IGNORE_INDEX  # the loss's ignore_index (pseudo-label bands)
@@ -147,9 +154,10 @@ class CropDataset(Dataset):
     """
 
     def __init__(
-        self, sampler: CropSampler, n: int, augment: str | None, histmatch_targets: tuple[str, ...] = ()
-    ) -> None:
-        self.sampler, self.n = sampler, n
+        self, sampler: CropSampler, n: int, augment: str | None, histmatch_targets: tuple[str, ...] = (),
+        input_mode: str = "rgb",
+    ) -> None:  # fmt: skip
+        self.sampler, self.n, self.input_mode = sampler, n, input_mode
         self.transform = train_transforms(augment, histmatch_targets=histmatch_targets) if augment else None
         if self.transform is not None and sampler.settings.context > 1:
             self.transform.add_targets({"context": "image"})  # the context view gets the crop's flips and colours
@@ -174,13 +182,13 @@ class CropDataset(Dataset):
             views = {} if context is None else {"context": context}
             out = self.transform(image=image, mask=mask, **views)
             image, mask, context = out["image"], out["mask"], out.get("context")
-        return _sample(image, mask, context)
+        return _sample(image, mask, context, self.input_mode)
 
 
 class FixedCropDataset(Dataset):
     """A fixed set of crops drawn once with a seed (validation: the same crops every epoch)."""
 
-    def __init__(self, sampler: CropSampler, per_image: int, seed: int) -> None:
+    def __init__(self, sampler: CropSampler, per_image: int, seed: int, input_mode: str = "rgb") -> None:
         rng = np.random.default_rng(seed)
         self.items = [sampler.crop(image, rng) for image in sampler.images for _ in range(per_image)]
 
@@ -188,7 +196,7 @@ class FixedCropDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _sample(*self.items[i])
+        return _sample(*self.items[i], input_mode=self.input_mode)
 
 
 class TileDataset(Dataset):
@@ -196,11 +204,12 @@ class TileDataset(Dataset):
 
     def __init__(
         self, rows: pd.DataFrame, tiles_dir: Path, size: int, augment: str | None,
-        histmatch_targets: tuple[str, ...] = (),
+        histmatch_targets: tuple[str, ...] = (), input_mode: str = "rgb",
     ) -> None:  # fmt: skip
         self.image_paths = [Path(tiles_dir) / p for p in rows["image_path"]]
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
+        self.input_mode = input_mode
         self.transform = (
             train_transforms(augment, histmatch_targets=histmatch_targets) if augment else valid_transforms()
         )
@@ -214,9 +223,10 @@ class TileDataset(Dataset):
         image = resize_image(read_png(self.image_paths[i]), self.size, self.size)
         mask = resize_image(read_png(self.mask_paths[i], mask=True), self.size, self.size, nearest=True)
         out = self.transform(image=image, mask=mask)
-        return _sample(out["image"], out["mask"])
+        return _sample(out["image"], out["mask"], input_mode=self.input_mode)
 
 
+        self.input_mode = input_mode
 class SampledDataLoader(DataLoader):
     """A shuffled fastai DataLoader drawing `n` random items per epoch from a larger dataset.
 
@@ -268,17 +278,17 @@ def make_dataloaders(
         settings = crop_settings(cfg)
         sampler = CropSampler(load_scaled_images(train, tiles_dir, cfg.seed), settings)
         n = items_per_epoch or (cfg.batches_per_epoch or max(1, len(sampler.images) // cfg.bs)) * cfg.bs
-        train_ds = CropDataset(sampler, n, cfg.augment, cfg.histmatch_targets)
+        train_ds = CropDataset(sampler, n, cfg.augment, cfg.histmatch_targets, cfg.input_mode)
         train_dl = CropDataLoader(train_ds, shuffle=False, drop_last=True, **common)
         if len(valid):
             valid_sampler = CropSampler(load_scaled_images(valid, tiles_dir, cfg.seed), settings)
-            valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed)
+            valid_ds = FixedCropDataset(valid_sampler, VALID_CROPS_PER_IMAGE, cfg.seed, cfg.input_mode)
         else:
             valid_ds = []
         return DataLoaders(train_dl, DataLoader(valid_ds, shuffle=False, **common), device=device)
-    train_ds = TileDataset(train, tiles_dir, cfg.tile_size, cfg.augment, cfg.histmatch_targets)
+    train_ds = TileDataset(train, tiles_dir, cfg.tile_size, cfg.augment, cfg.histmatch_targets, cfg.input_mode)
     valid_rows = validation_tiles(valid, cfg.valid_split) if len(valid) else valid
-    valid_ds = TileDataset(valid_rows, tiles_dir, cfg.tile_size, None)
+    valid_ds = TileDataset(valid_rows, tiles_dir, cfg.tile_size, None, input_mode=cfg.input_mode)
     n = len(train_ds) if cfg.batches_per_epoch is None else min(len(train_ds), cfg.batches_per_epoch * cfg.bs)
     if items_per_epoch:
         n = items_per_epoch

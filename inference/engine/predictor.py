@@ -16,6 +16,7 @@ import torch
 
 from inference.checkpoint import CheckpointConfig
 from inference.engine.models import build_model, resolve_device
+from inference.input_modes import project
 from inference.engine.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
 from inference.tiling import adaptive_reduce, resize_image, resize_probs, scaled_size, stride_for
 
@@ -123,7 +124,7 @@ class Predictor:
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, t, t) tiles -> float32 probabilities (N, C, t, t)."""
-        x = (batch.float() - self._mean) / self._std
+        x = (project(batch, self.config.input_mode) - self._mean) / self._std
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", dtype=torch.float16) if self.cuda else nullcontext()

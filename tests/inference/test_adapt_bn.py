@@ -104,7 +104,8 @@ def test_adapt_batchnorm_on_demo_images_per_source(demo_data: Path, tmp_path: Pa
     folder = make_smp_checkpoint(tmp_path / "unet" / "fold0", tile=64)
     member = Member(load_predictor(folder))
     table = pd.read_csv(demo_data / "test.csv")
-    adaptation = adapt_batchnorm(table, demo_data / "test_images", [member], windows=8, max_images=2)
+    adaptation = adapt_batchnorm(table, demo_data / "test_images", [member], windows=8, max_images=2,
+                                 grouping="source")
     assert sorted(adaptation.states) == ["HPA", "Hubmap"]
     layers = encoder_batchnorms(member.predictor.model)
     decoder = [m for n, m in member.predictor.model.named_modules()

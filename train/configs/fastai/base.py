@@ -51,6 +51,9 @@ class FastaiConfig:
     use_extra_data: bool = True  # train on the tile set's extra rows (data_prep.tiles --extra-data, e.g. pseudo-labels)
     augment: str = "seed10"  # data_prep.augment preset
     # reference images (paths) of the histogram-matching presets ("...+histmatch"), e.g. HuBMAP H&E / PAS images
+    # what the network sees (inference.input_modes, recorded in config.json): "rgb", "grey" or "hematoxylin" (the
+    # one stain HPA's DAB and HuBMAP's H&E / PAS images share)
+    input_mode: str = "rgb"
     histmatch_targets: tuple[str, ...] = ()
     valid_split: int | None = None  # sampler tiles: validation tiles of fastai's valid_loss (None: finest split)
     # optimisation
@@ -114,6 +117,10 @@ class FastaiConfig:
         """Plain JSON-able dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+        from inference.checkpoint import INPUT_MODES
+
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode {self.input_mode!r} not in {INPUT_MODES}")
     def override(self, **changes: Any) -> FastaiConfig:
         """A copy with some fields changed (None values are ignored, so CLI defaults pass through)."""
         known = {f.name for f in fields(self)}

@@ -1,0 +1,41 @@
+"""AdaBN groups: one per (data_source, organ) by default, or one per data_source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from inference.engine.adapt_bn import adapt_batchnorm, drawn_rows, encoder_batchnorms, group_key
+from inference.engine.ensemble import Member
+from inference.engine.predictor import load_predictor
+from checkpoints import make_smp_checkpoint
+
+
+def test_group_keys_and_drawn_rows() -> None:
+    table = pd.DataFrame({"id": [1, 2, 3, 4], "organ": ["kidney", "lung", "kidney", "kidney"],
+                          "data_source": ["Hubmap", "Hubmap", "HPA", "Hubmap"]})
+    row = next(table.itertuples())
+    assert group_key(row) == "Hubmap/kidney" and group_key(row, "source") == "Hubmap"
+    assert drawn_rows(table) == {"HPA/kidney": [2], "Hubmap/kidney": [0, 3], "Hubmap/lung": [1]}
+    assert drawn_rows(table, grouping="source") == {"HPA": [2], "Hubmap": [0, 1, 3]}
+    with pytest.raises(ValueError, match="grouping"):
+        group_key(row, "organ")
+
+
+def test_statistics_per_source_and_organ(demo_data: Path, tmp_path: Path) -> None:
+    member = Member(load_predictor(make_smp_checkpoint(tmp_path / "unet" / "fold0", tile=64)))
+    table = pd.read_csv(demo_data / "test.csv")
+    adaptation = adapt_batchnorm(table, demo_data / "test_images", [member], windows=8, max_images=2)
+    groups = {f"{r.data_source}/{r.organ}" for r in table.itertuples()}
+    assert sorted(adaptation.states) == sorted(groups) and len(groups) > 2
+    layer = encoder_batchnorms(member.predictor.model)[0][1]
+    seen = []
+    for key in sorted(groups):
+        adaptation.use(key, [member])
+        seen.append(layer.running_var.clone())
+    assert all(not torch.equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1:])  # each group its own
+    rows = list(table.itertuples())
+    assert adaptation.key(rows[0]) == f"{rows[0].data_source}/{rows[0].organ}"
