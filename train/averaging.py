@@ -12,11 +12,12 @@ through the submission path, so metrics.json holds the Dice of the model actuall
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from inference.atomic import atomic_write, write_json
 
 RULES = ("dice", "last")
 INDEX = "snapshots.json"
@@ -68,14 +69,12 @@ class SnapshotPool:
         ranked = sorted([*self.entries, candidate], key=self._rank, reverse=True)
         kept = ranked[: self.k]
         if candidate in kept:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / (candidate["file"] + ".tmp")
-            torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, tmp)
-            os.replace(tmp, self.folder / candidate["file"])
+            with atomic_write(self.folder / candidate["file"], "wb") as handle:
+                torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, handle)
+        self.entries = kept
+        write_json(self.folder / INDEX, self.entries, indent=1)  # before the unlinks: never names a removed file
         for dropped in ranked[self.k :]:
             (self.folder / dropped["file"]).unlink(missing_ok=True)
-        self.entries = kept
-        (self.folder / INDEX).write_text(json.dumps(self.entries, indent=1) + "\n")
         return candidate in kept
 
     def _rank(self, entry: dict) -> tuple:

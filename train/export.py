@@ -5,16 +5,20 @@ torch version it was traced with (model.ts.torch_version, checked by the kernel 
 (framework "torchscript"), and checks the saved trace against the eager module at another batch size.
 An mmseg segmentor is wrapped in SegmentorLogits first: normalised float NCHW at the tile size in, len(CLASSES)
 logits (multiclass) or one FTU logit (2-class models) at the input resolution out. Re-export a trained mmseg run folder with
-`python -m train.export --run-dir outputs/<config-stem>/fold<k>`.
+`python -m train.export --run-dir outputs/<config-stem>/fold<k>`: its mmseg_config.py is read as data (literals and
+dict(...), as mmengine dumps it), never executed, and files that resolve outside the folder are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import dataclasses
+import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,16 +104,115 @@ def export_segmentor(segmentor: nn.Module, folder: str | Path, config: Checkpoin
     return export_torchscript(SegmentorLogits(segmentor), example, folder, config)
 
 
+class UntrustedRunFolder(ValueError):
+    """A run folder's files leave the folder or its mmseg config is more than plain data."""
+
+
+def _inside(run_dir: Path, name: str) -> Path:
+    """run_dir/name, refused when it is missing or resolves outside run_dir (a symlink out, a '..')."""
+    path = run_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a folder written by `python -m train.mmseg_train`?")
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise UntrustedRunFolder(f"{path} resolves to {path.resolve()}, outside the run folder {run_dir}: refused "
+                                 "(copy the file into the folder if you trust it)")
+    return path
+
+
+def _plain_data(node: ast.expr, path: Path) -> Any:
+    """The value of a literal expression or a dict(...) call of them; UntrustedRunFolder for anything else."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) and \
+            isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float)):
+        return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+    if isinstance(node, ast.List):
+        return [_plain_data(e, path) for e in node.elts]
+    if isinstance(node, ast.Tuple):
+        return tuple(_plain_data(e, path) for e in node.elts)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_plain_data(k, path): _plain_data(v, path) for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args \
+            and all(k.arg is not None for k in node.keywords):
+        return {k.arg: _plain_data(k.value, path) for k in node.keywords}
+    raise UntrustedRunFolder(f"{path}, line {node.lineno}: {ast.unparse(node)[:80]!r} is not plain data (literals and "
+                             "dict(...) only, as mmengine's Config.dump writes them): refused, nothing executed")
+
+
+# mmengine builds `type` by registry name and, failing that, imports whatever dotted path it names and calls it
+# (get_object_from_string): a data-only config could still name `os.system`. Registered OpenMMLab types are class
+# names, optionally scoped by the two packages our configs use.
+_TYPE = re.compile(r"(?:mmseg\.|mmpretrain\.)?[A-Z][A-Za-z0-9_]*")
+
+
+_IMPORTS = ("mmseg", "mmpretrain", "train.mmseg_ext")  # custom_imports a config of ours may name
+
+
+def _check_imports(settings: dict, path: Path) -> None:
+    """Refuse custom_imports outside the packages our mmseg configs register modules from."""
+    names = (settings.get("custom_imports") or {}).get("imports", [])
+    names = [names] if isinstance(names, str) else names
+    bad = [n for n in names if not (isinstance(n, str) and any(n == p or n.startswith(p + ".") for p in _IMPORTS))]
+    if bad:
+        raise UntrustedRunFolder(f"{path}: custom_imports {bad} outside {list(_IMPORTS)}: refused, nothing imported")
+
+
+def _check_types(value: Any, path: Path) -> None:
+    """Refuse a `type` that is not a (scoped) class name anywhere in a config's settings."""
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind is not None and not (isinstance(kind, str) and _TYPE.fullmatch(kind)):
+            raise UntrustedRunFolder(f"{path}: type={kind!r} is not a registered class name (mmengine would import "
+                                     "and call whatever it names): refused, nothing executed")
+        for item in value.values():
+            _check_types(item, path)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_types(item, path)
+
+
+def read_dumped_config(path: str | Path) -> dict:
+    """The settings of an mmseg config that mmengine's Config.dump wrote, read as data: never executed.
+
+    Only `name = <literal or dict(...)>` statements are accepted; an import, a call, an attribute or a name
+    anywhere is refused (UntrustedRunFolder), and so are a `type` that is not a class name (mmengine would import
+    and call a dotted path such as `os.system`) and custom_imports outside _IMPORTS, so a run folder from elsewhere
+    cannot run code on this machine.
+    """
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as exc:
+        raise UntrustedRunFolder(f"{path} is not valid Python ({exc.msg}, line {exc.lineno})") from exc
+    settings: dict[str, Any] = {}
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            raise UntrustedRunFolder(f"{path}, line {stmt.lineno}: {ast.unparse(stmt)[:80]!r} is not a plain "
+                                     "assignment: refused, nothing executed")
+        settings[stmt.targets[0].id] = _plain_data(stmt.value, path)
+    _check_types(settings, path)
+    _check_imports(settings, path)
+    return settings
+
+
 def export_run(run_dir: str | Path) -> Path:
-    """Re-export model.ts of a trained mmseg run folder from its mmseg_config.py, best.pth and config.json."""
+    """Re-export model.ts of a trained mmseg run folder from its mmseg_config.py, best.pth and config.json.
+
+    The three files must resolve inside the folder; mmseg_config.py is read as data (read_dumped_config), never
+    executed, and best.pth is loaded weights-only (mmengine's default loader, no trusted scheme registered here).
+    """
+    run_dir = Path(run_dir)
+    config_path, checkpoint, _ = (_inside(run_dir, n) for n in ("mmseg_config.py", "best.pth", "config.json"))
+    settings = read_dumped_config(config_path)  # refused here, before mmengine or mmseg is even imported
+
+    from mmengine.config import Config
+    from mmengine.utils import import_modules_from_strings
+
     from train.mmseg_ext.checkpoint import load_segmentor
 
-    run_dir = Path(run_dir)
-    config_path, checkpoint = run_dir / "mmseg_config.py", run_dir / "best.pth"
-    for p in (config_path, checkpoint, run_dir / "config.json"):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: is {run_dir} a folder written by `python -m train.mmseg_train`?")
-    segmentor, _ = load_segmentor(config_path, checkpoint)
+    if settings.get("custom_imports"):  # checked by read_dumped_config: our packages only
+        import_modules_from_strings(**settings["custom_imports"])
+    segmentor, _ = load_segmentor(Config(settings, filename=str(config_path)), checkpoint)
     return export_segmentor(segmentor, run_dir, CheckpointConfig.load(run_dir)) / WEIGHTS
 
 
@@ -122,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         path = export_run(args.run_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UntrustedRunFolder) as exc:
         parser.error(str(exc))
     print(f"wrote {path}")
 

@@ -19,7 +19,7 @@ from inference.predict import load_members
 from inference.wsi import predict as wsi_predict
 from inference.wsi.cohort import run_cohort_cli
 from inference.wsi.polygons import OBJECT_TYPES
-from inference.wsi.predict import CHUNK, MASK_FORMATS, WsiOptions, predict_slide
+from inference.wsi.predict import CHUNK, MASK_FORMATS, WsiOptions, predict_slide, run_digest
 from inference.wsi.reader import READERS
 
 
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from_args(args, args.organ or "")
         members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
-        summary = predict_slide(args.slide, members, args.out, options, args.reader, args.mpp, args.overwrite)
+        run = run_digest(args.slide, args.models, args.weights, args.blend, options, args.reader, args.mpp)
+        summary = predict_slide(args.slide, members, args.out, options, args.reader, args.mpp, args.overwrite, run)
     except (ImageReadError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

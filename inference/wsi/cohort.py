@@ -7,9 +7,11 @@ slides.csv: `slide` (path, relative to the CSV), `organ` (one of inference.organ
 `mpp` (um per level-0 pixel when the file lacks it). `python -m data_prep.make_demo --n-slides N` writes one.
 
 Every slide goes through inference.wsi.predict.predict_slide into DIR (outputs are prefixed by the slide's
-stem, so stems must be unique). A slide whose outputs are finished is skipped, and said so; an unfinished
-one resumes at its next block through DIR/S_work (the block-level work store), so a cohort can be stopped
-and started again at any time. One failing slide (an undecodable tile, a missing pixel size) is recorded
+stem, so stems must be unique). A slide whose outputs were finished by this same run (its run_digest: the
+slide file's path, size and mtime, each checkpoint folder's config.json and weights file, --weights, --blend,
+the options, --reader, the CSV's mpp) is skipped, and said so; one finished or started by another run is
+predicted again from scratch, and said so; an unfinished one of this run resumes at its next block through
+DIR/S_work (the block-level work store), so a cohort can be stopped and started again at any time. One failing slide (an undecodable tile, a missing pixel size) is recorded
 and the others go on.
 
 --engine ray: each slide is one Ray task (one GPU per task where the cluster has GPUs, else one CPU), on the
@@ -36,11 +38,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from inference.atomic import atomic_write
 from inference.engine.ensemble import Member
 from inference.engine.postprocess import load_min_area
 from inference.io import ImageReadError
 from inference.organs import ORGANS
-from inference.wsi.predict import WsiOptions, is_finished, predict_slide, slide_stem
+from inference.wsi.predict import WsiOptions, is_finished, predict_slide, run_digest, slide_stem, work_state
 
 log = logging.getLogger("inference.wsi.cohort")
 COHORT_COLUMNS = ("slide", "organ", "stem", "status", "ftus", "ftu_area_um2", "seconds", "error")
@@ -117,6 +120,12 @@ def _members(settings: CohortSettings) -> list[Member]:
     return _MEMBERS[key]
 
 
+def job_digest(job: Job, settings: CohortSettings) -> str:
+    """run_digest of one slide of the cohort (what is_finished compares)."""
+    return run_digest(job.slide, settings.models, settings.weights, settings.blend,
+                      WsiOptions(organ=job.organ, **settings.options), settings.reader, job.mpp)
+
+
 def run_slide(job: Job, settings: CohortSettings) -> dict:
     """Predict one slide (in this process or a Ray worker) and return its cohort.csv row."""
     start = time.perf_counter()
@@ -124,7 +133,7 @@ def run_slide(job: Job, settings: CohortSettings) -> dict:
     try:
         options = WsiOptions(organ=job.organ, **settings.options)
         summary = predict_slide(job.slide, _members(settings), Path(settings.out), options, settings.reader,
-                                job.mpp, settings.overwrite)
+                                job.mpp, settings.overwrite, run=job_digest(job, settings))
     except (ImageReadError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         message = " ".join(str(exc).split())  # one line in the CSV
         log.error("%s failed: %s", job.slide, message)
@@ -194,27 +203,32 @@ def run_cohort(
     out.mkdir(parents=True, exist_ok=True)
     mask_format = settings.options.get("mask_format", "tiff")
     rows: dict[str, dict] = {}
-    todo = []
+    todo, stale = [], []
     for job in jobs:
-        if not settings.overwrite and is_finished(out, job.stem, mask_format):
+        digest = job_digest(job, settings)
+        state = work_state(out, job.stem)
+        if not settings.overwrite and is_finished(out, job.stem, mask_format, digest):
             print(f"{job.slide}: already predicted into {out}, skipped (pass --overwrite to redo it)")
             rows[job.stem] = _skipped(job, out)
-        else:
-            todo.append(job)
+            continue
+        todo.append(job)
+        if not settings.overwrite and state is not None and state.get("run") != digest:
+            print(f"{job.slide}: {out / (job.stem + '_work')} holds a run with other models, settings or an older "
+                  "slide file: predicted again")
+            stale.append(job)
     print(f"cohort: {len(jobs)} slides, {len(jobs) - len(todo)} already done, {len(todo)} to predict "
           f"({engine} engine)")
-    if todo and settings.overwrite:  # wiped here once: a retried task must resume, not wipe again
-        for job in todo:
-            shutil.rmtree(out / f"{job.stem}_work", ignore_errors=True)
-        settings = replace(settings, overwrite=False)
+    # wiped here once, before any task starts: a retried task must resume, not wipe again
+    for job in todo if settings.overwrite else stale:
+        shutil.rmtree(out / f"{job.stem}_work", ignore_errors=True)
+    settings = replace(settings, overwrite=False)
     if todo:
         done = _run_local(todo, settings) if engine == "local" else _run_ray(todo, settings, ray_address,
                                                                              max_retries)
         rows.update((r["stem"], r) for r in done)
     table = pd.DataFrame([rows[j.stem] for j in jobs], columns=list(COHORT_COLUMNS))
-    tmp = out / "cohort.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out / "cohort.csv")
+    with atomic_write(out / "cohort.csv") as fh:
+        table.to_csv(fh, index=False)
     return table
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import shapely
 import shapely.affinity
 
+from inference.atomic import atomic_write
+
 Ring = np.ndarray  # (n, 2) float64 (x, y), closed: the last vertex repeats the first
 log = logging.getLogger("inference.wsi.polygons")
 MAX_WINDOW = 8192 * 8192  # a component is not followed beyond a window this large (labels: 256 MiB)
@@ -335,8 +337,7 @@ def write_ftus(
         raise ValueError(f"objects {objects!r} not in {OBJECT_TYPES}")
     class_name, _ = ftu_class(name)
     rows = []
-    tmp_geo = geojson_path.with_name(geojson_path.name + ".tmp")
-    with tmp_geo.open("w") as fh:
+    with atomic_write(geojson_path) as fh:
         fh.write('{"type": "FeatureCollection", "features": [\n')
         for i, ftu in enumerate(ftus, start=1):
             if not ftu.polygons:
@@ -355,10 +356,8 @@ def write_ftus(
                 "mean_probability": ftu.mean_probability,
             })
         fh.write("\n]}\n")
-    tmp_geo.replace(geojson_path)
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
-    table.to_csv(tmp_csv, index=False)
-    tmp_csv.replace(csv_path)
+    with atomic_write(csv_path) as fh:
+        table.to_csv(fh, index=False)
     return {"ftus": len(table), "area_px": float(table["area_px"].sum()),
             "polygon_area_px": float(table["polygon_area_px"].sum()), "class": class_name}

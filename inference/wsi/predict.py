@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from inference.atomic import write_bytes, write_json
 from inference.engine.ensemble import EnsembleOptions, Member, predict_image
 from inference.engine.postprocess import postprocess
 from inference.engine.sliding import WindowFilter
@@ -119,20 +120,70 @@ def _windows_in(members: list[Member], height: int, width: int, level_mpp: float
     return total
 
 
-def _fingerprint(slide: Slide, level: int, members: list[Member], options: WsiOptions) -> dict:
+def file_identity(path: Path) -> list | None:
+    """[size, mtime in ns] of a file (None when it is missing): a changed file is a different input."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def model_identity(folder: str | Path) -> dict:
+    """A checkpoint folder as a run's input: its resolved path, config.json's contents and its weights file."""
+    folder = Path(folder)
+    try:
+        config = (folder / "config.json").read_bytes()
+    except OSError:
+        config = b""
+    try:
+        weights = json.loads(config).get("weights")
+    except (ValueError, AttributeError):
+        weights = None
+    return {"folder": str(folder.resolve()), "config": hashlib.sha256(config).hexdigest(),
+            "weights": [weights, file_identity(folder / weights) if isinstance(weights, str) else None]}
+
+
+def run_digest(slide: Path, models: list[str | Path], weights: list[float] | None, blend: str,
+               options: WsiOptions, reader: str, mpp: float | None) -> str:
+    """A digest of a slide run's inputs as given: the slide file (path, size, mtime), every checkpoint folder of
+    each --models entry (model_identity), --weights, --blend, the options, --reader and --mpp.
+
+    is_finished compares it, so a slide finished with other models, settings or an edited file is not skipped.
+    """
+    from inference.engine.models import resolve_checkpoints
+
+    entries = []
+    for i, run in enumerate(models):
+        try:
+            folders = [model_identity(f) for f in resolve_checkpoints(run)]
+        except FileNotFoundError:
+            folders = []
+        entries.append({"run": str(Path(run).resolve()), "weight": None if weights is None else weights[i],
+                        "folders": folders})
+    blob = {"slide": str(Path(slide).resolve()), "file": file_identity(Path(slide)), "models": entries,
+            "blend": blend, "options": asdict(options), "reader": reader, "mpp": mpp}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fingerprint(slide: Slide, source: Path, level: int, members: list[Member], options: WsiOptions) -> dict:
+    """What the work store's blocks depend on: the slide file (size, mtime), its level, the models (config.json
+    contents, weights file, ensemble weight, blending window) and the options."""
     models = [
-        {"folder": m.predictor.name, "weight": m.weight,
-         "mtime": os.path.getmtime(Path(m.predictor.name) / m.predictor.config.weights)}
+        {**model_identity(m.predictor.name), "weight": m.weight,
+         "blend": hashlib.sha1(m.predictor.weights.detach().cpu().numpy().tobytes()).hexdigest()}
         for m in members
     ]
-    return {"slide": str(slide.path.resolve()), "dimensions": slide.dimensions[0], "mpp": slide.mpp,
-            "level": level, "models": models, "options": asdict(options)}
+    return {"slide": str(Path(source).resolve()), "file": file_identity(Path(source)),
+            "dimensions": slide.dimensions[0], "mpp": slide.mpp, "level": level, "models": models,
+            "options": asdict(options)}
 
 
 class WorkState:
     """DIR/S_work/: state.json (settings, finished blocks, counts) and the zarr mask/probability arrays."""
 
-    def __init__(self, folder: Path, fingerprint: dict, shape: tuple[int, int], overwrite: bool) -> None:
+    def __init__(self, folder: Path, fingerprint: dict, shape: tuple[int, int], overwrite: bool,
+                 run: str | None = None) -> None:
         import zarr
 
         self.folder = folder
@@ -143,8 +194,8 @@ class WorkState:
         state = json.loads(self.path.read_text()) if self.path.is_file() else None
         if state is not None and state["digest"] != digest:
             raise ValueError(
-                f"{folder} holds a run with other settings ({state['fingerprint']}); re-run with the same "
-                "settings to resume, or pass --overwrite to start over"
+                f"{folder} holds a run with other models, settings or slide file ({state['fingerprint']}); re-run "
+                "with the same ones to resume, or pass --overwrite to start over"
             )
         folder.mkdir(parents=True, exist_ok=True)
         self.state = state or {"digest": digest, "fingerprint": fingerprint, "done": [], "finished": False,
@@ -152,6 +203,8 @@ class WorkState:
                                "classes": {}, "thresholds": []}
         # who works on the slide now (a cohort's worker; what an operator kills or looks for in its logs)
         self.state["owner"] = {"host": socket.gethostname(), "pid": os.getpid()}
+        if run is not None:
+            self.state["run"] = run  # run_digest of the command: is_finished compares it
         self.done = set(self.state["done"])
         kwargs = dict(shape=shape, chunks=(CHUNK, CHUNK), dtype="uint8", fill_value=0)
         if state is None:
@@ -166,9 +219,7 @@ class WorkState:
     def save(self) -> None:
         """Write state.json atomically."""
         self.state["done"] = sorted(self.done)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_json(self.path, self.state, indent=1)
 
 
 def _blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
@@ -479,8 +530,7 @@ def write_pictures(thumb: np.ndarray, work: WorkState, heatmap: Path, overlay: P
     size = thumb.shape[:2]
     prob = np.clip(shrink(work.prob, size), 0, 255).astype(np.uint8)
     colour = cv2.applyColorMap(prob, cv2.COLORMAP_INFERNO)
-    if not cv2.imwrite(str(heatmap), colour):
-        raise OSError(f"cannot write {heatmap}")
+    _write_png(heatmap, colour)
     ftu = (shrink(work.mask, size) >= 0.5).astype(np.uint8)
     picture = cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR)
     tint = picture.copy()
@@ -488,8 +538,15 @@ def write_pictures(thumb: np.ndarray, work: WorkState, heatmap: Path, overlay: P
     picture = cv2.addWeighted(picture, 0.75, tint, 0.25, 0)
     contours, _ = cv2.findContours(ftu, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(picture, contours, -1, (255, 255, 0), 1)
-    if not cv2.imwrite(str(overlay), picture):
-        raise OSError(f"cannot write {overlay}")
+    _write_png(overlay, picture)
+
+
+def _write_png(path: Path, bgr: np.ndarray) -> None:
+    """Encode a BGR picture as PNG and write it atomically."""
+    ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    write_bytes(path, data.tobytes())
 
 
 def output_paths(out: Path, stem: str, mask_format: str = "tiff") -> dict[str, Path]:
@@ -500,10 +557,20 @@ def output_paths(out: Path, stem: str, mask_format: str = "tiff") -> dict[str, P
              ("geojson", ".geojson"), ("csv", "_ftus.csv"), ("summary", "_summary.json"))}
 
 
-def is_finished(out: Path, stem: str, mask_format: str = "tiff") -> bool:
-    """Does DIR hold a finished prediction of this slide (state finished and every output present)?"""
-    state = out / f"{stem}_work" / "state.json"
-    if not state.is_file() or not json.loads(state.read_text()).get("finished"):
+def work_state(out: Path, stem: str) -> dict | None:
+    """DIR/S_work/state.json of a slide (None when missing or unreadable)."""
+    try:
+        state = json.loads((out / f"{stem}_work" / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def is_finished(out: Path, stem: str, mask_format: str, run: str) -> bool:
+    """Does DIR hold a finished prediction of this slide by this run (state finished with the same run_digest,
+    every output present)? A slide finished with other models, settings or an older file is not."""
+    state = work_state(out, stem)
+    if state is None or not state.get("finished") or state.get("run") != run:
         return False
     return all(p.is_file() for p in output_paths(out, stem, mask_format).values())
 
@@ -519,17 +586,14 @@ def _slide_class(options: WsiOptions, state: dict) -> tuple[str, str]:
     return "FTU", "FTU"
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def predict_slide(
     slide_path: Path, members: list[Member], out: Path, options: WsiOptions, reader: str = "auto",
-    mpp: float | None = None, overwrite: bool = False,
+    mpp: float | None = None, overwrite: bool = False, run: str | None = None,
 ) -> dict:
-    """Predict one slide into DIR/S_* outputs (resuming unfinished work); return the summary."""
+    """Predict one slide into DIR/S_* outputs (resuming unfinished work); return the summary.
+
+    run: the command's run_digest, recorded in the work state for is_finished (the CLI and cohorts pass it).
+    """
     if options.block % CHUNK:
         raise ValueError(f"--block must be a multiple of {CHUNK}, got {options.block}")
     if options.mask_format not in MASK_FORMATS:
@@ -551,9 +615,9 @@ def predict_slide(
         target = model_pixel_size(members)
         grid = WorkGrid.for_models(slide, target)
         level, (lw, lh) = grid.level, grid.level_size
-        fingerprint = _fingerprint(slide, level, members, options) | {"work_factor": grid.factor,
-                                                                        "block_unit": "work-grid px"}
-        work = WorkState(work_dir, fingerprint, grid.shape, False)
+        fingerprint = _fingerprint(slide, slide_path, level, members, options) | {
+            "work_factor": grid.factor, "block_unit": "work-grid px"}
+        work = WorkState(work_dir, fingerprint, grid.shape, False, run)
         state = work.state
         if state["finished"] and all(p.is_file() for p in paths.values()):
             print(f"{slide_path} is already predicted into {out} (pass --overwrite to redo it)")
@@ -607,7 +671,7 @@ def predict_slide(
             "seconds": round(time.perf_counter() - start, 1),
             "stage_seconds": {k: round(v, 2) for k, v in state["stage_seconds"].items()}, "outputs": {k: str(p) for k, p in paths.items()},
         }
-        _write_json(paths["summary"], summary)
+        write_json(paths["summary"], summary, indent=1)
         state.update(finished=True, summary=summary)
         work.save()
     return summary

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from inference.atomic import atomic_write
 from inference.io import ImageReadError, to_rgb_uint8
 from inference.organs import PIXEL_SIZE_RANGE
 
@@ -484,18 +485,17 @@ def write_pyramid(
     RGB uint8 strips (h, w, 3), 2-D uint8 masks (mask=True: 0/255, levels stay 0/255) or 2-D uint8 maps
     (grey=True: levels area-averaged, e.g. a probability map). `mpp` goes into the resolution tags (pixels
     per cm) and OME PhysicalSizeX with layout "subifds". `compression` is a tifffile codec name (zlib, lzw,
-    jpeg, ...). Written to a temporary name first.
+    jpeg, ...). Written atomically (inference.atomic).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} not in {LAYOUTS}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sizes = pyramid_sizes(height, width, min_side)
-    tmp_path = path.with_name(path.name + ".tmp.tif")
     ome = layout == "subifds"
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as scratch, tifffile.TiffWriter(
-        tmp_path, bigtiff=True, ome=ome
-    ) as tif:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as scratch, atomic_write(
+        path, "wb", suffix=".tif"
+    ) as handle, tifffile.TiffWriter(tifffile.FileHandle(handle, name=path.name), bigtiff=True, ome=ome) as tif:
         channels = () if mask or grey else (3,)
         source: Iterable[np.ndarray] = strips
         for level, (lh, lw) in enumerate(sizes):
@@ -549,7 +549,6 @@ def write_pyramid(
             if sink is not None:
                 sink.close()
                 source = _raw_strips(nxt, sizes[level + 1], channels, tile)
-    tmp_path.replace(path)
     return path
 
 

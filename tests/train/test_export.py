@@ -99,3 +99,63 @@ def test_mmseg_export_contract(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(SegmentorLogits(segmentor).eval()(x), torch.jit.load(str(tmp_path / "model.ts"))(x),
                               atol=1e-4)
+
+
+HOSTILE = {
+    "statement": 'import os\nos.system("touch {flag}")\nmodel = dict(type="EncoderDecoder")\n',
+    "call": 'model = dict(type=__import__("os").system("touch {flag}"))\n',
+    "attribute": 'crop_size = (128, 128)\nnorm = open("{flag}", "w").name\n',
+    "type": 'model = dict(type="EncoderDecoder", backbone=dict(type="os.system", command="touch {flag}"))\n',
+    "import": 'custom_imports = dict(imports=["antigravity"])\nflag = "{flag}"\n',
+}
+
+
+def _run_folder(folder: Path, config_text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mmseg_config.py").write_text(config_text)
+    torch.save({"state_dict": {}}, folder / "best.pth")
+    _config(framework="torchscript", weights="model.ts").save(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_export_never_executes_a_run_folders_config(tmp_path: Path, kind: str) -> None:
+    from train.export import UntrustedRunFolder, export_run, main
+
+    flag = tmp_path / "PWNED"
+    run = _run_folder(tmp_path / "run", HOSTILE[kind].format(flag=flag))
+    with pytest.raises(UntrustedRunFolder, match="refused, nothing"):
+        export_run(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run-dir", str(run)])
+    assert exit_info.value.code == 2
+    assert not flag.exists(), "the run folder's mmseg_config.py was executed"
+
+
+def test_export_refuses_files_that_leave_the_run_folder(tmp_path: Path) -> None:
+    from train.export import UntrustedRunFolder, export_run
+
+    run = _run_folder(tmp_path / "run", "crop_size = (128, 128)\n")
+    (tmp_path / "elsewhere.py").write_text("crop_size = (128, 128)\n")
+    (run / "mmseg_config.py").unlink()
+    (run / "mmseg_config.py").symlink_to(tmp_path / "elsewhere.py")
+    with pytest.raises(UntrustedRunFolder, match="outside the run folder"):
+        export_run(run)
+
+
+@pytest.mark.mmseg
+def test_a_dumped_mmseg_config_reads_back_as_data(tmp_path: Path) -> None:
+    """What mmengine's Config.dump writes (train.mmseg_train's mmseg_config.py) is plain data, read back equal."""
+    pytest.importorskip("mmseg")
+    from mmengine.config import Config
+
+    from train.export import read_dumped_config
+    from train.mmseg_ext.checkpoint import build_segmentor
+
+    configs = Path(__file__).resolve().parents[2] / "train/configs/mmseg"
+    for name in ("upernet_convnext-demo.py", "segformer_mit-b0_demo.py"):
+        cfg = Config.fromfile(str(configs / name))
+        cfg.dump(str(tmp_path / "mmseg_config.py"))
+        back = Config(read_dumped_config(tmp_path / "mmseg_config.py"))
+        assert back.to_dict() == Config.fromfile(str(tmp_path / "mmseg_config.py")).to_dict()
+        build_segmentor(back)  # the custom_imports were imported by Config.fromfile above
