@@ -45,3 +45,31 @@ def decode(rle: str, height: int, width: int) -> np.ndarray:
     values[1::2] = 1
     flat = np.repeat(values, np.diff(bounds))
     return flat.reshape(width, height).T.copy()
+
+
+def encode_resized(mask: np.ndarray, height: int, width: int, columns: int = 256) -> str:
+    """RLE of a mask nearest-resized to (height, width), built a strip of columns at a time.
+
+    Equals encode(cv2.resize(mask, (width, height), INTER_NEAREST)) without holding the resized mask: a CSV
+    size up to --max-image-side costs height x `columns` bytes, not height x width.
+    """
+    ys = np.minimum((np.arange(height) * (mask.shape[0] / height)).astype(np.int64), mask.shape[0] - 1)
+    xs = np.minimum((np.arange(width) * (mask.shape[1] / width)).astype(np.int64), mask.shape[1] - 1)
+    rows = mask.astype(bool)[ys]  # (height, w_src): the row mapping once, columns strip by strip
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    previous, offset = False, 0
+    for x0 in range(0, width, columns):
+        flat = rows[:, xs[x0 : x0 + columns]].T.ravel()  # column-major pixels of this strip
+        padded = np.concatenate([[previous], flat])
+        changes = np.flatnonzero(padded[1:] != padded[:-1]) + offset  # index of the first pixel after a change
+        rising = flat[changes - offset]
+        starts.append(changes[rising])
+        ends.append(changes[~rising])
+        previous, offset = bool(flat[-1]), offset + flat.size
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    if previous:
+        end = np.append(end, offset)
+    if not start.size:
+        return ""
+    return " ".join(f"{s + 1} {e - s}" for s, e in zip(start.tolist(), end.tolist(), strict=True))

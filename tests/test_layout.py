@@ -69,5 +69,5 @@ def test_no_import_cycle() -> None:
 def test_the_graph_sees_function_local_imports() -> None:
     """The checks above would pass vacuously if the walker missed imports inside functions."""
     graph = import_graph()
-    assert "inference.engine.predictor" in graph["inference.predict"]
-    assert "inference.stain" in graph["inference.predict"]  # imported inside a function, on demand
+    assert "inference.engine.predictor" in graph["inference.submission.members"]
+    assert "inference.stain" in graph["inference.submission.options"]  # imported inside a function, on demand

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from inference.atomic import atomic_write, write_json, write_text
 from inference.cli import HelpFormatter
 from inference.engine.ensemble import ENSEMBLE_MODES
 from inference.engine.predictor import DEFAULT_SCALE_MODE, SCALE_MODES
@@ -47,7 +47,7 @@ from inference.engine.tta import STAIN_METHODS, parse_stain_methods
 from inference.io import write_image
 from inference.organs import DATA_SOURCES, ORGANS
 from inference.organs import organ as organ_info
-from inference.predict import Options, _images, _normalise, load_members, options_from_args, predict_one
+from inference.predict import Options, load_members, options_from_args, predict_one, table_images
 from inference.rle import encode
 from inference.tables import TRAIN_COLUMNS
 
@@ -139,13 +139,7 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
         )
     for sub in ("train_images", "parts"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=2) + "\n")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
+    write_text(record, json.dumps(settings, indent=2) + "\n")
 
 
 def run_pseudo_labels(
@@ -176,16 +170,18 @@ def run_pseudo_labels(
     print(f"pseudo_label: {len(rows)} images, {len(rows) - len(todo)} already done, {len(todo)} to label into {out}")
     if len(todo):
         members = load_members([Path(m) for m in models], None, device, batch_size, "gaussian")
-        for row, image in tqdm(_images(todo, images), total=len(todo), desc="pseudo-label", unit="img"):
-            if isinstance(image, Exception):
-                raise image  # an unreadable image is the user's to fix, not an empty label
-            seen = image if options.image_reference is None else _normalise(image, options.image_reference)
+        slots = table_images(todo, images, options.image_reference, options.max_image_side, prefetch=True)
+        for slot in tqdm(slots, total=len(todo), desc="pseudo-label", unit="img"):
+            row, loaded = slot.row, slot.load()
+            if loaded.error is not None:
+                raise loaded.error  # an unreadable image is the user's to fix, not an empty label
+            image, seen = loaded.image, loaded.seen
             _, decision = predict_one(seen, row.organ, float(row.pixel_size), members, options,
                                       data_source=row.data_source, image_id=row.id)  # fmt: skip
             confident, band = pseudo_label(decision.probability, low, high)
             write_image(out / "train_images" / f"{row.id}.tiff", image)
             h, w = image.shape[:2]
-            _write_json(out / "parts" / f"{row.id}.json", {
+            write_json(out / "parts" / f"{row.id}.json", indent=None, data={
                 "id": int(row.id), "organ": row.organ, "data_source": row.data_source, "img_height": h,
                 "img_width": w, "pixel_size": float(row.pixel_size), "tissue_thickness": float(row.tissue_thickness),
                 "rle": encode(confident), "age": None, "sex": None, "ignore_rle": encode(band), "pseudo": 1,
@@ -193,9 +189,8 @@ def run_pseudo_labels(
             })  # fmt: skip
     parts = [json.loads((out / "parts" / f"{i}.json").read_text()) for i in rows["id"]]
     train = pd.DataFrame(parts, columns=[*TRAIN_COLUMNS, *EXTRA_COLUMNS])
-    tmp = out / "train.csv.tmp"
-    train.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, out / "train.csv")
+    with atomic_write(out / "train.csv") as handle:
+        train.to_csv(handle, index=False, lineterminator="\n")
     return train
 
 

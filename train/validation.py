@@ -2,7 +2,7 @@
 
 kernel_validation runs the submission path itself (inference.predict.predict_one with inference.predict's
 default Options: the same Predictor, scale rule, sliding window, blending, threshold and post-processing) on
-the original validation images, so the recorded CV, the OOF maps and thresholds tuned on them describe what
+the original validation images, read and stain-normalised by the kernel's own reader (inference.predict.table_images), so the recorded CV, the OOF maps and thresholds tuned on them describe what
 `inference.predict` submits. validation_tiles picks the tiles a trainer's tile-level valid_loss watches.
 """
 
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from inference.engine.ensemble import Member
 from inference.metric import dice
-from inference.predict import Options, _images, predict_one, save_probability
+from inference.predict import Options, predict_one, save_probability, table_images
 from inference.rle import decode
 from inference.score import summarise
 from inference.tiling import resize_image
@@ -84,10 +84,12 @@ def kernel_validation(
     """
     options = Options() if options is None else options
     scores = []
-    images = _images(rows, Path(image_dir), options.stain_reference)
-    for row, image in tqdm(images, total=len(rows), desc="validation", unit="img", leave=False, disable=not progress):
-        if isinstance(image, Exception):
-            raise image
+    slots = table_images(rows, Path(image_dir), options.image_reference, options.max_image_side, prefetch=True)
+    for slot in tqdm(slots, total=len(rows), desc="validation", unit="img", leave=False, disable=not progress):
+        row, loaded = slot.row, slot.load()
+        if loaded.error is not None:
+            raise loaded.error
+        image = loaded.seen
         h, w = int(row.img_height), int(row.img_width)
         if image.shape[:2] != (h, w):
             raise ValueError(f"validation image {row.id} is {image.shape[:2]}, train.csv says {(h, w)}")

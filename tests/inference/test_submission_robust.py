@@ -19,7 +19,8 @@ from inference.engine.budget import degradation_levels
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
 from inference.io import write_image
-from inference.rle import decode
+from inference.rle import decode, encode_resized
+from inference.submission import row as row_module
 from inference.tables import load_test_lenient
 
 COLUMNS = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness"
@@ -263,8 +264,8 @@ def test_postprocess_and_save_probs_failures_keep_the_mask(tmp_path: Path, monke
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(predict, "postprocess", broken)
-    monkeypatch.setattr(predict, "save_probability", broken)
+    monkeypatch.setattr(row_module, "postprocess", broken)
+    monkeypatch.setattr(row_module, "save_probability", broken)
     options = predict.Options(save_probs=tmp_path / "probs", fill_holes=True)
     with caplog.at_level(logging.WARNING):
         run = predict.predict_table(table, data / "test_images", [Member(_binary(ConstantNet([3.0])))], options)
@@ -343,9 +344,9 @@ def test_a_mask_resized_to_the_csv_size_is_encoded_in_strips() -> None:
     mask = np.random.default_rng(0).random((37, 23)) > 0.6
     for h, w in [(100, 71), (37, 23), (10, 5), (600, 3)]:
         expected = encode(cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST))
-        assert predict.encode_resized(mask, h, w, columns=7) == expected
-    assert predict.encode_resized(np.ones((3, 3), bool), 6, 6, columns=4) == "1 36"
-    assert predict.encode_resized(np.zeros((3, 3), bool), 6, 6) == ""
+        assert encode_resized(mask, h, w, columns=7) == expected
+    assert encode_resized(np.ones((3, 3), bool), 6, 6, columns=4) == "1 36"
+    assert encode_resized(np.zeros((3, 3), bool), 6, 6) == ""
 
 
 def test_weights_outside_the_checkpoint_folder_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -21,8 +21,10 @@ from kernels.build import KERNEL_PACKAGES, REPO, build, code_cells, imported_mod
 
 # Every inference-side view runs in the notebook: flips, a second TTA ratio, stain TTA (Macenko + Reinhard, the
 # reference shipped in the weights dataset) and AdaBN (the smp folds adapt; the traced TinyNet has no BatchNorm).
+# Groups per data_source: per (source, organ) every one of the 6 demo rows would be read by AdaBN, and the killed-child
+# test needs a row only the loop reads.
 PREDICT_ARGS = ["--tta", "2", "--fill-holes", "--tta-scales", "1,1.25", "--stain-tta", "--adapt-bn",
-                "--adapt-bn-windows", "8", "--adapt-bn-images", "2"]
+                "--adapt-bn-windows", "8", "--adapt-bn-images", "2", "--adapt-bn-groups", "source"]
 
 
 def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -> Path:
@@ -163,7 +165,7 @@ def test_a_killed_child_leaves_every_row(kernel: dict[str, Path], demo_data: Pat
 
     test = pd.read_csv(demo_data / "test.csv", dtype=str)
     images = int(PREDICT_ARGS[PREDICT_ARGS.index("--adapt-bn-images") + 1])
-    adabn = {n for rows in drawn_rows(test, images).values() for n in rows}
+    adabn = {n for rows in drawn_rows(test, images, grouping="source").values() for n in rows}
     # a row only the loop reads (one AdaBN reads is tests/inference/test_journal.py's), after two finished ones
     row = next(n for n in range(2, len(test)) if n not in adabn)
     victim = test["id"][row]

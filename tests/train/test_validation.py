@@ -91,3 +91,29 @@ def test_validation_tiles_pick_one_level_per_image() -> None:
     assert list(validation_tiles(index, 0)["reduce"]) == [2, 2]  # the finest reduce
     with pytest.raises(ValueError, match="no tiles at split=3"):
         validation_tiles(index, 3)
+
+
+def test_validation_under_stain_tta_is_what_the_kernel_predicts(demo_data: Path, tmp_path: Path) -> None:
+    """--stain-tta keeps the image as read beside its stain views: validation must not normalise it first."""
+    from checkpoints import make_smp_checkpoint
+
+    from inference.io import read_image
+    from inference.predict import build_parser, load_members, main, options_from_args
+    from inference.stain import fit_reference
+
+    images = sorted((demo_data / "train_images").glob("*.tiff"))[:4]
+    reference = fit_reference([read_image(p) for p in images], pixels_per_image=20_000).save(tmp_path / "ref.json")
+    folder = make_smp_checkpoint(tmp_path / "run" / "fold0", tile=64)
+    argv = ["--data-dir", str(demo_data), "--split", "train", "--models", str(folder), "--out", str(tmp_path / "s.csv"),
+            "--stain-reference", str(reference), "--stain-tta", "macenko", "--save-probs", str(tmp_path / "probs"),
+            "--save-probs-max-side", "100000", "--limit", "2"]
+    assert main(argv) == 0
+    args = build_parser().parse_args(argv)
+    members = load_members(args.models, args.weights, args.device, args.batch_size, args.blend)
+    seen: list = []
+    kernel_validation(members, load_train(demo_data / "train.csv").head(2), demo_data / "train_images",
+                      options_from_args(args), on_image=seen.append, progress=False)
+    assert len(seen) == 2
+    for image in seen:
+        kernel = np.load(tmp_path / "probs" / f"{image.image_id}.npy").astype(np.float32)
+        assert np.allclose(kernel, image.probability.astype(np.float16).astype(np.float32), atol=2e-3)
