@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from inference.submission.cli import main
+from inference.submission.cli import command_fingerprint, main
 from inference.submission.images import (
     ImageSlot,
     TableImage,
@@ -23,7 +23,7 @@ from inference.submission.images import (
     table_images,
 )
 from inference.submission.loop import Run, predict_table, run_fingerprint
-from inference.submission.members import load_members, oof_members, row_members
+from inference.submission.members import load_members, member_folders, oof_members, row_members
 from inference.submission.options import Options, build_parser, options_from_args
 from inference.submission.plan import BudgetPlan
 from inference.submission.row import STATUSES, RowResult, predict_one, predict_row, save_probability
@@ -31,7 +31,8 @@ from inference.submission.supervisor import run_supervised, write_from_journal, 
 
 __all__ = [
     "STATUSES", "BudgetPlan", "ImageSlot", "Options", "RowResult", "Run", "TableImage", "build_parser",
-    "load_members", "main", "normalise", "oof_members", "options_from_args", "plain_file_name", "predict_one",
+    "command_fingerprint",
+    "load_members", "main", "member_folders", "normalise", "oof_members", "options_from_args", "plain_file_name", "predict_one",
     "predict_row", "predict_table", "read_table_image", "row_members", "run_fingerprint", "run_supervised",
     "save_probability", "table_images", "write_from_journal", "write_submission",
 ]

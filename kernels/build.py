@@ -148,6 +148,7 @@ def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = 
     """
     runs = []
     for model in models:
+        _check_real_folder(model, "--models")
         folders = resolve_checkpoints(model)
         single = folders == [model]
         run = f"{model.resolve().parent.name}-{model.name}" if single else model.name
@@ -155,9 +156,16 @@ def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = 
             raise ValueError(f"two --models entries map to the same weights folder {run!r}; rename one run folder")
         runs.append(run)
         for folder in folders:
+            _check_real_folder(folder, f"--models {model}: checkpoint folder")
+            for name in ("config.json", "metrics.json"):
+                _refuse_symlink(folder / name)
             config = CheckpointConfig.load(folder)
+            for name in (config.weights, config.weights + TORCH_VERSION_SUFFIX):
+                _refuse_symlink(folder / name)
             weights_path(config, folder)  # never ship a file from outside the checkpoint folder
             dest = out / run if single else out / run / folder.name
+            if not dest.resolve().is_relative_to(out.resolve()) or dest.resolve() == out.resolve():
+                raise ValueError(f"--models {model}: would be copied to {dest.resolve()}, outside {out}")
             dest.mkdir(parents=True)
             side = config.weights + TORCH_VERSION_SUFFIX
             for name in ("config.json", config.weights, "metrics.json", side):
@@ -170,6 +178,21 @@ def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = 
                     print(f"warning: {folder / config.weights} has no {side}: the notebook cannot check its torch "
                           "version (re-export with train.export to record it)", file=sys.stderr)
     return runs
+
+
+def _check_real_folder(path: Path, what: str) -> None:
+    """Refuse a folder that is itself a symlink or is named through '..' (x/..): the weights dataset holds the
+    folders named, copied under their own names inside weights/, and nothing from elsewhere."""
+    if path.name in ("", ".", "..") or path.is_symlink():
+        raise ValueError(f"{what} {path} resolves to {path.resolve()}, outside the folder it names (a symlink or "
+                         "'..'); pass the real run or checkpoint folder")
+
+
+def _refuse_symlink(path: Path) -> None:
+    """A checkpoint file that is a symlink could ship any file of this machine (a key, a secret): refused."""
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symlink (to {path.resolve()}): kernels.build ships only real files from "
+                         "inside the checkpoint folder; copy the file in its place")
 
 
 def check_predict_args(predict_args: list[str]) -> argparse.Namespace:

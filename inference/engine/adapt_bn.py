@@ -17,7 +17,9 @@ training-mode forward leaves momentum x the batch statistic (plus (1 - momentum)
 for eager modules and for scripted TorchScript modules (whose momentum is a readable constant and whose BatchNorm
 honours train()), but not for traced ones: torch.jit.trace bakes the eval-mode branch into the graph, so train()
 changes nothing and the buffers are never written. Such members are detected by that (the buffers stay at their
-reset values), restored, and left unadapted with a warning.
+reset values), restored, and left unadapted with a warning. A member whose adaptation raises (CUDA out of memory,
+say) is restored and left unadapted with a warning too, and a group whose windows cannot be drawn stays as trained:
+AdaBN never costs the run.
 
 Cost: --adapt-bn-windows windows per member and data source, from at most --adapt-bn-images images of that source;
 it is spent before the first image and counts against --time-budget like any other elapsed time.
@@ -55,8 +57,8 @@ def group_key(row: object, grouping: str = "source-organ") -> str:
     """The AdaBN group of a table row: "Hubmap/kidney" (source-organ) or "Hubmap" (source)."""
     if grouping not in GROUPINGS:
         raise ValueError(f"AdaBN grouping must be one of {GROUPINGS}, got {grouping!r}")
-    source = str(getattr(row, "data_source"))
-    return source if grouping == "source" else f"{source}/{getattr(row, 'organ')}"
+    source = str(row.data_source)
+    return source if grouping == "source" else f"{source}/{row.organ}"
 
 
 def encoder_batchnorms(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -136,7 +138,14 @@ class BatchNormAdaptation:
             if key in self.skipped:
                 continue
             entry = stats.setdefault(key, _Stats(self.layers[key]))
-            measured = _measure(member, entry.layers, batch)
+            try:
+                measured = _measure(member, entry.layers, batch)
+            except Exception as exc:  # CUDA out of memory, a model that cannot train(): this member only
+                self._restore(member)
+                self._skip(member, f"adaptation failed ({type(exc).__name__}: {str(exc)[:200]}); left as trained")
+                stats.pop(key)
+                _free_cuda()
+                continue
             if measured is None:
                 self._restore(member)
                 self._skip(member, "BatchNorm buffers did not change in training mode (a traced TorchScript "
@@ -181,6 +190,11 @@ class BatchNormAdaptation:
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
             bn.num_batches_tracked.copy_(tracked)
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _snapshot(layers: list[tuple[str, torch.nn.Module]]) -> list[tuple[torch.Tensor, ...]]:
@@ -302,7 +316,15 @@ def adapt_batchnorm(
                     for batch in torch.tensor_split(tiles, max(1, len(tiles) // max(p.batch_size, 2))):
                         yield member, batch
 
-        adaptation.fit(source, batches())
+        try:
+            adaptation.fit(source, batches())
+        except Exception as exc:  # anything else (reading, resizing a drawn image): this group stays as trained
+            adaptation.restore()
+            adaptation.states[source] = {}
+            note = f"--adapt-bn: {source}: adaptation failed ({type(exc).__name__}: {str(exc)[:200]}); as trained"
+            adaptation.notes.append(note)
+            log.warning(note)
+            continue
         log.info("--adapt-bn: %s: %d member(s) adapted on %d window(s) each from %d image(s) in %.1f s",
                  source, len(adaptation.states[source]), per_image * used[0], used[0],
                  time.perf_counter() - began)

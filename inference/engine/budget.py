@@ -11,7 +11,9 @@ image views (1 + stain methods), summed over the members kept), which the caller
 level before predicting it (inference.engine.ensemble.member_windows); Level.cost is only a nominal relative
 cost (a ratio r counted as r^2) that shows the order. The seconds per window are the median of the measured
 images, the first one excluded: it carries the warm-up (CUDA context, cuDNN autotuning, TorchScript's profiling
-runs) and would make the whole run look several times slower. Before each image the budget projects the run's end at each level as elapsed time plus seconds per window x (this
+runs) and would make the whole run look several times slower. A restarted child (inference.predict's supervisor)
+starts from the seconds per window its predecessors measured (`prior`, read back from the journal), so its
+first image is already planned, not predicted blind at the full settings. Before each image the budget projects the run's end at each level as elapsed time plus seconds per window x (this
 image's windows + the windows of the images still to come), and takes the richest level whose projection fits
 TARGET_SHARE of the budget. Moving to a cheaper level is immediate; moving back to a richer one needs the
 projection to fit with HYSTERESIS to spare, so one fast image does not make the levels flap. When no level fits,
@@ -38,6 +40,8 @@ HYSTERESIS = 0.1
 WARMUP_IMAGES = 1  # measured images left out of the estimate
 KAGGLE_HOURS = 9.0  # the notebook's hard limit
 KAGGLE_OVERHEAD_S = 900.0  # kept free under it: start-up, wheel install, restarts of a crashed child, the CSV
+CHILD_GRACE_S = 300.0  # past its --time-budget a prediction child is killed (the budget aims at 95% of it)
+KAGGLE_RESERVE_S = 120.0  # before Kaggle's limit: writing submission.csv from the journal after the last child
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,12 @@ def kaggle_time_budget(rows: int, hours: float, hidden_images: int, spent: float
     return max(min(scaled, limit_hours * 3600.0 - overhead) - spent, 1.0)
 
 
+def kaggle_deadline(spent: float, limit_hours: float = KAGGLE_HOURS, reserve: float = KAGGLE_RESERVE_S) -> float:
+    """Seconds from now at which the notebook must stop predicting: Kaggle's limit minus the reserve for writing
+    submission.csv, minus what the notebook has `spent` already (at least 1 s)."""
+    return max(limit_hours * 3600.0 - reserve - spent, 1.0)
+
+
 class TimeBudget:
     """Chooses the level for each image from the measured seconds per window; records what changed and when."""
 
@@ -112,6 +122,7 @@ class TimeBudget:
         clock: Callable[[], float] = time.perf_counter,
         warmup: int = WARMUP_IMAGES,
         hysteresis: float = HYSTERESIS,
+        prior: Sequence[float] = (),
     ) -> None:
         if not seconds > 0:
             raise ValueError(f"--time-budget must be positive seconds, got {seconds}")
@@ -120,6 +131,7 @@ class TimeBudget:
         self.start = clock() if start is None else start
         self.index = 0
         self.samples: list[float] = []  # measured seconds per forward window, one per image
+        self.prior = [float(p) for p in prior if p > 0]  # seconds per window an earlier process measured, in order
         self.events: list[str] = []
         self.skipped: list[object] = []
 
@@ -131,8 +143,12 @@ class TimeBudget:
         return self.clock() - self.start
 
     def seconds_per_window(self) -> float | None:
-        """Median seconds per window over the measured images after the warm-up (None before there are any)."""
-        usable = self.samples[self.warmup:]
+        """Median seconds per window over the measured images after the warm-up (None before there are any).
+
+        An earlier process's images (prior) count too, its own first one left out as this process's is; when that
+        leaves nothing, all of prior (a warm-up measurement over-estimates: safer than no estimate).
+        """
+        usable = self.prior[self.warmup:] + self.samples[self.warmup:] or self.prior
         return statistics.median(usable) if usable else None
 
     def choose(self, work: Sequence[float], rest: Sequence[float], image_number: int = 0,

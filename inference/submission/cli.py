@@ -3,21 +3,49 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
-from inference.submission.loop import predict_table
-from inference.submission.members import load_members, oof_members
+from inference.checkpoint import CheckpointConfig
+from inference.submission.loop import predict_table, run_fingerprint
+from inference.submission.members import load_members, member_folders, oof_members
 from inference.submission.options import build_parser, options_from_args
-from inference.submission.supervisor import write_submission
+from inference.submission.supervisor import SPAWNED_AT_ENV, write_submission
 from inference.tables import TableError, load_folds, load_test_lenient
 
 log = logging.getLogger("inference.predict")
 
 
+def _start() -> float:
+    """perf_counter() at which this process's --time-budget began: when the supervisor spawned it (SPAWNED_AT_ENV),
+    so the interpreter's start and the imports count as spent, else now."""
+    now = time.perf_counter()
+    try:
+        spawned = float(os.environ.get(SPAWNED_AT_ENV, ""))
+    except ValueError:
+        return now
+    return now - min(max(time.time() - spawned, 0.0), now)
+
+
+def command_fingerprint(argv: list[str]) -> str:
+    """The journal fingerprint `python -m inference.predict ARGV` writes, computed without loading a model."""
+    args = build_parser().parse_args(argv)
+    table = load_test_lenient(args.data_dir / f"{args.split}.csv")[0]
+    if args.limit is not None:
+        table = table.head(args.limit)
+    options = options_from_args(args)
+    folds = load_folds(args.folds) if args.folds else None
+    models = member_folders(args.models, args.weights)
+    if folds is not None:
+        models = [(folder, share) for folder, share in models if CheckpointConfig.load(folder).fold >= 0]
+    return run_fingerprint(table, args.data_dir / f"{args.split}_images", [(str(f), w) for f, w in models],
+                           options, folds)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; 0 on success, 2 on bad input, 1 when every row is bad."""
-    start = time.perf_counter()
+    start = _start()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

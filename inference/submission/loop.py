@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,7 @@ from inference.engine.adapt_bn import BatchNormAdaptation, adapt_batchnorm
 from inference.engine.budget import TimeBudget, degradation_levels
 from inference.engine.ensemble import Member
 from inference.journal import Journal
-from inference.submission.images import read_table_image, table_images
+from inference.submission.images import plain_file_name, read_table_image, table_images
 from inference.submission.options import Options
 from inference.submission.plan import BudgetPlan
 from inference.submission.row import RowResult, predict_row
@@ -69,17 +69,48 @@ class Run:
         return [r.id for r in self.results if r.dropped]
 
 
-def run_fingerprint(table: pd.DataFrame, image_dir: Path, members: list[Member], options: Options,
-                    folds: dict[str, int] | None) -> str:
-    """A digest of everything that decides the rows: the table, the images folder, the models, the options."""
-    models = []
-    for m in members:
-        path = Path(m.predictor.name) / m.predictor.config.weights
-        stat = path.stat() if path.is_file() else None
-        models.append([m.predictor.name, m.weight, stat.st_size if stat else None, stat.st_mtime if stat else None])
-    blob = json.dumps({"table": table.to_csv(index=False), "images": str(Path(image_dir).resolve()),
-                       "models": models, "options": dataclasses.asdict(options), "folds": folds},
-                      sort_keys=True, default=str)
+def _file_identity(path: Path) -> list | None:
+    """[resolved path, size, mtime_ns] of a file (None when it is not one): what says it is the same file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if path.is_file() else None
+
+
+def _image_identity(image_dir: Path, image_id: str) -> list | None:
+    """[size, mtime_ns] of a row's image (None: no such file, or an id that is not a plain file name)."""
+    found = _file_identity(image_dir / f"{image_id}.tiff") if plain_file_name(image_id) else None
+    return found[1:] if found else None
+
+
+def _model_identity(name: str, weight: float) -> list:
+    """A member folder's identity: its config.json contents and its weights file (path, size, mtime)."""
+    folder = Path(name)
+    config = weights = None
+    try:
+        text = (folder / "config.json").read_bytes()
+        config = hashlib.sha256(text).hexdigest()
+        weights_name = json.loads(text).get("weights", "")
+        weights = _file_identity(folder / str(weights_name)) if weights_name else None
+    except (OSError, ValueError, AttributeError):  # an in-memory predictor, or a config the loader refused
+        pass
+    return [name, weight, config, weights]
+
+
+def run_fingerprint(table: pd.DataFrame, image_dir: Path, models: Sequence[Member | tuple[str, float]],
+                    options: Options, folds: dict[str, int] | None) -> str:
+    """A digest of everything that decides the rows: the table, each image's size and mtime, each model's
+    config.json contents and weights file (size, mtime), the members' weights, the options and the folds.
+
+    models: the loaded members, or (checkpoint folder, weight) pairs (cli.command_fingerprint, before loading).
+    """
+    pairs = [(m.predictor.name, m.weight) if isinstance(m, Member) else (str(m[0]), float(m[1])) for m in models]
+    image_dir = Path(image_dir)
+    images = [_image_identity(image_dir, i) for i in table["id"].astype(str)]
+    blob = json.dumps({"table": table.to_csv(index=False), "images": str(image_dir.resolve()), "files": images,
+                       "models": [_model_identity(name, weight) for name, weight in pairs],
+                       "options": dataclasses.asdict(options), "folds": folds}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -114,16 +145,17 @@ def predict_table(
         if time_budget is not None:
             levels = degradation_levels(options.tta, [m.weight for m in members], tta_scales=options.tta_scales,
                                         stain=options.stain_tta)
-            budget = TimeBudget(time_budget, levels, start=start, clock=clock)
+            prior = [results[n].seconds / results[n].windows for n in sorted(results)
+                     if results[n].status == "ok" and results[n].windows > 0 and results[n].seconds > 0]
+            budget = TimeBudget(time_budget, levels, start=start, clock=clock, prior=prior)
             plan = BudgetPlan(budget, rows, todo, members, options, folds)
         slots = table_images([rows[n] for n in todo], image_dir, options.image_reference, options.max_image_side)
         with logging_redirect_tqdm():
             for n, slot in tqdm(zip(todo, slots, strict=True), total=len(todo), desc="predict", unit="img"):
-                began = clock()
                 results[n] = _journaled(book, n, rows[n], partial(predict_row, rows[n], image_dir, members, options,
-                                                                  folds, plan, n, adaptation, slot))
+                                                                  folds, plan, n, adaptation, slot), clock)
                 if budget is not None and results[n].status == "ok":
-                    budget.record(clock() - began, results[n].windows)
+                    budget.record(results[n].seconds, results[n].windows)
     finally:
         if adaptation is not None:
             adaptation.restore()
@@ -135,11 +167,12 @@ def predict_table(
 
 
 def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options: Options,
-           book: Journal | None) -> BatchNormAdaptation:
+           book: Journal | None) -> BatchNormAdaptation | None:
     """adapt_batchnorm over the whole table, its images read as predict_row reads them, each under a journal claim.
 
     The whole table, not only the rows left, so a resumed run adapts exactly as the first one did; an image that
     killed an earlier run while AdaBN read it is that run's crashed row, left out here and empty in the loop.
+    AdaBN failing as a whole (None) leaves every member as trained, with a warning: it never costs the rows.
     """
     def read(row: object) -> np.ndarray:
         n, image_id = int(row.Index), str(row.id)
@@ -156,9 +189,13 @@ def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options:
             raise loaded.error
         return loaded.seen
 
-    return adapt_batchnorm(
-        table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
-        scale_mode=options.scale_mode, max_side=options.max_side, read=read, grouping=options.adapt_bn_groups)
+    try:
+        return adapt_batchnorm(
+            table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
+            scale_mode=options.scale_mode, max_side=options.max_side, read=read, grouping=options.adapt_bn_groups)
+    except Exception as exc:  # per member and group it fails soft itself; this is the last resort
+        log.warning("--adapt-bn failed (%s: %s): every member predicts as trained", type(exc).__name__, exc)
+        return None
 
 
 def _resume(book: Journal | None, rows: list) -> dict[int, RowResult]:
@@ -172,8 +209,10 @@ def _resume(book: Journal | None, rows: list) -> dict[int, RowResult]:
     return results
 
 
-def _journaled(book: Journal | None, n: int, row: object, predict: Callable[[], RowResult]) -> RowResult:
-    """predict() between a claim and a done record; a row an earlier run died on is not tried again."""
+def _journaled(book: Journal | None, n: int, row: object, predict: Callable[[], RowResult],
+               clock: Callable[[], float] = time.perf_counter) -> RowResult:
+    """predict() between a claim and a done record, its seconds measured on `clock` (journaled: a restarted child
+    plans with them); a row an earlier run died on is not tried again."""
     if book is not None and n in book.crashed:
         note = "the previous run died while predicting this row (out of memory, a crashing decoder?): empty row"
         log.warning("id %s: %s", row.id, note)
@@ -181,8 +220,10 @@ def _journaled(book: Journal | None, n: int, row: object, predict: Callable[[], 
     else:
         if book is not None:
             book.claim(n, str(row.id))
+        began = clock()
         try:
             result = predict()
+            result.seconds = clock() - began
         except KeyboardInterrupt:  # the user stopped the run: this row is not to blame
             if book is not None:
                 book.release(n)

@@ -19,21 +19,34 @@ def load_members(
 
     A folder that cannot be loaded raises RuntimeError naming the --models entry, the folder and the cause.
     """
-    if weights is not None and len(weights) != len(models):
-        raise ValueError(f"--weights has {len(weights)} value(s) for {len(models)} --models entries")
+    expanded = _expand(models, weights)
     dev = resolve_device(device)
     members = []
+    for run, folder, share in expanded:
+        try:
+            members.append(Member(load_predictor(folder, dev, batch_size, blend), share))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # a corrupt config.json or weights file: say which fold, never a traceback
+            raise RuntimeError(f"--models {run}: cannot load checkpoint {folder}: {exc}") from exc
+    return members
+
+
+def member_folders(models: list[Path], weights: list[float] | None) -> list[tuple[Path, float]]:
+    """(checkpoint folder, weight) of every member load_members would load, in its order, without loading any."""
+    return [(folder, share) for _, folder, share in _expand(models, weights)]
+
+
+def _expand(models: list[Path], weights: list[float] | None) -> list[tuple[Path, Path, float]]:
+    """(--models entry, checkpoint folder, weight) per member: a RUN_DIR's weight split equally over its folds."""
+    if weights is not None and len(weights) != len(models):
+        raise ValueError(f"--weights has {len(weights)} value(s) for {len(models)} --models entries")
+    out = []
     for i, run in enumerate(models):
         folders = resolve_checkpoints(run)
         share = (weights[i] if weights is not None else 1.0) / len(folders)
-        for folder in folders:
-            try:
-                members.append(Member(load_predictor(folder, dev, batch_size, blend), share))
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # a corrupt config.json or weights file: say which fold, never a traceback
-                raise RuntimeError(f"--models {run}: cannot load checkpoint {folder}: {exc}") from exc
-    return members
+        out += [(run, folder, share) for folder in folders]
+    return out
 
 
 def oof_members(members: list[Member]) -> list[Member]:

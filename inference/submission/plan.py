@@ -23,6 +23,7 @@ class BudgetPlan:
         self.budget, self.members, self.options, self.folds = budget, members, options, folds
         known = [(int(r.img_height), int(r.img_width)) for r in rows if int(r.img_height) > 0 and int(r.img_width) > 0]
         typical = tuple(int(v) for v in np.median(known, axis=0)) if known else (3000, 3000)
+        self.typical: tuple[int, int] = typical  # the size planned for a row whose CSV size is unknown
         self.rest: dict[int, list[float]] = {}
         total = [0.0] * len(budget.levels)
         for n in reversed(todo):

@@ -40,6 +40,7 @@ class RowResult:
     notes: list[str] = field(default_factory=list)  # fallbacks taken (each also logged as "id N: ...")
     dropped: list[str] = field(default_factory=list)  # models left out for non-finite output
     windows: int = 0  # forward windows run (the time budget's unit)
+    seconds: float = 0.0  # time the row took (journaled: a restarted child's budget starts from it)
 
 
 def save_probability(path: Path, probability: np.ndarray, max_side: int) -> None:
@@ -167,12 +168,18 @@ def predict_row(
         slot = next(table_images([row], image_dir, options.image_reference, options.max_image_side))
     notes: list[str] = []
     try:
+        expected = (int(row.img_height), int(row.img_width))
+        level = windows = None
+        if plan is not None:  # asked before decoding: a row the budget skips is never read or stain-normalised
+            declared = expected if min(expected) > 0 else plan.typical
+            level, windows = plan.choose(number, row, *declared)
+            if level is None:
+                return RowResult(image_id, status="skipped")
         loaded = slot.load()
         notes += loaded.notes
         if loaded.error is not None:
             raise loaded.error
         image = loaded.seen
-        expected = (int(row.img_height), int(row.img_width))
         out_size = None
         if min(expected) > 0 and image.shape[:2] != expected:
             out_size = expected
@@ -180,9 +187,10 @@ def predict_row(
                          "mask resized to the CSV size")
         for note in notes:
             log.warning("id %s: %s", image_id, note)
-        level, windows = plan.choose(number, row, *image.shape[:2]) if plan is not None else (None, 0)
-        if plan is not None and level is None:
-            return RowResult(image_id, status="skipped", notes=notes)
+        if plan is not None and image.shape[:2] != declared:  # planned on a size the image does not have
+            level, windows = plan.choose(number, row, *image.shape[:2])
+            if level is None:
+                return RowResult(image_id, status="skipped", notes=notes)
         kept = row_members(members, fold, level.dropped if level else ())
         opts = options.with_level(level) if level else options
         if adaptation is not None:
@@ -192,7 +200,7 @@ def predict_row(
     except Exception as exc:  # the submission loop must finish: empty mask, warning, counted
         log.warning("id %s: empty prediction (%s: %s)", image_id, type(exc).__name__, exc)
         return RowResult(image_id, status="bad", notes=[*notes, f"{type(exc).__name__}: {exc}"])
-    result = RowResult(image_id, rle, notes=notes + decision.notes, dropped=decision.dropped, windows=windows)
+    result = RowResult(image_id, rle, notes=notes + decision.notes, dropped=decision.dropped, windows=windows or 0)
     if options.save_probs is not None:
         try:
             save_probability(options.save_probs / f"{image_id}.npy", decision.probability,

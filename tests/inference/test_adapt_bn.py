@@ -137,3 +137,44 @@ def test_predict_adapt_bn_end_to_end(demo_data: Path, tmp_path: Path, capsys: py
         predict.main([*base, str(tmp_path / "x"), "--out", str(tmp_path / "x.csv"), "--adapt-bn",
                       "--adapt-bn-windows", "0"])
     assert exc.value.code == 2 and "argument --adapt-bn-windows" in capsys.readouterr().err
+
+
+class OutOfMemoryInTraining(EncoderDecoder):
+    """Predicts as EncoderDecoder, but its training-mode forward raises as CUDA out of memory would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.encoder[1].training:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(x)
+
+
+def test_a_member_whose_adaptation_raises_is_left_as_trained_with_a_warning(
+        demo_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A deterministic failure inside AdaBN costs that member's adaptation, never the run (or a restart loop)."""
+    torch.manual_seed(0)
+    failing, working = _member(OutOfMemoryInTraining().eval()), _member(EncoderDecoder().eval())
+    trained = {name: bn.running_mean.clone() for name, bn in encoder_batchnorms(failing.predictor.model)}
+    table = pd.read_csv(demo_data / "test.csv")
+    with caplog.at_level(logging.WARNING):
+        adaptation = adapt_batchnorm(table, demo_data / "test_images", [failing, working], windows=4, max_images=1)
+    assert any("adaptation failed (RuntimeError: CUDA out of memory" in r.getMessage() for r in caplog.records)
+    for state in adaptation.states.values():
+        assert id(failing) not in state and id(working) in state
+    for key in adaptation.states:
+        adaptation.use(key, [failing, working])
+        for name, bn in encoder_batchnorms(failing.predictor.model):
+            assert torch.equal(bn.running_mean, trained[name])  # not the reset buffers of the failed forward
+            assert not bn.training
+
+
+def test_predict_with_adabn_failing_inside_predicts_every_row(tmp_path: Path, demo_data: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The whole loop: AdaBN raising inside leaves the member unadapted and every row predicted (exit 0)."""
+    table = pd.read_csv(demo_data / "test.csv")
+    member = _member(OutOfMemoryInTraining().eval())
+    with caplog.at_level(logging.WARNING):
+        run = predict.predict_table(table, demo_data / "test_images", [member],
+                                    predict.Options(adapt_bn=True, adapt_bn_windows=4, adapt_bn_images=1,
+                                                    scale_mode="none"))
+    assert [r.status for r in run.results] == ["ok"] * len(table)
+    assert any("adaptation failed" in r.getMessage() for r in caplog.records)

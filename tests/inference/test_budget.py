@@ -104,3 +104,16 @@ def test_a_tight_budget_drops_stain_tta_first_then_ratios_and_flips_last() -> No
     assert levels[chosen[2]].change == "TTA scale x1.2" and all(levels[i].tta == 2 for i in chosen), budget.summary()
     assert budget.events[0].startswith("stain TTA (macenko); TTA scale x1.2 dropped at image 2")
     assert clock.now <= budget.seconds
+
+
+def test_a_restarted_child_plans_from_the_journaled_cost() -> None:
+    """Seconds per window measured by the children before it: the first image of a restart is not predicted blind."""
+    levels = degradation_levels(4, [1.0])
+    blind = TimeBudget(100.0, levels, start=0.0, clock=lambda: 50.0)
+    assert len(levels) == 5  # full, TTA 4 -> 2, TTA 2 -> 0, scale x0.75, x0.5
+    assert blind.choose([8, 4, 2, 1, 1], [0] * 5) == levels[0]  # nothing measured: full settings
+    primed = TimeBudget(100.0, levels, start=0.0, clock=lambda: 50.0, prior=[30.0, 10.0, 10.0])
+    assert primed.seconds_per_window() == 10.0  # the first journaled image (warm-up) left out
+    assert primed.choose([8, 4, 2, 1, 1], [0] * 5) == levels[1]  # 4 windows x 10 s fit the 45 s left, 8 do not
+    single = TimeBudget(100.0, levels, start=0.0, clock=lambda: 50.0, prior=[30.0])
+    assert single.seconds_per_window() == 30.0  # only a warm-up image measured: still better than none
