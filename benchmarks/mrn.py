@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data_prep.make_demo import make_slides  # noqa: E402
-from data_prep.tiles import load_index  # noqa: E402
+from data_prep.tileset import load_index  # noqa: E402
 from data_prep.wsi_tiles import build_wsi_tiles  # noqa: E402
 from train.losses import SegmentationLoss  # noqa: E402
 from train.models.mrn import MRN  # noqa: E402

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import plain_loop  # noqa: E402
 
-from data_prep.tiles import load_index  # noqa: E402
+from data_prep.tileset import load_index  # noqa: E402
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from train import fastai_unet  # noqa: E402
 from train.configs.fastai.base import load_config  # noqa: E402

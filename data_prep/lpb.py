@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep.tiles import TileSetError, load_index, read_png, read_tile, write_index, write_png
+from data_prep.tileset import TileSetError, load_index, read_png, read_tile, write_index, write_png
 from inference.cli import HelpFormatter
 from inference.organs import ORGANS, class_index
 

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from data_prep.augment import PRESETS, STAIN_VECTORS, StainTransfer, train_transforms
-from data_prep.tiles import TileSetError, load_index, read_tile
+from data_prep.tileset import TileSetError, load_index, read_tile
 from inference.cli import HelpFormatter
 from inference.organs import ORGANS
 

@@ -45,7 +45,7 @@ from torchstain.numpy.normalizers import NumpyReinhardNormalizer
 from tqdm import tqdm
 
 from data_prep.lpb import fingerprint
-from data_prep.tiles import TileSetError, load_index, read_png, write_index, write_png
+from data_prep.tileset import TileSetError, load_index, read_png, write_index, write_png
 from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 from inference.stain import StainReference, image_stains, normalise_stain

@@ -19,8 +19,9 @@ so every fold trains on them), and an `ignore_rle` column, when present, marks m
 which the trainers' losses ignore. Its ids must differ from the main train set's. Extra folders can be added
 to (or dropped from) an existing tile set without --overwrite: only their images are tiled (or left out).
 
-Writes TILES/images/<tile_id>.png (RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class)
-and TILES/index.csv (INDEX_COLUMNS; boxes in original image pixels). Each finished image leaves
+Writes a tile set in the format of data_prep.tileset (the library its readers import): TILES/images/<tile_id>.png
+(RGB), TILES/masks/<tile_id>.png (uint8: 0 background, 1..5 organ class) and TILES/index.csv (INDEX_COLUMNS;
+boxes in original image pixels). This module is the CLI and the cutting. Each finished image leaves
 TILES/parts/<image_id>.csv, so a re-run skips it; --overwrite clears the tile set (LPB tiles and stain copies
 included) and redoes everything; a re-run without it keeps them. TILES/tiles.json records the build settings and the data folder (trainers read whole
 validation images from it); re-running with other settings needs --overwrite or another --out.
@@ -44,46 +45,33 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from data_prep.tileset import (
+    EXTRA_FOLD,
+    IGNORE_INDEX,
+    INDEX_COLUMNS,
+    TileSetError,
+    ftu_pixels,
+    load_index,
+    read_rows,
+    scaled_tile_id,
+    tile_paths,
+    write_index,
+    write_png,
+)
 from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
 from inference.organs import class_index
 from inference.rle import decode
 from inference.tables import TableError, load_folds, load_train
-from inference.tiling import Box, grid_boxes, resize_image, split_boxes, stride_for
-from inference.tiling import scaled_size as tiling_scaled_size
+from inference.tiling import Box, grid_boxes, resize_image, scaled_size, split_boxes, stride_for
 from inference.tissue import tissue_cutoff, tissue_fraction
 
-# The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
-INDEX_COLUMNS: tuple[str, ...] = tuple(
-    "tile_id,image_id,organ,data_source,fold,split,reduce,x0,y0,x1,y1,fg_fraction,image_path,mask_path,source,"
-    "img_height,img_width,tile_pixel_size,tissue_fraction,parents".split(",")
-)
 DEFAULT_TISSUE_THRESHOLD = 0.05
-# Mask value of pixels no loss may count (pseudo-labels between the two thresholds); mmseg's decode heads
-# ignore 255 by default (ignore_index=255), the fastai losses take it as ignore_index.
-IGNORE_INDEX = 255
-# Rows that only ever train, never validate: LPB blends, stain-transferred copies (data_prep.stain_copies) and
-# extra data (--extra-data). Copies and blends keep their source image's fold (a fold-k copy never trains fold
-# k); extra rows have EXTRA_FOLD, so every fold trains on them.
-TRAINING_ONLY_SOURCES = ("lpb", "stain", "extra")
 ADDED_SOURCES = ("lpb", "stain")  # written into an existing tile set by other tools; a rebuild keeps them
-EXTRA_FOLD = -1
-# PNG encoding is most of the tiling time. For tissue tiles, the SUB filter with Huffman-only deflate encodes
-# about 2x faster than level 1 defaults and 3x faster than level 6, at a smaller size than level 1; masks are
-# long runs of one value, which the RLE strategy suits.
-_PNG_IMAGE = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-]  # fmt: skip
-_PNG_MASK = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 class ImageSizeError(ValueError):
     """An image's pixel size disagrees with img_height/img_width in train.csv."""
-
-
-class TileSetError(ValueError):
-    """A tile folder or its inputs are inconsistent (missing folds, other build settings)."""
 
 
 @dataclass(frozen=True)
@@ -113,62 +101,6 @@ class ImageJob:
     source: str = "original"  # "original", or "extra" for --extra-data images
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an RGB uint8 image or a 2-D uint8 mask as a fast-compressed PNG."""
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), array, _PNG_IMAGE if array.ndim == 3 else _PNG_MASK):
-        raise OSError(f"cannot write {path}")
-
-
-def read_png(path: Path, mask: bool = False) -> np.ndarray:
-    """Read a tile PNG as (h, w, 3) RGB uint8, or as a 2-D uint8 class mask when mask=True."""
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED if mask else cv2.IMREAD_COLOR)
-    if array is None:
-        raise OSError(f"cannot read tile {path}")
-    return array if mask else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-
-
-def read_tile(tiles_dir: Path, row: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Read one index row's image (RGB uint8) and class-index mask (uint8)."""
-    return read_png(Path(tiles_dir) / row["image_path"]), read_png(Path(tiles_dir) / row["mask_path"], mask=True)
-
-
-def load_index(tiles_dir: Path) -> pd.DataFrame:
-    """Read TILES/index.csv, checking its columns."""
-    path = Path(tiles_dir) / "index.csv"
-    if not path.is_file():
-        raise TileSetError(f"{path} not found; build the tile set with python -m data_prep.tiles")
-    df = _read_rows(path)
-    missing = [c for c in INDEX_COLUMNS if c not in df.columns]
-    if missing:
-        raise TileSetError(f"{path}: missing column(s) {missing}; rebuild it with python -m data_prep.tiles")
-    return df
-
-
-def _read_rows(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=False, dtype={"parents": str, "tile_id": str})
-
-
-def write_index(tiles_dir: Path, df: pd.DataFrame) -> None:
-    """Write TILES/index.csv atomically (a crash never leaves half an index)."""
-    path = Path(tiles_dir) / "index.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    df.loc[:, list(INDEX_COLUMNS)].to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-
-
-def whole_image_rows(index: pd.DataFrame) -> pd.Series:
-    """True for the rows holding a whole image at a pixel size (split 0, reduce 0): "scaled" rows and their
-    stain copies or extra-data counterparts, which the crop sampler draws from and tile trainers leave out."""
-    return (index["split"] == 0) & (index["reduce"] == 0)
-
-
-def ftu_pixels(mask: np.ndarray) -> np.ndarray:
-    """Boolean FTU map of a class-index mask: any class, but not IGNORE_INDEX."""
-    return (mask > 0) & (mask != IGNORE_INDEX)
-
-
 def pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """Reflection-pad bottom/right up to (height, width); no-op when already large enough."""
     dh, dw = max(0, height - array.shape[0]), max(0, width - array.shape[1])
@@ -196,18 +128,6 @@ def load_image(job: ImageJob) -> tuple[np.ndarray, np.ndarray]:
     if job.ignore_rle:
         mask[(decode(job.ignore_rle, job.height, job.width) > 0) & (mask == 0)] = IGNORE_INDEX
     return image, mask
-
-
-def scaled_size(height: int, width: int, pixel_size: float, target: float) -> tuple[int, int]:
-    """(h, w) of an image of pixel_size um/px resampled to target um/px."""
-    if not pixel_size > 0 or not target > 0:
-        raise ValueError(f"pixel sizes must be positive, got {pixel_size} -> {target}")
-    return tiling_scaled_size(height, width, pixel_size / target)
-
-
-def scaled_tile_id(image_id: int, pixel_size: float) -> str:
-    """Tile id of an image's whole-image row at pixel_size um/px, e.g. 1234_px0.8."""
-    return f"{image_id}_px{pixel_size:g}"
 
 
 class Tile(NamedTuple):
@@ -253,7 +173,7 @@ def cut_tiles(image: np.ndarray, mask: np.ndarray, job: ImageJob, settings: Tile
                 job.pixel_size * factor,
             )
     for px in settings.scaled:
-        sh, sw = scaled_size(h, w, job.pixel_size, px)
+        sh, sw = scaled_size(h, w, job.pixel_size / px)
         yield Tile(
             scaled_tile_id(job.image_id, px),
             0,
@@ -276,8 +196,9 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
         scaled = tile.reduce == 0 and tile.split == 0
         if tile.split == 0 and not scaled and fg == 0.0 and tissue < settings.tissue_threshold:
             continue
-        write_png(out / "images" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.image))
-        write_png(out / "masks" / f"{tile.tile_id}.png", np.ascontiguousarray(tile.mask))
+        image_path, mask_path = tile_paths(tile.tile_id)
+        write_png(out / image_path, np.ascontiguousarray(tile.image))
+        write_png(out / mask_path, np.ascontiguousarray(tile.mask))
         x0, y0, x1, y1 = tile.box
         rows.append(
             {
@@ -293,8 +214,8 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
                 "x1": x1,
                 "y1": y1,
                 "fg_fraction": round(fg, 6),
-                "image_path": f"images/{tile.tile_id}.png",
-                "mask_path": f"masks/{tile.tile_id}.png",
+                "image_path": image_path,
+                "mask_path": mask_path,
                 "source": job.source if job.source != "original" else "scaled" if scaled else "original",
                 "img_height": job.height,
                 "img_width": job.width,
@@ -371,15 +292,6 @@ def _extra_jobs(extra_dirs: Sequence[Path], taken: set[int]) -> list[ImageJob]:
                 )
             )
     return jobs
-
-
-def source_data_dir(tiles_dir: Path) -> Path | None:
-    """The competition data folder a tile set was built from (recorded in tiles.json), if recorded."""
-    record = Path(tiles_dir) / "tiles.json"
-    if not record.is_file():
-        return None
-    data_dir = json.loads(record.read_text()).get("data_dir")
-    return None if data_dir is None else Path(data_dir)
 
 
 def _prepare_out(out: Path, settings: TileSettings, overwrite: bool, data_dir: Path) -> pd.DataFrame:
@@ -472,7 +384,7 @@ def build_tiles(
                         if future.exception() is not None:
                             pool.shutdown(cancel_futures=True)
                             raise future.exception()
-    parts = [_read_rows(out / "parts" / f"{j.image_id}.csv") for j in jobs]
+    parts = [read_rows(out / "parts" / f"{j.image_id}.csv") for j in jobs]
     frames = [p for p in [*parts, added_rows] if len(p)]
     index = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(INDEX_COLUMNS))
     write_index(out, index)

@@ -42,7 +42,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_prep.make_folds import make_folds
-from data_prep.tiles import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
+from data_prep.tileset import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
 from inference.cli import HelpFormatter, hidden_alias
 from inference.organs import ORGANS, class_index
 from inference.tiling import context_window

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from data_prep.tiles import ftu_pixels
+from data_prep.tileset import ftu_pixels
 from inference.engine.sliding import reflect_indices
 from inference.tiling import context_window, resize_image
 

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data_prep.augment import reseed, reseed_for_worker, train_transforms, valid_transforms, worker_seed
-from data_prep.tiles import IGNORE_INDEX, read_png, whole_image_rows
+from data_prep.tileset import IGNORE_INDEX, read_png, whole_image_rows
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from inference.input_modes import project_image
 from inference.tiling import resize_image

@@ -46,7 +46,7 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib, set_seed
 
-from data_prep.tiles import load_index, read_png, source_data_dir
+from data_prep.tileset import load_index, read_png, source_data_dir
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
 from inference.cli import HelpFormatter, hidden_alias
 from inference.score import format_report

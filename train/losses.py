@@ -1,5 +1,5 @@
 """Training losses: BCE + Dice (or Lovasz hinge) on one FTU logit; target pixels equal to ignore_index (the ignore
-band of pseudo-labels, data_prep.tiles.IGNORE_INDEX) count in none of them."""
+band of pseudo-labels, data_prep.tileset.IGNORE_INDEX) count in none of them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data_prep.tiles import IGNORE_INDEX
+from data_prep.tileset import IGNORE_INDEX
 
 
 class SegmentationLoss(nn.Module):

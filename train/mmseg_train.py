@@ -46,7 +46,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint, get_state_dict, weights_to_cpu
 
-from data_prep.tiles import load_index, read_png, source_data_dir
+from data_prep.tileset import load_index, read_png, source_data_dir
 from inference.checkpoint import CheckpointConfig
 from inference.organs import CLASSES
 from inference.score import format_report

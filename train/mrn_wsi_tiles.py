@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.tiles import load_index, read_png
+from data_prep.tileset import load_index, read_png
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
 from inference.cli import HelpFormatter, hidden_alias
 from train.export import export_torchscript

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_prep.lpb import SplitSpec, add_lpb, blend, composite_mask, split_mask
-from data_prep.tiles import TileSetError, load_index, read_tile
+from data_prep.tileset import TileSetError, load_index, read_tile
 
 RNG = np.random.default_rng(0)
 IMAGE_A = cv2.GaussianBlur(RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8), (5, 5), 0)

@@ -20,7 +20,8 @@ from data_prep.stain_copies import (
     target_order,
     vahadane_stains,
 )
-from data_prep.tiles import TileSetError, build_tiles, load_index, read_png
+from data_prep.tiles import build_tiles
+from data_prep.tileset import TileSetError, load_index, read_png
 from train.configs.fastai.base import FastaiConfig
 from train.fastai_data import load_scaled_images, split_rows
 from train.mmseg_ext.dataset import fold_rows

@@ -11,20 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_prep.tiles import (
-    INDEX_COLUMNS,
-    ImageSizeError,
-    TileSetError,
-    build_tiles,
-    load_index,
-    read_tile,
-    scaled_size,
-    source_data_dir,
-)
+from data_prep.tiles import ImageSizeError, build_tiles
+from data_prep.tileset import INDEX_COLUMNS, TileSetError, load_index, read_tile, source_data_dir, tile_paths
 from inference.io import read_image, write_image
 from inference.organs import class_index
 from inference.rle import decode, encode
-from inference.tiling import reassemble, window_starts
+from inference.tiling import reassemble, scaled_size, window_starts
 
 
 def _one_image_dataset(tmp_path: Path, demo_data: Path, demo_folds: Path, image_id: int, side: int) -> Path:
@@ -56,6 +48,9 @@ def test_index_columns_and_counts(demo_data: Path, demo_folds: Path, demo_tiles:
     assert set(index["image_id"]) == set(train["id"])
     assert (index.groupby("image_id").size() == 1 + 4 + 1).all()  # splits (1, 2) and one scaled whole image
     assert index["tile_id"].is_unique
+    paths = [tile_paths(t) for t in index["tile_id"]]
+    assert [p[0] for p in paths] == list(index["image_path"]) and [p[1] for p in paths] == list(index["mask_path"])
+    assert all((demo_tiles / p).is_file() for pair in paths for p in pair)
     assert set(index["source"]) == {"original", "scaled"}
     folds = pd.read_csv(demo_folds).set_index("id")["fold"]
     assert (index["fold"].to_numpy() == folds.loc[index["image_id"]].to_numpy()).all()
@@ -71,7 +66,7 @@ def test_scaled_rows_are_whole_images_at_the_pixel_size(demo_data: Path, demo_ti
     for _, row in scaled.iterrows():
         image, mask = read_tile(demo_tiles, row)
         r = train.loc[row["image_id"]]
-        expected = scaled_size(r["img_height"], r["img_width"], r["pixel_size"], 0.8)  # 0.4 -> 0.8: half size
+        expected = scaled_size(r["img_height"], r["img_width"], r["pixel_size"] / 0.8)  # 0.4 -> 0.8: half size
         assert image.shape[:2] == mask.shape == expected == (round(r["img_height"] / 2), round(r["img_width"] / 2))
         truth = decode(r["rle"], r["img_height"], r["img_width"])
         assert (mask > 0).mean() == pytest.approx(truth.mean(), abs=0.02)

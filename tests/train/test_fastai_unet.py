@@ -21,7 +21,7 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from torch import nn
 
-from data_prep.tiles import load_index
+from data_prep.tileset import load_index
 from inference.checkpoint import CheckpointConfig
 from inference.engine.models import build_model as inference_model
 from inference.predict import main as predict_main

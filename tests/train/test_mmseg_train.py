@@ -29,7 +29,7 @@ from mmseg.registry import (  # noqa: E402
     TRANSFORMS,
 )
 
-from data_prep.tiles import load_index  # noqa: E402
+from data_prep.tileset import load_index  # noqa: E402
 from inference.checkpoint import CheckpointConfig  # noqa: E402
 from inference.organs import CLASSES  # noqa: E402
 from train.export import SegmentorLogits, max_abs_difference  # noqa: E402

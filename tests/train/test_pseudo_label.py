@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from checkpoints import make_smp_checkpoint
 
-from data_prep.tiles import EXTRA_FOLD, IGNORE_INDEX, TileSetError, build_tiles, read_png
+from data_prep.tiles import build_tiles
+from data_prep.tileset import EXTRA_FOLD, IGNORE_INDEX, TileSetError, read_png
 from inference.rle import decode
 from inference.tables import load_train
 from train.configs.fastai.base import FastaiConfig

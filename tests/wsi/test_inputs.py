@@ -233,7 +233,7 @@ def test_clean_mask_is_postprocess_per_component(tmp_path: Path) -> None:
 
 
 def test_wsi_tiles_reads_every_qupath_geojson_form(tmp_path: Path) -> None:
-    from data_prep.tiles import TileSetError
+    from data_prep.tileset import TileSetError
     from data_prep.wsi_tiles import geojson_geometries
 
     square = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}

@@ -244,7 +244,7 @@ def test_ftu_polygons_follow_blocks_and_holes() -> None:
 
 
 def test_wsi_tiles_labels_and_folds(demo_slides: Path, tmp_path: Path) -> None:
-    from data_prep.tiles import load_index, read_png
+    from data_prep.tileset import load_index, read_png
     from data_prep.wsi_tiles import build_wsi_tiles
 
     for annotation in ("mask", "geojson"):

@@ -1,6 +1,6 @@
 """mmseg dataset over our tile index: RGB tiles with class-index masks, filtered to one fold's train or validation rows.
 
-Mask pixels of data_prep.tiles.IGNORE_INDEX (255: the ignore band of pseudo-labelled extra data) are left out
+Mask pixels of data_prep.tileset.IGNORE_INDEX (255: the ignore band of pseudo-labelled extra data) are left out
 of the loss by the decode heads' ignore_index, which is 255 unless a config changes it (check_ignore_index).
 """
 
@@ -12,7 +12,7 @@ import pandas as pd
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from data_prep.tiles import IGNORE_INDEX, load_index, whole_image_rows
+from data_prep.tileset import IGNORE_INDEX, load_index, whole_image_rows
 from inference.organs import CLASSES
 
 SUBSETS = ("train", "val")

@@ -10,7 +10,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from data_prep.augment import PRESETS, reseed_for_worker, train_transforms
-from data_prep.tiles import read_png
+from data_prep.tileset import read_png
 
 IGNORE = 255  # mmseg's ignore index (decode heads' default), kept through the FTU mapping
 
