@@ -1,7 +1,8 @@
 """Real tissue decides: stain-robust techniques on real DAB -> PAS kidney and real H&E colon, beside the plain loop.
 
     python benchmarks/real_tissue.py [--track kidney|glas] [--work benchmarks_out/real_tissue] [--seeds 3]
-        [--minutes 12] [--entry LABEL=CONFIG[@ceiling] ...] [--predict LABEL="FLAGS" ...] [--realdata DIR]
+        [--minutes 14] [--entry LABEL=CONFIG[@ceiling] ...] [--predict LABEL[@mixed][:ENTRY,...]="FLAGS" ...]
+        [--realdata DIR]
 
 Data (../shared/realdata, imported with data_prep.import_annotations; the benchmark stops with a reason where it is
 absent):
@@ -18,8 +19,9 @@ Entries (all of one seed train side by side, one thread each, for --minutes of w
 share of the machine): LABEL=CONFIG is a fastai experiment (train/configs/fastai) trained on the track's train set
 (configs whose augmentation needs reference images get the target block), LABEL=CONFIG@ceiling the same on the
 labelled target block (in-domain), LABEL=plain the plain loop (benchmarks/plain_loop.py, at the first fastai
-entry's um/px, crop and encoder). Every model predicts the test set with inference.predict's defaults and with each
---predict variant (the kernel's own code and settings); Dice per organ and source, mean +- std over seeds, the
+entry's um/px, crop and encoder). Every model predicts the test set with inference.predict's defaults, and with each
+--predict variant (the kernel's own code and settings; `:ENTRY,...` limits a variant to those entries, `@mixed`
+predicts the mixed test set); Dice per organ and source, mean +- std over seeds, the
 optimizer steps each made, the ratio to the ceiling and to the plain loop, and predicted / true FTU area. Writes
 WORK/<track>/results.json, results.md and overlays of seed 0 (inference.overlay: predicted cyan, true yellow).
 Finished trainings and predictions are reused, so an interrupted run resumes.
@@ -35,6 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,18 +58,17 @@ REALDATA = REPO.parent / "shared" / "realdata"
 TARGET_BLOCK_MAX = 66  # PAS tiles numbered <= 66 are the target block, >= 75 the test block (no tile in between)
 KIDNEY_ENTRIES = (
     "plain=plain", "ceiling=unet_mnv3_steps@ceiling", "flips=unet_mnv3_steps", "colour=unet_mnv3_steps_colour",
-    "grey=unet_mnv3_steps_grey", "hema=unet_mnv3_steps_hema", "hema+colour=unet_mnv3_steps_hema_colour",
-    "stain=unet_mnv3_steps_stain", "histmatch=unet_mnv3_steps_histmatch", "fda=unet_mnv3_steps_fda",
-    "copies=unet_mnv3_steps_copies",
+    "hema=unet_mnv3_steps_hema", "hema+colour=unet_mnv3_steps_hema_colour", "histmatch=unet_mnv3_steps_histmatch",
+    "fda=unet_mnv3_steps_fda", "copies=unet_mnv3_steps_copies",
 )
 GLAS_ENTRIES = (
     "plain=plain", "flips=unet_mnv3_steps", "colour=unet_mnv3_steps_colour", "hema=unet_mnv3_steps_hema",
     "hema+colour=unet_mnv3_steps_hema_colour",
 )
+# stain TTA (a Macenko pass per view and image) and the mixed test set cost minutes per model: a few entries only
 KIDNEY_PREDICT = (
-    "adabn=--adapt-bn", "staintta=--stain-reference {stain_reference} --stain-tta",
-    "adabn+staintta=--adapt-bn --stain-reference {stain_reference} --stain-tta",
-    "adabn@mixed=--adapt-bn", "adabn-pooled@mixed=--adapt-bn --adapt-bn-groups source",
+    "adabn=--adapt-bn", "staintta:flips,copies,hema=--stain-reference {stain_reference} --stain-tta",
+    "adabn@mixed:flips,hema=--adapt-bn", "adabn-pooled@mixed:flips,hema=--adapt-bn --adapt-bn-groups source",
 )
 GLAS_PREDICT = ("adabn=--adapt-bn",)
 REFERENCE_AUGMENTS = ("+histmatch", "+fda")
@@ -103,8 +105,10 @@ def glas_items(realdata: Path, prefix: str) -> list:
 
 def build_data(track: str, realdata: Path, work: Path) -> dict[str, Path]:
     """The track's competition-layout data folders (imported once): train, ceiling, test sets, targets."""
-    from data_prep.import_annotations import Item, import_items
+    from data_prep.import_annotations import Item
+    from data_prep.import_annotations import import_items as importer
 
+    import_items = partial(importer, progress=False)
     done = work / "data.json"
     if done.is_file():
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
@@ -188,25 +192,42 @@ def steps_of(entry: Entry, folder: Path) -> int | None:
     return recipe.optimizer_steps("plain" if entry.config == "plain" else "ours", folder)
 
 
-def scored_rows(entry: Entry, seed: int, folder: Path, variants: dict[str, tuple[list[str], str]],
+@dataclass
+class Variant:
+    """An inference.predict variant: its flags, the test set it predicts, the entries it applies to (None: all)."""
+
+    flags: list[str]
+    testset: str = "test"
+    entries: tuple[str, ...] | None = None
+
+
+def variants_of(entry: Entry, variants: dict[str, Variant]) -> dict[str, Variant]:
+    """The default prediction ("") and every variant that applies to this entry."""
+    return {"": Variant([]), **{k: v for k, v in variants.items() if v.entries is None or entry.label in v.entries}}
+
+
+def scored_rows(entry: Entry, seed: int, folder: Path, variants: dict[str, Variant],
                 data: dict[str, Path]) -> list[dict]:
     """Scores of every prediction of one trained model: the default and each variant, on its test set."""
     rows = []
     predictions = folder.parent / "predictions"
-    for variant, (_, testset) in {"": ([], "test"), **variants}.items():
+    for variant, spec in variants_of(entry, variants).items():
+        testset = spec.testset
         path = predictions / f"{variant or 'default'}.csv"
+        if not path.is_file():  # --collect-only before every prediction is made
+            continue
         solution = test_folder(data, testset) / "test_solution.csv"
         result = score(load_submission(path), load_solution(solution))
         cells = {k: v for k, v in result.get("per_organ_source", {}).items()}
         areas = area_ratios(path, solution)
-        rows.append({"entry": entry.label + (f" + {variant}" if variant else ""), "seed": seed,
+        rows.append({"entry": entry.label + (f" + {variant.partition('@')[0]}" if variant else ""), "seed": seed,
                      "steps": steps_of(entry, folder), "testset": testset, "dice": result["dice"],
                      **cells, **{f"area {k}": v for k, v in areas.items()}})
     return rows
 
 
 def run_seed(seed: int, entries: list[Entry], args: argparse.Namespace, tiles: dict[str, Path],
-             data: dict[str, Path], variants: dict[str, tuple[list[str], str]]) -> list[dict]:
+             data: dict[str, Path], variants: dict[str, Variant]) -> list[dict]:
     """Train every entry of one seed side by side, then predict each with every variant (--parallel at a time)."""
     commands = train_commands(entries, seed, args, tiles, data)
     base = args.work / f"seed{seed}"
@@ -222,9 +243,10 @@ def run_seed(seed: int, entries: list[Entry], args: argparse.Namespace, tiles: d
         folder = commands[e.label][1]
         predictions = folder.parent / "predictions"
         predictions.mkdir(parents=True, exist_ok=True)
-        for variant, (flags, testset) in {"": ([], "test"), **variants}.items():
+        for variant, spec in variants_of(e, variants).items():
             out = predictions / f"{variant or 'default'}.csv"
-            jobs.append((folder, test_folder(data, testset), out, flags, predictions / f"{variant or 'default'}.log"))
+            jobs.append((folder, test_folder(data, spec.testset), out, spec.flags,
+                         predictions / f"{variant or 'default'}.log"))
     with ThreadPoolExecutor(args.parallel) as pool:
         for future in [pool.submit(predict, *job) for job in jobs]:
             future.result()
@@ -256,21 +278,18 @@ def table(df: pd.DataFrame, cell: str, ceiling: str | None, plain: str = "plain"
     return "\n".join(lines)
 
 
-def overlays(df_entries: list[Entry], args: argparse.Namespace, data: dict[str, Path], labels: list[str]) -> None:
-    """inference.overlay PNGs of seed 0's default predictions for a few entries (predicted cyan, true yellow)."""
+def overlays(entries: list[Entry], args: argparse.Namespace, tiles: dict[str, Path], data: dict[str, Path],
+             labels: list[str]) -> None:
+    """inference.overlay PNGs of seed 0's default predictions for some entries (predicted cyan, true yellow)."""
+    commands = train_commands(entries, 0, args, tiles, data)
     for label in labels:
-        entry = next((e for e in df_entries if e.label == label), None)
-        if entry is None:
-            continue
-        folder = train_commands([entry], 0, args, {"train": Path(), "ceiling": Path()}, data)[label][1]
-        submission = folder.parent / "predictions" / "default.csv"
+        submission = commands[label][1].parent / "predictions" / "default.csv"
         if not submission.is_file():
             continue
-        out = args.work / "overlays" / label
         subprocess.run([sys.executable, "-m", "inference.overlay", "--data-dir", str(data["train"]), "--submission",
-                        str(submission), "--solution", str(data["train"] / "test_solution.csv"), "--out", str(out),
-                        "--max-side", "800"], cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+                        str(submission), "--solution", str(data["train"] / "test_solution.csv"), "--out",
+                        str(args.work / "overlays" / label), "--max-side", "800"], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,10 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--realdata", type=Path, default=REALDATA, help="the real tissue folder (../shared/realdata)")
     ap.add_argument("--entry", action="append", help="LABEL=CONFIG, LABEL=CONFIG@ceiling or LABEL=plain "
                     "(default: the track's list in this file)")
-    ap.add_argument("--predict", action="append", help="LABEL[@mixed]=FLAGS: inference.predict variants "
+    ap.add_argument("--predict", action="append", help="LABEL[@mixed][:ENTRY,...]=FLAGS: inference.predict variants "
                     "({stain_reference}: the train images' stain, python -m inference.stain)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--minutes", type=float, default=12.0, help="training wall minutes per model (side by side)")
+    ap.add_argument("--minutes", type=float, default=14.0, help="training wall minutes per model (side by side)")
     ap.add_argument("--parallel", type=int, default=2, help="predictions at a time, one thread each")
     ap.add_argument("--collect-only", action="store_true", help="train and predict nothing: tabulate what is done")
     args = ap.parse_args(argv)
@@ -310,10 +329,15 @@ def main(argv: list[str] | None = None) -> None:
     variants = {}
     for label, flags in parse_pairs(args.predict or list(KIDNEY_PREDICT if args.track == "kidney"
                                                          else GLAS_PREDICT), "--predict", ap).items():
-        name, _, testset = label.partition("@")
-        if testset and testset not in data:
+        label, _, only = label.partition(":")
+        testset = label.partition("@")[2] or "test"
+        if testset != "test" and testset not in data:
             ap.error(f"--predict {label}: no test set {testset!r} on track {args.track}")
-        variants[label] = (shlex.split(flags.format(stain_reference=reference)), testset or "test")
+        entries_only = tuple(only.split(",")) if only else None
+        unknown = sorted(set(entries_only or ()) - {e.label for e in entries})
+        if unknown:
+            ap.error(f"--predict {label}: no entry {unknown}")
+        variants[label] = Variant(shlex.split(flags.format(stain_reference=reference)), testset, entries_only)
     fastai = [load_config(e.config)[1] for e in entries if e.config != "plain"]
     sizes = sorted({float(c.pixel_size) for c in fastai})
     copies = any(c.stain_copy_share > 0 for c in fastai)
@@ -325,10 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.collect_only:
             commands = train_commands(entries, seed, args, tiles, data)
             for e in entries:
-                try:
-                    rows += scored_rows(e, seed, commands[e.label][1], variants, data)
-                except (FileNotFoundError, OSError):
-                    continue
+                rows += scored_rows(e, seed, commands[e.label][1], variants, data)
         else:
             rows += run_seed(seed, entries, args, tiles, data, variants)
     df = pd.DataFrame(rows)
@@ -346,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.work / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                         "rows": df.replace({np.nan: None}).to_dict("records")},
                                                        indent=1))
-    overlays(entries, args, data, [e.label for e in entries][:4])
+    overlays(entries, args, tiles, data, [e.label for e in entries])
     print(f"\n{text}\n\nwrote {args.work / 'results.md'}, results.json and overlays/")
 
 
