@@ -14,7 +14,8 @@ absent):
           20 GlaS testB H&E colon images as Hubmap large intestine to the test block, for AdaBN grouped per
           (source, organ) against pooled per source; only its kidney cell is read.
   glas    train: the 85 GlaS train H&E colon images, test: the 20 testB images (0.62 um/px, large intestine): no
-          stain shift, a real-texture check that stain robustness costs nothing where there is none.
+          stain shift, a real-texture check that stain robustness costs nothing where there is none (no target
+          images: entries that need them belong to the kidney track).
 Entries (all of one seed train side by side, one thread each, for --minutes of wall time, so each gets the same
 share of the machine): LABEL=CONFIG is a fastai experiment (train/configs/fastai) trained on the track's train set
 (configs whose augmentation needs reference images get the target block), LABEL=CONFIG@ceiling the same on the
@@ -130,8 +131,6 @@ def build_data(track: str, realdata: Path, work: Path) -> dict[str, Path]:
         folders = {"train": work / "data"}
         import_items(glas_items(realdata, "train_"), folders["train"], split="train", meta=glas)
         import_items(glas_items(realdata, "testB_"), folders["train"], split="test", meta=glas)
-        import_items([Item(i.image) for i in glas_items(realdata, "train_")], folders["train"], split="targets",
-                     meta=glas)
     done.write_text(json.dumps({k: str(v) for k, v in folders.items()}))
     return folders
 
