@@ -20,6 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from inference.engine.adapt_bn import BatchNormAdaptation, adapt_batchnorm
 from inference.engine.budget import TimeBudget, degradation_levels
 from inference.engine.ensemble import Member
+from inference.fingerprint import file_identity, model_identity
 from inference.journal import Journal
 from inference.submission.images import plain_file_name, read_table_image, table_images
 from inference.submission.options import Options
@@ -69,33 +70,9 @@ class Run:
         return [r.id for r in self.results if r.dropped]
 
 
-def _file_identity(path: Path) -> list | None:
-    """[resolved path, size, mtime_ns] of a file (None when it is not one): what says it is the same file."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns] if path.is_file() else None
-
-
-def _image_identity(image_dir: Path, image_id: str) -> list | None:
+def _image_identity(image_dir: Path, image_id: str) -> list[int] | None:
     """[size, mtime_ns] of a row's image (None: no such file, or an id that is not a plain file name)."""
-    found = _file_identity(image_dir / f"{image_id}.tiff") if plain_file_name(image_id) else None
-    return found[1:] if found else None
-
-
-def _model_identity(name: str, weight: float) -> list:
-    """A member folder's identity: its config.json contents and its weights file (path, size, mtime)."""
-    folder = Path(name)
-    config = weights = None
-    try:
-        text = (folder / "config.json").read_bytes()
-        config = hashlib.sha256(text).hexdigest()
-        weights_name = json.loads(text).get("weights", "")
-        weights = _file_identity(folder / str(weights_name)) if weights_name else None
-    except (OSError, ValueError, AttributeError):  # an in-memory predictor, or a config the loader refused
-        pass
-    return [name, weight, config, weights]
+    return file_identity(image_dir / f"{image_id}.tiff") if plain_file_name(image_id) else None
 
 
 def run_fingerprint(table: pd.DataFrame, image_dir: Path, models: Sequence[Member | tuple[str, float]],
@@ -109,7 +86,7 @@ def run_fingerprint(table: pd.DataFrame, image_dir: Path, models: Sequence[Membe
     image_dir = Path(image_dir)
     images = [_image_identity(image_dir, i) for i in table["id"].astype(str)]
     blob = json.dumps({"table": table.to_csv(index=False), "images": str(image_dir.resolve()), "files": images,
-                       "models": [_model_identity(name, weight) for name, weight in pairs],
+                       "models": [[name, weight, model_identity(name)] for name, weight in pairs],
                        "options": dataclasses.asdict(options), "folds": folds}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -64,6 +64,7 @@ from inference.atomic import write_bytes, write_json
 from inference.engine.ensemble import EnsembleOptions, Member, predict_image
 from inference.engine.postprocess import postprocess
 from inference.engine.sliding import WindowFilter
+from inference.fingerprint import file_identity, model_identity
 from inference.organs import CLASSES
 from inference.tiling import window_starts
 from inference.tissue import tissue_mask
@@ -118,30 +119,6 @@ def _windows_in(members: list[Member], height: int, width: int, level_mpp: float
         tile, stride = m.predictor.config.tile_size, m.predictor.stride
         total += len(window_starts(max(h, tile), tile, stride)) * len(window_starts(max(w, tile), tile, stride))
     return total
-
-
-def file_identity(path: Path) -> list | None:
-    """[size, mtime in ns] of a file (None when it is missing): a changed file is a different input."""
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def model_identity(folder: str | Path) -> dict:
-    """A checkpoint folder as a run's input: its resolved path, config.json's contents and its weights file."""
-    folder = Path(folder)
-    try:
-        config = (folder / "config.json").read_bytes()
-    except OSError:
-        config = b""
-    try:
-        weights = json.loads(config).get("weights")
-    except (ValueError, AttributeError):
-        weights = None
-    return {"folder": str(folder.resolve()), "config": hashlib.sha256(config).hexdigest(),
-            "weights": [weights, file_identity(folder / weights) if isinstance(weights, str) else None]}
 
 
 def run_digest(slide: Path, models: list[str | Path], weights: list[float] | None, blend: str,
