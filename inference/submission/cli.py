@@ -8,6 +8,7 @@ import sys
 import time
 
 from inference.checkpoint import CheckpointConfig
+from inference.journal import JournalLocked
 from inference.submission.loop import predict_table, run_fingerprint
 from inference.submission.members import load_members, member_folders, oof_members
 from inference.submission.options import build_parser, options_from_args
@@ -44,7 +45,7 @@ def command_fingerprint(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; 0 on success, 2 on bad input, 1 when every row is bad."""
+    """Run the command line; 0 on success, 2 on bad input or a journal another run holds, 1 when every row is bad."""
     start = _start()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("id %s: %s" if where in ids else "%s: %s", where, note)
     begin = time.perf_counter()
     journal = args.journal or args.out.with_name(args.out.name + ".journal")
-    run = predict_table(table, args.data_dir / f"{args.split}_images", members, options,
-                        time_budget=args.time_budget, folds=folds, start=start, journal=journal)
+    try:
+        run = predict_table(table, args.data_dir / f"{args.split}_images", members, options,
+                            time_budget=args.time_budget, folds=folds, start=start, journal=journal)
+    except JournalLocked as exc:  # another run writes this journal: a restart would be refused the same way
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     write_submission(run.submission, args.out)
     seconds = time.perf_counter() - begin
     submission, bad = run.submission, run.bad

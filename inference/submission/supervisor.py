@@ -105,7 +105,8 @@ def run_supervised(argv: list[str], journal: Path, time_budget: float | None = N
     then is killed and no other is started, so the caller's write_from_journal always runs in time. A row that
     runs past row_limit (ROW_MARGIN x the slowest journaled row) is taken for a hang: the child is killed and
     restarted, that row becoming a crashed (empty) row. Stops after max_restarts, when a child dies without
-    adding a `done` record to the journal, or on exit 2 (bad input: a restart would fail the same way).
+    adding a `done` record to the journal, or on exit 2 (bad input, or a journal another run holds:
+    JournalLocked; a restart would fail the same way).
     Returns the last child's exit status (negative: killed by that signal). clock / sleep: for tests.
     """
     began = clock()

@@ -18,6 +18,7 @@ from crash import kill_on_open_env
 from inference import predict
 from inference.io import write_image
 from inference.journal import read_records
+from inference.submission import loop
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = "id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness"
@@ -56,9 +57,38 @@ def test_a_rerun_resumes_from_the_journal(data: Path, model: Path, tmp_path: Pat
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a journaled row was predicted again")
 
-    monkeypatch.setattr(predict, "predict_row", never)
+    monkeypatch.setattr(loop, "predict_row", never)  # what the loop calls (predict.predict_row is a re-export)
     assert predict.main(_argv(data, model, out)) == 0
     assert out.read_bytes() == first and "5 row(s) resumed" in capsys.readouterr().out
+    monkeypatch.setattr(loop, "_resume", lambda book, rows: {})  # a broken resume: the patched row is reached
+    with pytest.raises(AssertionError, match="predicted again"):
+        predict.main(_argv(data, model, out))
+
+
+def test_a_journal_another_run_holds_exits_2(data: Path, model: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """A second run on the same journal is refused (JournalLocked): exit 2 with its message, no traceback."""
+    from inference.journal import Journal
+
+    out = tmp_path / "s.csv"
+    with Journal(out.with_name("s.csv.journal"), "another run"):
+        assert predict.main(_argv(data, model, out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: journal ") and "being written by another run" in err and "--journal" in err
+    assert not out.exists()
+
+
+def test_the_supervisor_does_not_restart_a_child_refused_the_journal(data: Path, model: Path, tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture) -> None:
+    """A real child refused the journal (JournalLocked, exit 2) is not restarted: a restart would be refused too."""
+    from inference.journal import Journal
+
+    journal = tmp_path / "run.journal"
+    with Journal(journal, "another run"):
+        status = predict.run_supervised(_argv(data, model, tmp_path / "s.csv"), journal, max_restarts=3)
+    captured = capfd.readouterr()
+    assert status == 2 and captured.out.count("prediction child pid") == 1, captured.out + captured.err[-2000:]
+    assert "being written by another run" in captured.err and "Traceback" not in captured.err
 
 
 def test_other_settings_start_over(data: Path, model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

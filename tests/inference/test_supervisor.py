@@ -99,6 +99,29 @@ def test_a_child_past_the_deadline_is_killed_and_every_row_is_written(tmp_path: 
     assert written["rle"].tolist() == ["1 5", "3 2", ""]
 
 
+def test_a_child_that_hangs_during_start_up_is_stopped_by_the_deadline(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted child hangs before its first row (loading models, a stalled import): no row is claimed, so the
+    hung-row watchdog cannot see it, though earlier rows were measured; the deadline kills it and every row of
+    test.csv is written, the finished ones from the journal."""
+    from inference.submission.supervisor import row_limit
+
+    data = _data(tmp_path, n=4)
+    journal = _journal(tmp_path / "predict.journal", [_done(0, "1 5", seconds=1.0), _done(1, "3 2", seconds=1.0)])
+    assert row_limit(journal) is not None  # a measured row: the watchdog is armed, and still never fires
+    python, argv, starts = _child(tmp_path, [[["sleep", 600]]])  # hangs before claiming a row
+    fake = FakeTime(step=100.0)
+    with caplog.at_level(logging.ERROR):
+        status = run_supervised(argv, journal, python=python, deadline=3000.0, clock=fake.clock, sleep=fake.sleep)
+    assert status == -9 and starts.read_text() == "1"
+    assert 3000.0 <= fake.now < 3200.0  # past row_limit (600 s) many times over: only the deadline stopped it
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("killed at the deadline" in m for m in messages) and not any("has run" in m for m in messages)
+    sub = write_from_journal(data, journal, tmp_path / "submission.csv")
+    assert sub["id"].tolist() == ["1", "2", "3", "4"] and sub["rle"].tolist() == ["1 5", "3 2", "", ""]
+    assert pd.read_csv(tmp_path / "submission.csv", dtype=str, keep_default_na=False).equals(sub)
+
+
 def test_a_time_budget_sets_a_deadline_with_grace(tmp_path: Path) -> None:
     from inference.engine.budget import CHILD_GRACE_S
 
