@@ -46,7 +46,7 @@ from string import Template
 
 from inference.checkpoint import CheckpointConfig
 from inference.cli import HelpFormatter
-from inference.engine.budget import KAGGLE_HOURS, KAGGLE_OVERHEAD_S
+from inference.engine.budget import KAGGLE_HOURS, KAGGLE_OVERHEAD_S, KAGGLE_RESERVE_S
 from inference.engine.ensemble import bounded, positive_int
 from inference.engine.models import TORCH_VERSION_SUFFIX, resolve_checkpoints, weights_path
 from inference.predict import build_parser
@@ -316,8 +316,13 @@ def build(
     packages: tuple[str, ...] = KERNEL_PACKAGES,
     time_budget_hours: float = TIME_BUDGET_HOURS,
     hidden_images: int = HIDDEN_IMAGES,
+    limit_hours: float = KAGGLE_HOURS,
 ) -> dict[str, Path]:
-    """Write the three datasets and the kernel folder; return their paths by name."""
+    """Write the three datasets and the kernel folder; return their paths by name.
+
+    limit_hours: the competition's run-time limit for the notebook (Kaggle's 9 h here): the notebook kills the
+    prediction KAGGLE_RESERVE_S before it, writes submission.csv from the journal, and caps the budget under it.
+    """
     predict_args = list(predict_args or [])
     parsed = check_predict_args(predict_args)  # fail now on a typo or a forbidden option
     if thresholds is not None:
@@ -327,9 +332,13 @@ def build(
             raise ValueError("thresholds given twice: with --thresholds FILE and inside --predict-args")
     if hidden_images < 1:
         raise ValueError(f"--hidden-images must be positive, got {hidden_images}")
-    if not 0.0 <= time_budget_hours <= MAX_BUDGET_HOURS:
-        raise ValueError(f"--time-budget-hours must be in [0, {MAX_BUDGET_HOURS:g}] (Kaggle's {KAGGLE_HOURS:g} h "
-                         f"minus the notebook's overhead), got {time_budget_hours}")
+    if not limit_hours * 3600.0 > KAGGLE_RESERVE_S:
+        raise ValueError(f"--limit-hours must leave more than the {KAGGLE_RESERVE_S:g} s kept for writing "
+                         f"submission.csv, got {limit_hours} h")
+    max_budget = max(limit_hours - KAGGLE_OVERHEAD_S / 3600.0, 0.0)
+    if not 0.0 <= time_budget_hours <= max_budget:
+        raise ValueError(f"--time-budget-hours must be in [0, {max_budget:g}] (the {limit_hours:g} h limit minus "
+                         f"the notebook's overhead), got {time_budget_hours}")
     scale_budget = True
     if parsed.time_budget is not None:  # a fixed budget: the notebook still caps it and splits it over restarts
         predict_args = _without_option(predict_args, "--time-budget")
@@ -368,6 +377,7 @@ def build(
         budget_hours=repr(float(time_budget_hours)),
         scale_budget=repr(scale_budget),
         hidden_images=repr(int(hidden_images)),
+        limit_hours=repr(float(limit_hours)),
     )
     write_notebook(paths["kernel"] / "submission.ipynb", source)
     sources = [f"{user}/{slugs['code']}", f"{user}/{slugs['weights']}"]
@@ -434,13 +444,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="notebook --time-budget for --hidden-images rows, scaled to test.csv and capped at Kaggle's "
                          f"{KAGGLE_HOURS:g} h minus overhead (0: none; a --time-budget in --predict-args wins)")
     ap.add_argument("--hidden-images", type=positive_int, default=HIDDEN_IMAGES, help="rows of the hidden test set")
+    ap.add_argument("--limit-hours", type=float, default=KAGGLE_HOURS,
+                    help="the competition's run-time limit for the notebook: prediction is killed "
+                         f"{KAGGLE_RESERVE_S:g} s before it and submission.csv written from the journal")
     args = ap.parse_args(argv)
     if not args.user:
         ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")
     try:
         paths = build(args.models, args.out, args.user, args.competition, args.prefix, args.wheels,
                       args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args),
-                      tuple(args.packages), args.time_budget_hours, args.hidden_images)
+                      tuple(args.packages), args.time_budget_hours, args.hidden_images, limit_hours=args.limit_hours)
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

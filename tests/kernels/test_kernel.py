@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -183,6 +184,58 @@ def test_a_killed_child_leaves_every_row(kernel: dict[str, Path], demo_data: Pat
     expected = direct["rle"].tolist()
     expected[row] = ""
     assert sub["rle"].tolist() == expected
+
+
+def _damaged_test_csv(path: Path, long_row: int, broken_row: int) -> str:
+    """Rewrite test.csv with a `comment` column: a 200 KB quoted field (commas inside) on long_row, a quote never
+    closed in broken_row's organ; return the broken line's label ("line N")."""
+    lines = path.read_text().splitlines()
+    body = []
+    for n, line in enumerate(lines[1:]):
+        if n == broken_row:
+            image_id, organ, rest = line.split(",", 2)
+            line = f'{image_id},"{organ},{rest}'
+        body.append(f"{line},\"{'tissue, ' * 25_000}\"" if n == long_row else f"{line},")
+    path.write_text("\n".join([lines[0] + ",comment", *body]) + "\n")
+    assert path.stat().st_size > 200_000
+    return f"line {broken_row + 2}"
+
+
+def test_a_hung_child_and_a_damaged_test_csv_still_write_every_row_in_time(kernel: dict[str, Path], demo_data: Path,
+                                                                          tmp_path: Path) -> None:
+    """The notebook under a run-time limit from its settings (--limit-hours: 60 s of prediction plus the reserve),
+    test.csv with a 200 KB field and a quote never closed, and a child that hangs for good opening row 1's image:
+    the deadline kills the child, and submission.csv holds every row of test.csv in order before the limit, row 0
+    as predicted, the rest empty."""
+    from crash import kill_on_open_env
+
+    from inference.engine.budget import KAGGLE_RESERVE_S
+
+    limit_s, args = KAGGLE_RESERVE_S + 60.0, ["--tta", "2"]
+    paths = build(kernel["models"], tmp_path / "dist", user="tester", wheels=str(make_wheel(tmp_path / "w").parent),
+                  predict_args=args, time_budget_hours=0.0, limit_hours=limit_s / 3600.0)
+    inputs, working, script = _fake_kaggle({**paths}, demo_data, tmp_path)
+    test_csv = inputs / "hubmap-organ-segmentation" / "test.csv"
+    ids = pd.read_csv(test_csv, dtype=str)["id"].tolist()
+    broken = _damaged_test_csv(test_csv, long_row=3, broken_row=4)
+    env = kill_on_open_env(tmp_path / "hook", f"test_images/{ids[1]}.tiff", hang=True)
+    env["PYTHONPATH"] = str(tmp_path / "hook")  # nothing from the repo: the child imports the code dataset
+    began = time.monotonic()
+    run = _run_notebook(inputs, working, script, tmp_path, env)
+    took = time.monotonic() - began
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert took < limit_s, f"the notebook took {took:.0f} s, over its {limit_s:.0f} s limit"
+    assert (tmp_path / "hook" / "killed").is_file(), log[-4000:]  # the child did hang on row 1's image
+    assert run.stdout.count("prediction child pid") == 1 and "killed at the deadline" in run.stderr
+    assert f"{broken}: not readable as CSV" in run.stderr or f"{broken}: a quoted field runs over" in run.stderr
+    assert f"{len(ids)} test row(s): no time budget" in run.stdout
+    sub = pd.read_csv(working / "submission.csv", dtype=str, keep_default_na=False)
+    assert sub["id"].tolist() == ids
+    out = tmp_path / "direct.csv"
+    assert predict.main(["--data-dir", str(test_csv.parent), "--out", str(out), "--models",
+                         *map(str, kernel["models"]), *args]) == 0
+    assert sub["rle"].tolist() == [pd.read_csv(out, dtype=str, keep_default_na=False)["rle"][0]] + [""] * (len(ids) - 1)
 
 
 def test_the_code_dataset_alone_imports_inference_predict(kernel: dict[str, Path], tmp_path: Path) -> None:
