@@ -421,8 +421,26 @@ class BoundedPiecewiseAffine(A.PiecewiseAffine):
         return {"map_x": map_x, "map_y": map_y}
 
 
+# np.rot90's factor k (counter-clockwise quarter turns) as cv2.rotate codes
+_CV2_ROTATIONS = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+class OpenCVRandomRotate90(A.RandomRotate90):
+    """albumentations' RandomRotate90 (same draws, same pixels) turning images and masks with cv2.rotate.
+
+    np.rot90 returns a strided view that a later transform copies pixel by pixel; cv2.rotate writes the turned
+    image in one pass (about 5x faster on a 1024 px crop, benchmarks/data_pipeline.py).
+    """
+
+    def apply(self, img: np.ndarray, factor: int, **params: Any) -> np.ndarray:
+        """Turn an image or mask `factor` quarter turns counter-clockwise, as np.rot90(img, factor)."""
+        if factor == 0 or (img.ndim == 3 and img.shape[-1] > 4):  # cv2 handles at most 4 channels
+            return np.rot90(img, factor)
+        return cv2.rotate(img, _CV2_ROTATIONS[factor])
+
+
 def _flips() -> list[A.BasicTransform]:
-    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)]
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), OpenCVRandomRotate90(p=0.5)]
 
 
 def _seed10() -> list[A.BasicTransform]:

@@ -94,8 +94,19 @@ def crop_reflect(array: np.ndarray, y0: int, x0: int, side: int) -> np.ndarray:
     """array[y0:y0+side, x0:x0+side], padded by symmetric reflection where it leaves the array.
 
     The same reflection (inference.engine.sliding.reflect_indices) as the sliding-window predictor pads images with.
+    Where each border is no wider than the part inside the array, OpenCV's BORDER_REFLECT pads that part to the same
+    pixels as the index reflection, in one copy instead of two gathers (about 10x faster on a 1024 px crop,
+    benchmarks/data_pipeline.py); wider borders (several reflections) take the index path.
     """
-    rows, cols = _window(array.shape[0], y0, side), _window(array.shape[1], x0, side)
+    h, w = array.shape[:2]
+    top, bottom = max(0, -y0), max(0, y0 + side - h)
+    left, right = max(0, -x0), max(0, x0 + side - w)
+    inner = array[max(0, y0) : min(h, y0 + side), max(0, x0) : min(w, x0 + side)]
+    if not (top or bottom or left or right):
+        return inner
+    if max(top, bottom) <= inner.shape[0] and max(left, right) <= inner.shape[1] and array.dtype == np.uint8:
+        return cv2.copyMakeBorder(inner, top, bottom, left, right, cv2.BORDER_REFLECT)
+    rows, cols = _window(h, y0, side), _window(w, x0, side)
     return array[rows][:, cols]
 
 

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -46,10 +47,30 @@ MEAN = np.array(IMAGENET_MEAN, np.float32)
 STD = np.array(IMAGENET_STD, np.float32)
 
 
+# Every uint8 value's normalised float32, one (1, 256) table per channel: the same float32 arithmetic as
+# (rgb / 255 - mean) / std.
+_NORMALISED = [
+    np.ascontiguousarray(((np.arange(256, dtype=np.float32) / np.float32(255.0) - MEAN[c]) / STD[c])[None])
+    for c in range(3)
+]
+
+
 def normalise(images: np.ndarray) -> np.ndarray:
-    """uint8 (..., H, W, 3) RGB to float32 (..., 3, H, W) with ImageNet mean/std on rgb / 255."""
-    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    """uint8 (..., H, W, 3) RGB to float32 (..., 3, H, W) with ImageNet mean/std on rgb / 255.
+
+    By table lookup (cv2.LUT) of each channel plane straight into the channel-first layout: the values of the float
+    arithmetic, without its four passes over every pixel and strided copy (about 5x faster on a 1024 px crop,
+    benchmarks/data_pipeline.py).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim < 3 or images.shape[-1] != 3:
+        raise TypeError(f"normalise needs (..., H, W, 3) uint8 RGB, got {images.dtype} {images.shape}")
+    height, width = images.shape[-3:-1]
+    out = np.empty((*images.shape[:-3], 3, height, width), np.float32)
+    for image, planes in zip(images.reshape(-1, height, width, 3), out.reshape(-1, 3, height, width), strict=True):
+        for c, channel in enumerate(cv2.split(image)):
+            cv2.LUT(channel, _NORMALISED[c], dst=planes[c])
+    return out
 
 
 def split_rows(index: pd.DataFrame, fold: int, cfg: FastaiConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -190,6 +211,7 @@ class FixedCropDataset(Dataset):
 
     def __init__(self, sampler: CropSampler, per_image: int, seed: int, input_mode: str = "rgb") -> None:
         rng = np.random.default_rng(seed)
+        self.input_mode = input_mode
         self.items = [sampler.crop(image, rng) for image in sampler.images for _ in range(per_image)]
 
     def __len__(self) -> int:
@@ -206,10 +228,10 @@ class TileDataset(Dataset):
         self, rows: pd.DataFrame, tiles_dir: Path, size: int, augment: str | None,
         histmatch_targets: tuple[str, ...] = (), input_mode: str = "rgb",
     ) -> None:  # fmt: skip
+        self.input_mode = input_mode
         self.image_paths = [Path(tiles_dir) / p for p in rows["image_path"]]
         self.mask_paths = [Path(tiles_dir) / p for p in rows["mask_path"]]
         self.size = size
-        self.input_mode = input_mode
         self.transform = (
             train_transforms(augment, histmatch_targets=histmatch_targets) if augment else valid_transforms()
         )
@@ -226,7 +248,6 @@ class TileDataset(Dataset):
         return _sample(out["image"], out["mask"], input_mode=self.input_mode)
 
 
-        self.input_mode = input_mode
 class SampledDataLoader(DataLoader):
     """A shuffled fastai DataLoader drawing `n` random items per epoch from a larger dataset.
 

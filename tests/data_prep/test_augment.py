@@ -57,13 +57,13 @@ def test_preset_builds_and_applies_without_warnings(preset: str, reference_png: 
 
 def test_presets_differ_and_seed10_applies_every_transform(reference_png: str) -> None:
     names = {p: [type(t).__name__ for t in train_transforms(p, histmatch_targets=[reference_png])] for p in PRESETS}
-    assert names["flips"] == ["HorizontalFlip", "VerticalFlip", "RandomRotate90"]
+    assert names["flips"] == ["HorizontalFlip", "VerticalFlip", "OpenCVRandomRotate90"]
     assert names["flips+stain"] == [*names["flips"], "StainTransfer"]
     seed10 = train_transforms("seed10")
     leaves = [type(t).__name__ for t in seed10 for t in getattr(t, "transforms", [t])]
     assert set(leaves) >= {
         "HorizontalFlip",
-        "RandomRotate90",
+        "OpenCVRandomRotate90",
         "Affine",
         "GaussNoise",
         "GaussianBlur",
