@@ -277,6 +277,12 @@ def test_build_caps_the_notebook_budget(kernel: dict[str, Path], tmp_path: Path)
                   predict_args=["--time-budget", "36000"])
     source = code_cells(paths["kernel"] / "submission.ipynb")
     assert "BUDGET_HOURS = 10.0" in source and "SCALE_BUDGET = False" in source and "36000" not in source
+    assert "LIMIT_HOURS = 9.0" in source  # Kaggle's limit unless --limit-hours says otherwise
+    with pytest.raises(ValueError, match="--limit-hours must leave more than the 120 s"):
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", limit_hours=0.01)
+    with pytest.raises(ValueError, match=r"in \[0, 0\] \(the 0.2 h limit"):  # no budget fits under the overhead
+        build(kernel["models"][1:], tmp_path / "dist", user="tester", wheels="none", limit_hours=0.2,
+              time_budget_hours=0.1)
 
 
 def test_build_rejects_bad_predict_args(kernel: dict[str, Path], tmp_path: Path) -> None:
