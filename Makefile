@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # albumentations checks PyPI for a newer release on import: never at run time here.
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test test-fast lint bench clean-demo
 
 # The stamp depends on requirements.txt: a filled venv is not reinstalled, a changed pin is.
 $(VENV)/.installed: requirements.txt tools/build_mmcv_wheel.sh
@@ -31,6 +31,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: every test but the `slow` ones (those that train a model or run a pipeline end to end).
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

@@ -122,6 +122,7 @@ def test_adapt_batchnorm_on_demo_images_per_source(demo_data: Path, tmp_path: Pa
     assert torch.equal(layers[0][1].running_var, trained)
 
 
+@pytest.mark.slow
 def test_predict_adapt_bn_end_to_end(demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     smp_run = make_smp_checkpoint(tmp_path / "unet" / "fold0", tile=64)
     tiny = make_torchscript_checkpoint(tmp_path / "tiny" / "fold0", tile=64)  # traced, no BatchNorm: left alone
@@ -167,6 +168,7 @@ def test_a_member_whose_adaptation_raises_is_left_as_trained_with_a_warning(
             assert not bn.training
 
 
+@pytest.mark.slow
 def test_predict_with_adabn_failing_inside_predicts_every_row(tmp_path: Path, demo_data: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """The whole loop: AdaBN raising inside leaves the member unadapted and every row predicted (exit 0)."""

@@ -78,6 +78,7 @@ def test_a_journal_another_run_holds_exits_2(data: Path, model: Path, tmp_path: 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_supervisor_does_not_restart_a_child_refused_the_journal(data: Path, model: Path, tmp_path: Path,
                                                                      capfd: pytest.CaptureFixture) -> None:
     """A real child refused the journal (JournalLocked, exit 2) is not restarted: a restart would be refused too."""
@@ -101,6 +102,7 @@ def test_other_settings_start_over(data: Path, model: Path, tmp_path: Path, capl
     assert any("starting over" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_the_row_in_progress_is_empty(data: Path, model: Path, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     out, journal = tmp_path / "s.csv", tmp_path / "run.journal"
@@ -124,6 +126,7 @@ def test_a_killed_run_resumes_and_the_row_in_progress_is_empty(data: Path, model
     assert done[2]["status"] == "crashed" and json.dumps(done[2])
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_adabn_reads_an_image_blames_that_row(data: Path, model: Path, tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """--adapt-bn reads images before the loop, each under a claim: a decoder that kills it costs that row only."""

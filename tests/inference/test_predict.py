@@ -56,6 +56,7 @@ def test_load_predictor_names_a_missing_weights_file(runs: dict[str, Path], tmp_
         load_predictor(folder)
 
 
+@pytest.mark.slow
 def test_predict_cli_end_to_end(demo_data: Path, runs: dict[str, Path], tmp_path: Path,
                                 capsys: pytest.CaptureFixture) -> None:
     out, probs = tmp_path / "submission.csv", tmp_path / "probs"

@@ -45,6 +45,7 @@ def _predict(demo_data: Path, out: Path, models: list[Path], *extra: str) -> tup
     return out.read_bytes(), {p.name: p.read_bytes() for p in sorted(probs.glob("*.npy"))}
 
 
+@pytest.mark.slow
 def test_tta_scales_1_is_byte_for_byte_todays_output(demo_data: Path, runs: dict[str, Path], tmp_path: Path) -> None:
     models = [runs["binary"], runs["multiclass"]]
     for tta in ("0", "2"):
@@ -117,6 +118,7 @@ def test_reinhard_matches_torchstain(demo_data: Path, reference: Path) -> None:
         reinhard_normalise(image, StainReference(ref.stain_matrix, ref.max_concentrations))
 
 
+@pytest.mark.slow
 def test_stain_tta_averages_the_normalised_views(demo_data: Path, runs: dict[str, Path], reference: Path,
                                                  tmp_path: Path) -> None:
     models = [runs["binary"]]

@@ -125,6 +125,7 @@ def _direct(kernel: dict[str, Path], demo_data: Path, out: Path) -> pd.DataFrame
     return pd.read_csv(out, dtype=str, keep_default_na=False)
 
 
+@pytest.mark.slow
 def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
     inputs, working, script = _fake_kaggle(kernel, demo_data, tmp_path)
     run = _run_notebook(inputs, working, script, tmp_path)
@@ -140,7 +141,7 @@ def test_notebook_offline_matches_direct_predict(kernel: dict[str, Path], demo_d
 @pytest.mark.mmseg
 @pytest.mark.slow
 def test_notebook_offline_predicts_a_segformer_run(segformer_run: Path, demo_data: Path, tmp_path: Path) -> None:
-    """The CPU SegFormer (mmseg trainer, 1 minute on demo tiles, exported to TorchScript) through the offline
+    """The CPU SegFormer (mmseg trainer, 40 iterations on demo tiles, exported to TorchScript) through the offline
     notebook: the kernel needs no mmcv / mmseg, and writes what inference.predict writes directly."""
     args = ["--tta", "2", "--tta-scales", "1,1.25"]
     paths = build([segformer_run], tmp_path / "dist", user="tester", wheels=str(make_wheel(tmp_path / "w").parent),
@@ -158,6 +159,7 @@ def test_notebook_offline_predicts_a_segformer_run(segformer_run: Path, demo_dat
     assert (pd.read_csv(out, keep_default_na=False)["rle"] != "").any()  # the trained model marks FTUs
 
 
+@pytest.mark.slow
 def test_a_killed_child_leaves_every_row(kernel: dict[str, Path], demo_data: Path, tmp_path: Path) -> None:
     """The child dies (SIGKILL) while reading an image in the loop: it is restarted, and every row is written."""
     from crash import kill_on_open_env
@@ -201,6 +203,7 @@ def _damaged_test_csv(path: Path, long_row: int, broken_row: int) -> str:
     return f"line {broken_row + 2}"
 
 
+@pytest.mark.slow
 def test_a_hung_child_and_a_damaged_test_csv_still_write_every_row_in_time(kernel: dict[str, Path], demo_data: Path,
                                                                           tmp_path: Path) -> None:
     """The notebook under a run-time limit from its settings (--limit-hours: 60 s of prediction plus the reserve),

@@ -41,6 +41,7 @@ def test_thresholds_split_probabilities_into_ftu_band_and_background() -> None:
         pseudo_label(p, 0.7, 0.6)
 
 
+@pytest.mark.slow
 def test_pseudo_labels_end_to_end_into_training_only_rows(
     runs: dict[str, Path], demo_data: Path, demo_folds: Path, tmp_path: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_crop_batches_carry_the_band_to_the_loss() -> None:
     assert all(set(t.unique().tolist()) == {0.0, 1.0, float(IGNORE_INDEX)} for t in targets)
 
 
+@pytest.mark.slow
 def test_teacher_sees_the_stain_views_and_the_student_the_image_as_read(
     runs: dict[str, Path], demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,7 @@ def _cohort(csv: Path, run: Path, out: Path, *extra: str) -> list[str]:
     return pd.read_csv(out / "cohort.csv")["status"].tolist()
 
 
+@pytest.mark.slow
 def test_a_cohort_rerun_with_other_settings_predicts_again(one_slide: Path, dark_run: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
@@ -40,6 +41,7 @@ def test_a_cohort_rerun_with_other_settings_predicts_again(one_slide: Path, dark
     assert _cohort(one_slide, dark_run, out, "--fill-holes") == ["skipped"]
 
 
+@pytest.mark.slow
 def test_an_edited_slide_or_config_json_is_predicted_again(one_slide: Path, dark_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(dark_run, run)  # the session's checkpoint stays as it is
@@ -56,6 +58,7 @@ def test_an_edited_slide_or_config_json_is_predicted_again(one_slide: Path, dark
     assert _cohort(one_slide, run, out) == ["skipped"]
 
 
+@pytest.mark.slow
 def test_a_single_slide_refuses_work_of_an_edited_slide_file(one_slide: Path, dark_run: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     from inference.wsi.cli import main

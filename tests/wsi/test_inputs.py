@@ -281,6 +281,7 @@ def test_wsi_tiles_array_geojson_and_classes(demo_slides: Path, tmp_path: Path) 
     assert (index[index["organ"] == "kidney"]["tile_id"].str.contains("_p")).any()
 
 
+@pytest.mark.slow
 def test_fine_level_is_shrunk_before_prediction(
     demo_slides: Path, dark_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,7 @@ def _run_wsi(slide: Path, run: Path, out: Path, *extra: str) -> dict:
     return state["summary"]
 
 
+@pytest.mark.slow
 def test_wsi_matches_predict_and_writes_readable_outputs(
     demo_slides: Path, dark_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -207,6 +208,7 @@ def test_wsi_matches_predict_and_writes_readable_outputs(
     assert dice(decode(rle, side, side).astype(bool), region) >= 0.99
 
 
+@pytest.mark.slow
 def test_wsi_resumes_after_interruption(demo_slides: Path, dark_run: Path, tmp_path: Path) -> None:
     row = pd.read_csv(demo_slides).iloc[1]
     slide = demo_slides.parent / row.slide  # generic pyramid, read through OpenSlide here
