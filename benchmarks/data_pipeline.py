@@ -14,8 +14,9 @@ the DataLoader workers each config needs to keep its GPU fed.
    stain-copy share, low-res blur, the `seed10+stain` preset, normalisation and target; or the tile sampler), mmseg
    configs (MMSEG_CONFIGS) the train dataset mmseg's registry builds from the config (HubmapTileDataset and the
    config's pipeline: tile PNG read, FtuMask, AugmentPreset, RandomResize / RandomCrop, PackSegInputs).
-   One untimed warm-up sample, then --samples samples timed one by one: samples/s per worker from the median
-   (a shared machine's stalls left out).
+   Every config a quarter of --samples per round, 4 rounds round-robin (so all see the same machine load), each
+   round after one untimed warm-up sample, timed one by one: samples/s per worker from the median (a shared
+   machine's stalls left out).
 3. Workers per GPU: ceil(GPU images/s / samples/s per worker). GPU images/s is gpu_check.py's measured img_s where
    --gpu-results holds a GPU run of that config; otherwise an ASSUMPTION (GPU_ASSUMED: published forward GFLOPs,
    an A100 with AMP at an assumed sustained rate), printed as such.
@@ -201,11 +202,8 @@ def mmseg_dataset(name: str, tiles: dict[int, Path]) -> tuple[torch.utils.data.D
     return DATASETS.build(dataset_cfg), int(cfg.tile_size), int(cfg.train_dataloader.batch_size), steps
 
 
-def time_samples(dataset: torch.utils.data.Dataset, samples: int, seed: int) -> tuple[float, list]:
-    """Median seconds per sample over `samples` items after one untimed warm-up (torch's seed fixes the draws).
-
-    The median, not the mean: on a shared machine a sample that waited for the CPU says nothing about the pipeline.
-    """
+def time_samples(dataset: torch.utils.data.Dataset, samples: int, seed: int) -> tuple[list[float], list]:
+    """(seconds of each of `samples` items after one untimed warm-up, the items); the seeds fix the draws."""
     torch.manual_seed(seed)  # our datasets' and AugmentPreset's draws (worker_seed)
     np.random.seed(seed)  # noqa: NPY002 - mmcv's RandomResize / RandomCrop draw from numpy's global generator
     random.seed(seed)
@@ -216,7 +214,7 @@ def time_samples(dataset: torch.utils.data.Dataset, samples: int, seed: int) -> 
         start = time.perf_counter()
         out.append(dataset[i])
         seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds)), out
+    return seconds, out
 
 
 def build(kind: str, name: str, tiles: dict[int, Path], n: int) -> tuple[torch.utils.data.Dataset, int, int, str]:
@@ -244,7 +242,7 @@ def max_difference(a: list, b: list) -> float:
 def before_after(kind: str, name: str, tiles: dict[int, Path], samples: int, rounds: int = 4) -> dict:
     """A config's pipeline through REFERENCE and through today's code, interleaved rounds of the same samples."""
     per_round = max(3, samples // rounds)
-    seconds = {"reference": 0.0, "today": 0.0}
+    seconds: dict[str, list[float]] = {"reference": [], "today": []}
     difference = 0.0
     for r in range(rounds):
         outputs = {}
@@ -252,10 +250,10 @@ def before_after(kind: str, name: str, tiles: dict[int, Path], samples: int, rou
             with reference_path() if path == "reference" else contextlib.nullcontext():
                 dataset = build(kind, name, tiles, per_round + 1)[0]
                 spent, outputs[path] = time_samples(dataset, per_round, seed=1000 + r)
-            seconds[path] += spent / rounds
+            seconds[path] += spent
         difference = max(difference, max_difference(outputs["reference"], outputs["today"]))
-    return dict(reference_s=seconds["reference"], today_s=seconds["today"],
-                speedup=seconds["reference"] / seconds["today"], max_abs_difference=difference)
+    reference, today = float(np.median(seconds["reference"])), float(np.median(seconds["today"]))
+    return dict(reference_s=reference, today_s=today, speedup=reference / today, max_abs_difference=difference)
 
 
 def gpu_rates(path: Path | None) -> dict[str, float]:
@@ -306,10 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         sizes += [int(Config.fromfile(str(MMSEG_DIR / f"{n}.py")).tile_size) for kind, n in plan if kind == "mmseg"]
     tiles = prepare(args.work.resolve(), sizes, args.n_train)
     measured = gpu_rates(args.gpu_results)
+    built = {name: build(kind, name, tiles, args.samples + 1) for kind, name in plan}
+    spent: dict[str, list[float]] = {name: [] for _, name in plan}
+    rounds = 4  # every config a quarter of its samples per round, so all of them see the same machine load
+    for r in range(rounds):
+        for name in [n for _, n in plan][r % len(plan):] + [n for _, n in plan][: r % len(plan)]:
+            spent[name] += time_samples(built[name][0], max(1, args.samples // rounds), args.seed + r)[0]
     rows = []
     for kind, name in plan:
-        dataset, tile, batch, pipeline = build(kind, name, tiles, args.samples + 1)
-        seconds, _ = time_samples(dataset, args.samples, args.seed)
+        _, tile, batch, pipeline = built[name]
+        seconds = float(np.median(spent[name]))
         rate = measured.get(name)
         gpu = rate if rate is not None else assumed_gpu_rate(name, tile)
         row = dict(config=name, kind=kind, tile=tile, batch=batch, pipeline=pipeline, ms_per_sample=1e3 * seconds,
