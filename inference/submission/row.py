@@ -42,6 +42,12 @@ class RowResult:
     windows: int = 0  # forward windows run (the time budget's unit)
     seconds: float = 0.0  # time the row took (journaled: a restarted child's budget starts from it)
 
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:  # the summary counts statuses by name: a typo would count nowhere
+            raise ValueError(f"RowResult status {self.status!r} not in {STATUSES}")
+        if self.status != "ok" and self.rle:
+            raise ValueError(f"RowResult status {self.status!r} must have an empty rle")
+
 
 def save_probability(path: Path, probability: np.ndarray, max_side: int) -> None:
     """Write a probability map as float16 .npy, area-downscaled so its longer side is at most max_side."""

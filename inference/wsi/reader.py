@@ -71,10 +71,6 @@ class Slide:
             raise ValueError(f"{self.path}: no pixel size in the file's metadata; pass --mpp (um per level-0 pixel)")
         return self.mpp * self.downsamples[level]
 
-    def nearest_level(self, mpp: float) -> int:
-        """The level whose um/px is nearest `mpp` on a log scale."""
-        return int(np.argmin([abs(math.log(self.level_mpp(i) / mpp)) for i in range(len(self.dimensions))]))
-
     def level_for(self, mpp: float, tolerance: float = 1.1) -> int:
         """The coarsest level at most `tolerance` x `mpp` um/px (level 0 if none): read there, then downsample.
 
