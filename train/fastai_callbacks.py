@@ -1,11 +1,9 @@
-"""The fastai trainer's callbacks and metric: submission-path validation, the training clock, resumable
-checkpoints, weight snapshots for averaging, encoder BatchNorm freezing and an appending CSV log."""
+"""The fastai trainer's callbacks and metric: submission-path validation, the training clock, resumable and atomic
+checkpoints (best.pth, last.pth), weight snapshots for averaging, encoder BatchNorm freezing and an appending CSV log."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,25 +15,43 @@ from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import ParamScheduler
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.load import DataLoader
-from fastai.learner import Learner, Metric, Recorder
+from fastai.learner import Learner, Metric, Recorder, load_model, save_model
 from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib
 from torch import nn
 
+from inference.atomic import atomic_write, write_json
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
 from train.averaging import SnapshotPool
+from train.run_folder import inside
 from train.validation import ValidationImage, kernel_validation
 
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (a temporary file, then os.replace): a kill never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def save_learner(learn: Learner, path: Path, with_opt: bool) -> Path:
+    """fastai's save_model (model, and optimizer when with_opt) through the one atomic writer, on rank 0 only.
+
+    fastai's Learner.save writes in place: a kill mid-write leaves a torn best.pth that the next resume reloads.
+    """
+    if rank_distrib() == 0:
+        with atomic_write(path, "wb", suffix=".pth") as handle:
+            save_model(handle, learn.model, getattr(learn, "opt", None), with_opt=with_opt)
+    return path
+
+
+def load_learner_state(learn: Learner, path: Path, folder: Path, with_opt: bool) -> None:
+    """Reload a checkpoint this run wrote, with torch's weights-only unpickler, refusing paths that leave `folder`.
+
+    fastai's SaveModelCallback reloads best.pth with the full unpickler (weights_only=False): a file planted or
+    linked into the run folder could run code. Our checkpoints hold tensors, numbers and lists only.
+    """
+    if not inside(path, folder):
+        raise ValueError(f"{path} resolves to {Path(path).resolve()}, outside the run folder {folder}: not loading it")
+    load_model(path, learn.model, learn.opt, with_opt=with_opt, device=getattr(learn.dls, "device", None),
+               weights_only=True)
 
 
 class Validation:
@@ -164,6 +180,25 @@ class EpochOffset(Callback):
         self.recorder.log[0] = self.epoch + self.offset
 
 
+class BestCheckpoint(SaveModelCallback):
+    """fastai's SaveModelCallback writing best.pth atomically and reloading it weights-only from inside the run folder."""
+
+    def __init__(self, folder: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.folder = Path(folder)
+
+    def _save(self, name: str) -> None:
+        self.last_saved_path = save_learner(self.learn, self.folder / CHECKPOINTS / f"{name}.pth", self.with_opt)
+
+    def after_fit(self, **kwargs) -> None:
+        """Load the best epoch's weights (as SaveModelCallback does, but weights-only)."""
+        if self.at_end:
+            self._save(self.fname)
+        elif not self.every_epoch:
+            distrib_barrier()
+            load_learner_state(self.learn, self.folder / CHECKPOINTS / f"{self.fname}.pth", self.folder, self.with_opt)
+
+
 class ResumeCheckpoint(Callback):
     """After every epoch: save model + optimizer as checkpoints/last.pth and the progress in checkpoints/state.json."""
 
@@ -180,9 +215,8 @@ class ResumeCheckpoint(Callback):
         self.folder, self.offset, self.record, self.tracker, self.clock = folder, offset, record, tracker, clock
 
     def after_epoch(self) -> None:
-        saved = self.learn.save("last_tmp", with_opt=True)
+        save_learner(self.learn, self.folder / CHECKPOINTS / "last.pth", with_opt=True)  # never half a last.pth
         if rank_distrib() == 0:
-            os.replace(saved, self.folder / CHECKPOINTS / "last.pth")  # never leave a half-written last.pth
             best = None if self.tracker is None else float(self.tracker.best)
             spent = None if self.clock is None else self.clock.spent
             state = dict(self.record, epochs_done=self.epoch + self.offset + 1, best=best, seconds_trained=spent)

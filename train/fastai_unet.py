@@ -2,7 +2,9 @@
 
     python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
         [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--batch-size B] [--lr LR] [--seed S]
-        [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last]
+        [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last] [--no-resume] [--overwrite]
+        [--max-steps N]
+    python -m train.fastai_unet --list                          (the experiments, with their one-line summaries)
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
 Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice, or with average_k=K
@@ -19,16 +21,19 @@ train.validation.kernel_validation over fold k's original images (DATA/train_ima
 the tile set's tiles.json) with inference.predict's defaults, so it equals `inference.predict --split train` on
 those images. --minutes M gives training M minutes (validation not counted): each of the E epochs trains for
 M / E minutes and the LR schedule follows the clock. While training, checkpoints/last.pth (model + optimizer)
-and checkpoints/state.json are saved every epoch, so re-running the same command after an interruption
-continues from the last finished epoch on the same LR schedule.
+and checkpoints/state.json are saved every epoch (atomically, like best.pth and metrics.json), so re-running the
+same command after an interruption continues from the last finished epoch on the same LR schedule (--no-resume
+starts it over). --max-steps N is a smoke run: N optimizer steps in one epoch, one validation, and config.json /
+metrics.json marked "smoke": true (train.run_folder), which kernels.build refuses. From Python:
+train(cfg, name, fold, tiles) with cfg a FastaiConfig (load_config(name)[1]).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,25 +44,27 @@ import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.schedule import ParamScheduler, combined_cos
-from fastai.callback.tracker import SaveModelCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.distributed import distrib_ctx  # noqa: F401  (patches Learner.distrib_ctx)
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.torch_core import distrib_barrier, get_model, num_distrib, rank_distrib, set_seed
 
-from data_prep.tileset import load_index, read_png, source_data_dir
+from data_prep.augment import REFERENCE_PRESETS
+from data_prep.tileset import load_index
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig
-from inference.cli import HelpFormatter, hidden_alias
+from inference.cli import hidden_alias
+from inference.cli import parser as cli_parser
 from inference.score import format_report
-from inference.tables import load_train
+from train import run_folder
 from train.averaging import SnapshotPool
-from train.configs.fastai.base import FastaiConfig, load_config
+from train.configs.fastai.base import FastaiConfig, experiment_summaries, load_config
 from train.export import export_torchscript
 from train.fastai_callbacks import (
     CHECKPOINTS,
     STATE,
     AppendingCSVLogger,
+    BestCheckpoint,
     ClockScheduler,
     EpochOffset,
     FreezeEncoderBN,
@@ -67,11 +74,11 @@ from train.fastai_callbacks import (
     TrainingClock,
     Validation,
     WeightSnapshots,
-    write_json,
+    load_learner_state,
 )
 from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
 from train.losses import SegmentationLoss
-from train.models import build_model, fixed_input_size
+from train.models import build_model, exported_as_torchscript
 from train.validation import write_oof
 
 CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
@@ -113,39 +120,15 @@ def schedule(cfg: FastaiConfig, moms: tuple[float, ...], start_epoch: int = 0) -
     return {name: (lambda pos, f=f: f(done + pos * (1.0 - done))) for name, f in curves.items()}
 
 
-def training_pixel_size(cfg: FastaiConfig, train: pd.DataFrame, tiles_dir: Path) -> float:
-    """um/px of the model input: the crop sampler's pixel_size, else the median of the training tiles resized."""
-    if cfg.sampler == "crops":
-        return float(cfg.pixel_size)
-    original = train[train["source"] == "original"]
-    rows = original if len(original) else train
-    side = read_png(Path(tiles_dir) / rows["image_path"].iloc[0]).shape[0]
-    return float(np.median(rows["tile_pixel_size"])) * side / cfg.tile_size
-
-
-def inference_reduce_k(cfg: FastaiConfig, train: pd.DataFrame, tiles_dir: Path) -> float:
-    """k of the adaptive reduce rule (--scale-mode reduce only), matched to the training scale.
-
-    reduce = ceil(side / (tile * k)). Crops: k = the training images' median working side / tile, so reduce is
-    about image um/px -> training um/px. Tiles: the finest split trained on (on the demo, k=3 beat k=1).
-    """
-    if cfg.reduce_k is not None:
-        return float(cfg.reduce_k)
-    if cfg.sampler == "crops":
-        sample = train.drop_duplicates("image_id").head(20)
-        sides = [max(read_png(Path(tiles_dir) / p, mask=True).shape) for p in sample["mask_path"]]
-        return float(np.median(sides)) / cfg.tile_size
-    splits = train.loc[(train["source"] == "original") & (train["split"] > 0), "split"]
-    return float(splits.max()) if len(splits) else 1.0
-
-
 def checkpoint_config(
-    cfg: FastaiConfig, name: str, fold: int, train_rows: pd.DataFrame, tiles_dir: Path
+    cfg: FastaiConfig, name: str, fold: int, train_rows: pd.DataFrame, tiles_dir: Path, max_steps: int | None = None
 ) -> CheckpointConfig:
     """The config.json of this run: everything inference needs to predict the way validation did."""
-    # MRN is not an smp model, and fixed-size encoders (CoaT) need arguments config.json cannot hold: both are
-    # exported as TorchScript, so the kernel needs only torch
-    scripted = cfg.arch == "MRN" or fixed_input_size(cfg.encoder)
+    scripted = exported_as_torchscript(cfg)  # the kernel then needs only torch
+    crops = cfg.sampler == "crops"
+    reduce_k, pixel_size = run_folder.inference_scale(
+        train_rows, tiles_dir, cfg.tile_size, pixel_size=cfg.pixel_size if crops else None, reduce_k=cfg.reduce_k
+    )
     return CheckpointConfig(
         name=name,
         fold=fold,
@@ -155,34 +138,19 @@ def checkpoint_config(
         tile_size=cfg.tile_size,
         weights="model.ts" if scripted else "model.pth",
         context=cfg.context,
+        input_mode=cfg.input_mode,
         arch=cfg.arch,
         encoder=cfg.encoder,
         decoder_norm=cfg.decoder_norm,
         overlap=cfg.overlap,
         reduce=cfg.reduce,
-        reduce_k=inference_reduce_k(cfg, train_rows, tiles_dir),
-        pixel_size=training_pixel_size(cfg, train_rows, tiles_dir),
+        reduce_k=reduce_k,
+        pixel_size=pixel_size,
         mean=list(IMAGENET_MEAN),
         std=list(IMAGENET_STD),
         threshold=cfg.threshold,
-        train=dict(cfg.to_dict(), tiles=str(tiles_dir), trainer="train.fastai_unet"),
+        train=dict(cfg.to_dict(), tiles=str(tiles_dir), trainer="train.fastai_unet", **run_folder.smoke_record(max_steps)),
     )
-
-
-def validation_table(data_dir: Path | None, valid_rows: pd.DataFrame, tiles_dir: Path) -> tuple[pd.DataFrame, Path]:
-    """train.csv rows of the validation images and their image folder; errors say which folder to pass."""
-    if data_dir is None:
-        raise FileNotFoundError(
-            f"validation predicts the original images, but {Path(tiles_dir) / 'tiles.json'} records no data folder; "
-            "pass --data-dir DATA (the folder with train.csv and train_images/)"
-        )
-    train = load_train(Path(data_dir) / "train.csv")
-    ids = set(valid_rows["image_id"].astype(int))
-    table = train[train["id"].astype(int).isin(ids)].reset_index(drop=True)
-    missing = sorted(ids - set(table["id"].astype(int)))
-    if missing:
-        raise ValueError(f"validation image(s) {missing[:5]} of the tile set are not in {data_dir}/train.csv")
-    return table, Path(data_dir) / "train_images"
 
 
 def _check_resume(state: dict, record: dict, folder: Path) -> None:
@@ -208,14 +176,25 @@ def train(
     tiles_dir: Path,
     out_root: Path = Path("outputs"),
     data_dir: Path | None = None,
+    *,
+    resume: bool = True,
+    overwrite: bool = False,
+    max_steps: int | None = None,
 ) -> dict:
-    """Train (or resume, or skip when finished) one fold and write its checkpoint folder; return metrics."""
+    """Train (or resume, or skip when finished) one fold and write its checkpoint folder; return metrics.
+
+    The run folder's policy (train.run_folder.prepare): a finished folder is kept, an unfinished one resumed unless
+    resume=False, overwrite retrains either. max_steps: a smoke run of that many optimizer steps (one epoch, one
+    validation), marked "smoke" in config.json and metrics.json.
+    """
     tiles_dir = Path(tiles_dir)
-    folder = Path(out_root) / name / f"fold{fold}"
-    if (folder / "metrics.json").is_file():
-        metrics = json.loads((folder / "metrics.json").read_text())
-        print(f"{folder} is already trained (validation Dice {metrics['dice']}); delete it to train again")
-        return metrics
+    folder = run_folder.run_dir(out_root, name, fold)
+    finished = run_folder.prepare(folder, resume=resume, overwrite=overwrite, launched=num_distrib() > 1)
+    if finished is not None:
+        print(f"{folder} is already trained (validation Dice {finished['dice']}); --overwrite trains it again")
+        return finished
+    if max_steps is not None:  # one epoch of max_steps optimizer steps, on the step count, not a clock
+        cfg = replace(cfg, epochs=1, batches_per_epoch=max_steps * cfg.grad_accum, minutes=None)
     device = training_device()
     distributed = init_distributed(device)
     if distributed and rank_distrib() == 0:
@@ -224,12 +203,15 @@ def train(
     index = load_index(tiles_dir)
     train_rows, valid_rows = split_rows(index, fold, cfg)
     validating = fold != -1
-    config = checkpoint_config(cfg, name, fold, train_rows, tiles_dir)
+    config = checkpoint_config(cfg, name, fold, train_rows, tiles_dir, max_steps)
     validation = None
     if validating:
-        table, image_dir = validation_table(data_dir or source_data_dir(tiles_dir), valid_rows, tiles_dir)
+        table, image_dir = run_folder.validation_rows(
+            run_folder.resolve_data_dir(data_dir, tiles_dir), valid_rows["image_id"]
+        )
         validation = Validation(table, image_dir, config, device)
-    record = {"config": cfg.to_dict(), "name": name, "fold": fold, "tiles": str(tiles_dir.resolve())}
+    record = {"config": cfg.to_dict(), "name": name, "fold": fold, "tiles": str(tiles_dir.resolve()),
+              **run_folder.smoke_record(max_steps)}
 
     (folder / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     state_path = folder / CHECKPOINTS / STATE
@@ -274,10 +256,10 @@ def train(
     pool = SnapshotPool(folder / CHECKPOINTS / "snapshots", cfg.average_k, cfg.average_by) if cfg.average_k else None
     tracker = None
     if validating:
-        tracker = SaveModelCallback(monitor="dice", comp=np.greater, fname="best", reset_on_fit=False)
+        tracker = BestCheckpoint(folder, monitor="dice", comp=np.greater, fname="best", reset_on_fit=False)
         tracker.best = None if state is None or state["best"] is None else state["best"]
     if start:
-        learn.load("last", with_opt=True)
+        load_learner_state(learn, folder / CHECKPOINTS / "last.pth", folder, with_opt=True)
         _trim_history(folder / "history.csv", start)
         print(
             f"resuming {name} fold {fold} after epoch {start} of {cfg.epochs} (best Dice so far {tracker and tracker.best})"
@@ -304,7 +286,8 @@ def train(
         with learn.distrib_ctx(sync_bn=device.type == "cuda", cpu=device.type == "cpu"):
             learn.fit(cfg.epochs - start, wd=cfg.wd, cbs=cbs)
     elif validating:
-        learn.load("best", with_opt=False)  # finished epochs but not the outputs: the best epoch is on disk
+        # finished epochs but not the outputs: the best epoch is on disk
+        load_learner_state(learn, folder / CHECKPOINTS / "best.pth", folder, with_opt=False)
     result = {}
     if rank_distrib() == 0:  # the other ranks wait: one process evaluates and writes the folder
         averaged = None
@@ -313,7 +296,7 @@ def train(
             averaged = pool.record()
             print(f"{name} fold {fold}: the model is the mean of epochs {averaged['steps']} (by {cfg.average_by})")
         seconds = None if clock is None else round(clock.spent, 1)
-        result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds, averaged)
+        result = _write_outputs(learn, cfg, config, folder, validation, len(train_rows), seconds, averaged, max_steps)
     distrib_barrier()
     if distributed:
         torch.distributed.destroy_process_group()
@@ -329,6 +312,7 @@ def _write_outputs(
     n_train: int,
     seconds_trained: float | None,
     averaged: dict | None = None,
+    max_steps: int | None = None,
 ) -> dict:
     """model.pth, config.json, oof/ and finally metrics.json; then drop the resumable checkpoints.
 
@@ -342,7 +326,7 @@ def _write_outputs(
         export_torchscript(model, example, folder, config)  # model.ts, its torch version, config.json
     else:
         state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        torch.save(state_dict, folder / "model.pth")
+        run_folder.save_torch(state_dict, folder / "model.pth")
         config.save(folder)
     history = pd.read_csv(folder / "history.csv") if (folder / "history.csv").is_file() else pd.DataFrame()
     metrics: dict = {
@@ -352,6 +336,7 @@ def _write_outputs(
         "seconds_trained": seconds_trained,
         "steps": int(getattr(learn, "train_iter", 0)),  # optimizer steps of the last (possibly resumed) fit
         "averaged": averaged,
+        **run_folder.smoke_record(max_steps),
     }
     if validation is None:
         metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
@@ -373,39 +358,41 @@ def _write_outputs(
             f"{config.name} fold {config.fold}: validation Dice of the submission path ({chosen}; "
             f"an empty prediction scores 0.0000) -> {folder}\n{format_report(result)}"
         )
-    write_json(folder / "metrics.json", metrics)
+    if max_steps is not None:
+        print(f"warning: {folder} is {run_folder.SMOKE_WARNING}")
+    metrics = run_folder.write_metrics(folder, metrics)  # as a re-run reads it back (image ids become strings)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-    return json.loads(json.dumps(metrics))  # as a re-run reads it back (image ids become strings)
+    return metrics
 
 
-def _weights_arg(text: str) -> str | None:
-    return None if text.lower() in ("none", "null", "random") else text
+def list_experiments() -> str:
+    """`--list`: every experiment under train/configs/fastai with the first line of its docstring."""
+    summaries = experiment_summaries()
+    width = max(map(len, summaries))
+    return "\n".join(f"{name:<{width}}  {summary}" for name, summary in summaries.items())
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.fastai_unet", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--config", required=True, help="experiment file (or its name) under train/configs/fastai")
-    parser.add_argument("--fold", type=int, required=True, help="validation fold k; -1 trains on all folds")
-    parser.add_argument("--tiles", type=Path, required=True, help="tile set folder (data_prep.tiles)")
-    parser.add_argument("--out", type=Path, default=Path("outputs"), help="runs go to OUT/<config-stem>/fold<k>")
-    parser.add_argument(
-        "--data-dir", type=Path, help="competition data folder for validation (default: the tile set's, tiles.json)"
+    """Parse the command line (train.run_folder's shared flags, then the config overrides) and train one fold."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = cli_parser("train.fastai_unet", __doc__)
+    run_folder.add_run_arguments(
+        parser, config_help="experiment file (or its name) under train/configs/fastai (--list shows them)",
+        weights_help="encoder weights: 'imagenet' (timm's), 'none' (random) or a local file (default: the config's)",
     )
-    parser.add_argument("--minutes", type=float, help="training time budget in minutes (LR schedule follows the clock)")
+    parser.add_argument("--list", action="store_true", help="list the experiments with their summaries and exit")
     parser.add_argument("--epochs", type=int, help="override config epochs")
     parser.add_argument("--batch-size", dest="bs", type=int, help="override config batch size (per process)")
     parser.add_argument("--lr", type=float, help="override config peak learning rate")
     parser.add_argument("--seed", type=int, help="override config seed")
     parser.add_argument("--average-k", type=int, help="override config average_k (0: the best epoch alone)")
     parser.add_argument("--average-by", choices=["dice", "last"], help="override config average_by ('last' at fold -1)")
-    parser.add_argument(
-        "--encoder-weights", type=_weights_arg, default="keep", help="'imagenet', 'none' or a local weights file"
-    )
     parser.add_argument("--histmatch-targets", nargs="+", metavar="IMAGE_OR_DIR",
-                        help="override config histmatch_targets (reference images of the '+histmatch' presets)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete OUT/<config-stem>/fold<k> first (a finished run is otherwise kept, a partial one resumed)")
+                        help="override config histmatch_targets (reference images of the '+histmatch' and '+fda' presets)")
     hidden_alias(parser, "--bs", "--batch-size")  # the old spelling, for one release
+    if "--list" in argv:  # before the required flags are checked
+        print(list_experiments())
+        return
     args = parser.parse_args(argv)
     if not (args.tiles / "index.csv").is_file():
         parser.error(f"--tiles {args.tiles}: no index.csv there; build a tile set with python -m data_prep.tiles")
@@ -413,17 +400,17 @@ def main(argv: list[str] | None = None) -> None:
         name, cfg = load_config(args.config)
     except (FileNotFoundError, ImportError, TypeError) as exc:
         parser.error(str(exc))
-    if args.overwrite:
-        shutil.rmtree(args.out / name / f"fold{args.fold}", ignore_errors=True)
     cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
                        average_k=args.average_k, average_by=args.average_by,
                        histmatch_targets=tuple(args.histmatch_targets) if args.histmatch_targets else None)
-    if "histmatch" in cfg.augment and not cfg.histmatch_targets:
-        parser.error(f"augment {cfg.augment!r} matches histograms to reference images: set histmatch_targets in the "
+    if cfg.augment.endswith(REFERENCE_PRESETS) and not cfg.histmatch_targets:
+        parser.error(f"augment {cfg.augment!r} adapts crops to reference images: set histmatch_targets in the "
                      "config or pass --histmatch-targets IMAGE_OR_DIR (e.g. unlabeled HuBMAP H&E / PAS images)")
-    if args.encoder_weights != "keep":
-        cfg = replace(cfg, encoder_weights=args.encoder_weights)  # override() ignores None, which here means random
-    train(cfg, name, args.fold, args.tiles, args.out, args.data_dir)
+    if args.encoder_weights is not None:  # override() ignores None, which here means random
+        weights = None if args.encoder_weights == run_folder.RANDOM_WEIGHTS else args.encoder_weights
+        cfg = replace(cfg, encoder_weights=weights)
+    train(cfg, name, args.fold, args.tiles, args.out, args.data_dir, resume=args.resume, overwrite=args.overwrite,
+          max_steps=args.max_steps)
 
 
 if __name__ == "__main__":

@@ -315,13 +315,17 @@ def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: P
 
 def test_cli_flags_override_the_config(monkeypatch, tmp_path: Path) -> None:
     seen = {}
-    monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out, data_dir=None: seen.update(cfg=cfg, name=name))
+    monkeypatch.setattr(fastai_unet, "train", lambda cfg, name, fold, tiles, out, data_dir=None, **run: seen.update(
+        cfg=cfg, name=name, run=run))
     with pytest.raises(SystemExit) as exit_info:  # not a tile set: error: ... exit 2, before anything is built
         fastai_unet.main(["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path)])
     assert exit_info.value.code == 2 and not seen
     (tmp_path / "index.csv").write_text("tile_id\n")
     fastai_unet.main(["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--batch-size", "5"])
-    assert seen["cfg"].bs == 5
+    assert seen["cfg"].bs == 5 and seen["run"] == dict(resume=True, overwrite=False, max_steps=None)
+    fastai_unet.main(["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--no-resume",
+                      "--max-steps", "2", "--encoder-weights", "imagenet"])
+    assert seen["run"] == dict(resume=False, overwrite=False, max_steps=2) and seen["cfg"].encoder_weights == "imagenet"
     fastai_unet.main(  # --bs: the old spelling, hidden
         ["--config", "unet_effb7_768", "--fold", "1", "--tiles", str(tmp_path), "--epochs", "3", "--bs", "2"]
         + ["--lr", "0.01", "--encoder-weights", "none"]
@@ -371,3 +375,14 @@ def test_mrn_trains_on_context_crops_and_exports_torchscript(demo_data: Path, de
     _assert_validation_is_the_submission_path(demo_data, folder, valid_rows, metrics, tmp_path)
     with pytest.raises(ValueError, match="MRN needs context"):
         tiny_config(arch="MRN")
+
+
+@pytest.mark.slow
+def test_max_steps_is_a_smoke_run_marked_in_the_folder(demo_tiles: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(grad_accum=2, epochs=5)
+    metrics = train(cfg, "smoke", 0, demo_tiles, tmp_path, max_steps=2)
+    folder = tmp_path / "smoke" / "fold0"
+    assert metrics["smoke"] is True and metrics["max_steps"] == 2 and metrics["epochs"] == 1
+    assert metrics["steps"] == 4  # 2 optimizer steps of 2 accumulated batches, then one validation
+    assert metrics["dice"] is not None and json.loads((folder / "metrics.json").read_text())["smoke"] is True
+    assert CheckpointConfig.load(folder).train["smoke"] is True

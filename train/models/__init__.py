@@ -1,6 +1,16 @@
-"""Networks as plain nn.Modules (MRN) and the one builder used by the trainers (build_model)."""
+"""Networks as plain nn.Modules (MRN), the architecture table and the one builder used by the trainers (build_model)."""
 
-from train.models.factory import build_model, fixed_input_size, load_encoder_weights
+from train.models.architectures import ARCHITECTURES, Architecture, architecture
+from train.models.factory import build_model, exported_as_torchscript, fixed_input_size, load_encoder_weights
 from train.models.mrn import MRN
 
-__all__ = ["MRN", "build_model", "fixed_input_size", "load_encoder_weights"]
+__all__ = [
+    "ARCHITECTURES",
+    "MRN",
+    "Architecture",
+    "architecture",
+    "build_model",
+    "exported_as_torchscript",
+    "fixed_input_size",
+    "load_encoder_weights",
+]

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference.engine.models import smp_model
 from train.configs.fastai.base import FastaiConfig
-from train.models.mrn import MRN
+from train.models.architectures import architecture
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # timm encoders built for one input size (CoaT's patch embeddings and position encodings use a fixed grid): built
@@ -21,6 +20,12 @@ FIXED_SIZE_ENCODERS = ("tu-coat_",)
 def fixed_input_size(encoder: str) -> bool:
     """True for encoders that only take the input size they were built for."""
     return encoder.startswith(FIXED_SIZE_ENCODERS)
+
+
+def exported_as_torchscript(cfg: FastaiConfig) -> bool:
+    """model.ts instead of model.pth: architectures inference cannot rebuild (MRN) and fixed-size encoders (CoaT),
+    whose build arguments config.json cannot hold."""
+    return architecture(cfg.arch).torchscript or fixed_input_size(cfg.encoder)
 
 
 def is_weights_file(encoder_weights: str | None) -> bool:
@@ -36,17 +41,10 @@ def build_model(cfg: FastaiConfig, weights: bool = True) -> nn.Module:
     weights=False builds the architecture only (for reloading a checkpoint or building on the meta device).
     """
     named = cfg.encoder_weights if weights and not is_weights_file(cfg.encoder_weights) else None
-    if cfg.arch == "MRN":
-        model = MRN(cfg.encoder, cfg.context, cfg.upsampling, classes=1, encoder_weights=named)
-        encoders = [model.fine, model.wide]
-    else:
-        sized = {"img_size": cfg.tile_size} if fixed_input_size(cfg.encoder) else {}
-        model = smp_model(
-            cfg.arch, cfg.encoder, classes=1, decoder_norm=cfg.decoder_norm, encoder_weights=named, **sized
-        )
-        encoders = [model.encoder]
+    spec = architecture(cfg.arch)
+    model = spec.build(cfg.encoder, cfg.context, cfg.upsampling, cfg.decoder_norm, cfg.tile_size, named, cfg.arch)
     if weights and is_weights_file(cfg.encoder_weights):
-        for encoder in encoders:
+        for encoder in spec.encoders(model):
             load_encoder_weights(encoder, Path(str(cfg.encoder_weights)))
     return model
 

@@ -7,6 +7,7 @@ names the run and the output folder outputs/<stem>/fold<k>/.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -50,10 +51,10 @@ class FastaiConfig:
     stain_copy_share: float = 0.0
     use_extra_data: bool = True  # train on the tile set's extra rows (data_prep.tiles --extra-data, e.g. pseudo-labels)
     augment: str = "seed10"  # data_prep.augment preset
-    # reference images (paths) of the histogram-matching presets ("...+histmatch"), e.g. HuBMAP H&E / PAS images
     # what the network sees (inference.input_modes, recorded in config.json): "rgb", "grey" or "hematoxylin" (the
     # one stain HPA's DAB and HuBMAP's H&E / PAS images share)
     input_mode: str = "rgb"
+    # reference images (paths) of the histogram-matching presets ("...+histmatch"), e.g. HuBMAP H&E / PAS images
     histmatch_targets: tuple[str, ...] = ()
     valid_split: int | None = None  # sampler tiles: validation tiles of fastai's valid_loss (None: finest split)
     # optimisation
@@ -91,10 +92,16 @@ class FastaiConfig:
             raise ValueError(f"sampler {self.sampler!r} not in {SAMPLERS}")
         if self.sampler == "crops" and not (self.pixel_size and self.pixel_size > 0):
             raise ValueError("sampler 'crops' needs pixel_size (um/px the model trains and predicts at)")
-        if (self.arch == "MRN") != (self.context > 1):
-            raise ValueError(f"arch MRN needs context >= 2 and other archs context 1; got {self.arch}, {self.context}")
-        if self.arch == "MRN" and self.sampler != "crops":
-            raise ValueError("arch MRN trains on the crop sampler (it builds the context views): set sampler='crops'")
+        from train.models.architectures import architecture
+
+        context_view = architecture(self.arch).context_view
+        if context_view != (self.context > 1):
+            raise ValueError(
+                f"arch {self.arch} needs context {'>= 2' if context_view else '1'} (only architectures with a context "
+                f"view, e.g. MRN, take context >= 2); got {self.context}"
+            )
+        if context_view and self.sampler != "crops":
+            raise ValueError(f"arch {self.arch} trains on the crop sampler (it builds the context views): set sampler='crops'")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm {self.decoder_norm!r} not in {DECODER_NORMS}")
         from train.averaging import check_rule
@@ -110,6 +117,10 @@ class FastaiConfig:
 
         if self.augment not in PRESETS:
             raise ValueError(f"augment {self.augment!r} not in {PRESETS}")
+        from inference.checkpoint import INPUT_MODES
+
+        if self.input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode {self.input_mode!r} not in {INPUT_MODES}")
         if not 0.0 <= self.stain_copy_share <= 1.0:
             raise ValueError(f"stain_copy_share must be in [0, 1], got {self.stain_copy_share}")
 
@@ -117,10 +128,6 @@ class FastaiConfig:
         """Plain JSON-able dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
-        from inference.checkpoint import INPUT_MODES
-
-        if self.input_mode not in INPUT_MODES:
-            raise ValueError(f"input_mode {self.input_mode!r} not in {INPUT_MODES}")
     def override(self, **changes: Any) -> FastaiConfig:
         """A copy with some fields changed (None values are ignored, so CLI defaults pass through)."""
         known = {f.name for f in fields(self)}
@@ -133,6 +140,15 @@ class FastaiConfig:
 def experiment_names() -> list[str]:
     """Stems of the experiment files in CONFIG_DIR (not base.py, __init__.py or _-prefixed shared recipes)."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "base" and not p.stem.startswith("_"))
+
+
+def experiment_summaries() -> dict[str, str]:
+    """Each experiment's name and the first line of its docstring (`python -m train.fastai_unet --list`)."""
+    summaries = {}
+    for name in experiment_names():
+        doc = ast.get_docstring(ast.parse((CONFIG_DIR / f"{name}.py").read_text())) or ""
+        summaries[name] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return summaries
 
 
 def resolve_config_path(config: str | Path) -> Path:
