@@ -45,10 +45,10 @@ import numpy as np
 
 from inference.engine.predictor import DEFAULT_MAX_SIDE, DEFAULT_SCALE_MODE, SCALE_MODES, Predictor
 from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
-from inference.engine.tta import parse_scales, predict_views, scaled_size
+from inference.engine.tta import parse_scales, predict_views
 from inference.organs import CLASSES, ORGANS, class_index
 from inference.thresholds import read_thresholds
-from inference.tiling import resize_probs, window_starts
+from inference.tiling import resize_probs, scaled_size, window_starts
 
 ENSEMBLE_MODES = ("mean", "union")
 ORGAN_FROM = ("csv", "model")  # multiclass class choice: the organ given, or the majority class of the prediction
@@ -272,7 +272,7 @@ def member_windows(member: Member, height: int, width: int, pixel_size: float | 
     size = p.scale(height, width, options.scale_mode, pixel_size, options.max_side, options.coarsen).size
     tile, stride = p.config.tile_size, p.stride
     sizes = [size] if tuple(options.tta_scales) == (1.0,) else [
-        scaled_size(size, r, options.max_side) for r in options.tta_scales]
+        scaled_size(*size, r, options.max_side) for r in options.tta_scales]
     count = sum(len(window_starts(max(h, tile), tile, stride)) * len(window_starts(max(w, tile), tile, stride))
                 for h, w in sizes)
     return count * max(options.tta, 1) * max(views, 1)

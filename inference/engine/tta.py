@@ -56,11 +56,6 @@ def parse_stain_methods(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(methods))
 
 
-def scaled_size(size: tuple[int, int], ratio: float, max_side: int | None = None) -> tuple[int, int]:
-    """The working (h, w) times ratio, the longer side capped at max_side."""
-    return tiling.scaled_size(*size, ratio, max_side)
-
-
 def predict_scales(
     predictor: Predictor,
     image: np.ndarray,
@@ -75,7 +70,7 @@ def predict_scales(
         return predictor.predict_working(image, size, tta, windows)
     total = None
     for ratio in scales:
-        probs = resize_probs(predictor.predict_working(image, scaled_size(size, ratio, max_side), tta, windows), *size)
+        probs = resize_probs(predictor.predict_working(image, tiling.scaled_size(*size, ratio, max_side), tta, windows), *size)
         if total is None:
             total = probs  # a fresh array: predict_working allocates its output
         else:

@@ -16,12 +16,13 @@ from inference.checkpoint import CheckpointConfig
 from inference.engine.budget import degradation_levels
 from inference.engine.ensemble import EnsembleOptions, Member, member_windows, predict_image
 from inference.engine.predictor import Predictor
-from inference.engine.tta import ViewArgumentError, parse_scales, parse_stain_methods, predict_scales, scaled_size
+from inference.engine.tta import ViewArgumentError, parse_scales, parse_stain_methods, predict_scales
 from inference.io import read_image
 from inference.organs import class_index
 from inference.score import score
 from inference.stain import StainReference, fit_reference, load_reference, reinhard_normalise
 from inference.tables import load_solution, load_submission
+from inference.tiling import scaled_size
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_predict_scales_averages_maps_resized_to_the_working_size() -> None:
     image = np.zeros((40, 30, 3), np.uint8)
     probs = predict_scales(predictor, image, (40, 30), 2, (0.5, 1.0, 1.5))
     assert probs.shape == (1, 40, 30) and np.allclose(probs, 0.3, atol=1e-5)
-    assert scaled_size((40, 30), 1.5) == (60, 45) and scaled_size((40, 30), 1.5, max_side=48) == (48, 36)
+    assert scaled_size(40, 30, 1.5) == (60, 45) and scaled_size(40, 30, 1.5, max_side=48) == (48, 36)
 
 
 def test_scale_and_method_parsing() -> None:
