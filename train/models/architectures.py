@@ -12,6 +12,15 @@ from typing import Any
 
 from torch import nn
 
+# timm encoders built for one input size (CoaT's patch embeddings and position encodings use a fixed grid): built
+# at the tile size and exported as TorchScript, since config.json has no field for encoder arguments
+FIXED_SIZE_ENCODERS = ("tu-coat_",)
+
+
+def fixed_input_size(encoder: str) -> bool:
+    """True for encoders that only take the input size they were built for."""
+    return encoder.startswith(FIXED_SIZE_ENCODERS)
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -27,7 +36,6 @@ class Architecture:
 def _build_smp(encoder: str, context: int, upsampling: str, decoder_norm: str, tile_size: int,
                encoder_weights: str | None, arch: str) -> nn.Module:
     from inference.engine.models import smp_model
-    from train.models.factory import fixed_input_size
 
     sized: dict[str, Any] = {"img_size": tile_size} if fixed_input_size(encoder) else {}
     return smp_model(arch, encoder, classes=1, decoder_norm=decoder_norm, encoder_weights=encoder_weights, **sized)

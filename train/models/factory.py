@@ -9,17 +9,9 @@ import torch
 from torch import nn
 
 from train.configs.fastai.base import FastaiConfig
-from train.models.architectures import architecture
+from train.models.architectures import architecture, fixed_input_size
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-# timm encoders built for one input size (CoaT's patch embeddings and position encodings use a fixed grid): built
-# at the tile size and exported as TorchScript, since config.json has no field for encoder arguments
-FIXED_SIZE_ENCODERS = ("tu-coat_",)
-
-
-def fixed_input_size(encoder: str) -> bool:
-    """True for encoders that only take the input size they were built for."""
-    return encoder.startswith(FIXED_SIZE_ENCODERS)
 
 
 def exported_as_torchscript(cfg: FastaiConfig) -> bool:
