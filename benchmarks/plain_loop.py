@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     items = load(args.data_dir, args.pixel_size)
+    sources = sorted(load_train(args.data_dir / "train.csv")["data_source"].astype(str).unique())
     model = smp.create_model("Unet", encoder_name=args.encoder, encoder_weights=None, classes=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     dice_loss = smp.losses.DiceLoss("binary", from_logits=True)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     def config(run_steps: int) -> CheckpointConfig:
         return CheckpointConfig(
             name="plain_loop", fold=-1, framework="smp", task="binary", classes=["ftu"], tile_size=args.tile,
-            encoder=args.encoder, reduce_k=1.0, pixel_size=args.pixel_size,
+            encoder=args.encoder, reduce_k=1.0, pixel_size=args.pixel_size, data_sources=sources,
             train={"steps": run_steps, "seed": args.seed},
         )
 

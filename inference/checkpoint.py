@@ -45,6 +45,7 @@ class CheckpointConfig:
     threshold: float = 0.5  # default binary cut-off (organ thresholds may override at inference)
     context: int = 1  # MRN: the model also takes a view of context x the tile's field as channels 3-5 (1 = none)
     input_mode: str = "rgb"  # what the network sees: "rgb", "grey" or "hematoxylin" (inference.input_modes)
+    data_sources: list[str] | None = None  # data_source values of the training images (AdaBN's "unseen" mode)
     format: str = FORMAT
     train: dict = field(default_factory=dict)  # the resolved training config, for the record only
 

@@ -16,8 +16,8 @@ import torch
 
 from inference.checkpoint import CheckpointConfig
 from inference.engine.models import build_model, resolve_device
-from inference.input_modes import project
 from inference.engine.sliding import BLENDS, WindowFilter, blend_weights, sliding_window, tta_forward
+from inference.input_modes import project
 from inference.tiling import adaptive_reduce, resize_image, resize_probs, scaled_size, stride_for
 
 SCALE_MODES = ("pixel-size", "reduce", "none")

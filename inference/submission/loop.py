@@ -117,7 +117,7 @@ def predict_table(
     budget = plan = None
     adaptation = None
     try:
-        if options.adapt_bn and todo:  # before the budget's plan: its time counts as elapsed like any other
+        if options.adapt_bn != "off" and todo:  # before the budget's plan: its time counts as elapsed like any other
             adaptation = _adapt(table, image_dir, members, options, book)
         if time_budget is not None:
             levels = degradation_levels(options.tta, [m.weight for m in members], tta_scales=options.tta_scales,
@@ -169,7 +169,8 @@ def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options:
     try:
         return adapt_batchnorm(
             table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
-            scale_mode=options.scale_mode, max_side=options.max_side, read=read, grouping=options.adapt_bn_groups)
+            scale_mode=options.scale_mode, max_side=options.max_side, read=read, grouping=options.adapt_bn_groups,
+            mode=options.adapt_bn)
     except Exception as exc:  # per member and group it fails soft itself; this is the last resort
         log.warning("--adapt-bn failed (%s: %s): every member predicts as trained", type(exc).__name__, exc)
         return None

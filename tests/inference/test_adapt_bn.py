@@ -176,7 +176,7 @@ def test_predict_with_adabn_failing_inside_predicts_every_row(tmp_path: Path, de
     member = _member(OutOfMemoryInTraining().eval())
     with caplog.at_level(logging.WARNING):
         run = predict.predict_table(table, demo_data / "test_images", [member],
-                                    predict.Options(adapt_bn=True, adapt_bn_windows=4, adapt_bn_images=1,
+                                    predict.Options(adapt_bn="all", adapt_bn_windows=4, adapt_bn_images=1,
                                                     scale_mode="none"))
     assert [r.status for r in run.results] == ["ok"] * len(table)
     assert any("adaptation failed" in r.getMessage() for r in caplog.records)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from checkpoints import make_smp_checkpoint
 
 from inference.engine.adapt_bn import adapt_batchnorm, drawn_rows, encoder_batchnorms, group_key
 from inference.engine.ensemble import Member
 from inference.engine.predictor import load_predictor
-from checkpoints import make_smp_checkpoint
 
 
 def test_group_keys_and_drawn_rows() -> None:
@@ -39,3 +39,30 @@ def test_statistics_per_source_and_organ(demo_data: Path, tmp_path: Path) -> Non
     assert all(not torch.equal(a, b) for i, a in enumerate(seen) for b in seen[i + 1:])  # each group its own
     rows = list(table.itertuples())
     assert adaptation.key(rows[0]) == f"{rows[0].data_source}/{rows[0].organ}"
+
+
+def test_unseen_mode_adapts_only_sources_a_member_never_trained_on(demo_data: Path, tmp_path: Path) -> None:
+    hpa = Member(load_predictor(make_smp_checkpoint(tmp_path / "hpa" / "fold0", tile=64, data_sources=["HPA"])))
+    unknown = Member(load_predictor(make_smp_checkpoint(tmp_path / "old" / "fold0", tile=64, seed=1)))
+    table = pd.read_csv(demo_data / "test.csv")
+    adaptation = adapt_batchnorm(table, demo_data / "test_images", [hpa, unknown], windows=8, max_images=2,
+                                 mode="unseen")
+    groups = sorted({f"{r.data_source}/{r.organ}" for r in table.itertuples()})
+    assert any(g.startswith("HPA/") for g in groups) and any(g.startswith("Hubmap/") for g in groups)
+    for group in groups:  # the HPA-trained member adapts on Hubmap groups only; the unknown one nowhere
+        adapted = set(adaptation.states[group])
+        assert adapted == ({id(hpa)} if group.startswith("Hubmap/") else set())
+    assert any("records no training data_sources" in n for n in adaptation.notes)
+    everywhere = adapt_batchnorm(table, demo_data / "test_images", [hpa], windows=8, max_images=2, mode="all")
+    assert all(set(everywhere.states[g]) == {id(hpa)} for g in groups)
+
+
+def test_predict_adapts_unseen_sources_by_default_and_the_flag_chooses() -> None:
+    from inference.predict import build_parser, options_from_args
+
+    def parse(*flags: str) -> str:
+        return options_from_args(build_parser().parse_args(["--data-dir", "d", "--models", "m", *flags])).adapt_bn
+
+    assert parse() == "unseen" and parse("--adapt-bn") == "all" and parse("--adapt-bn", "off") == "off"
+    with pytest.raises(SystemExit):
+        parse("--adapt-bn", "sometimes")

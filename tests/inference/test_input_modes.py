@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from checkpoints import make_smp_checkpoint
 
 from inference.checkpoint import CheckpointConfig
 from inference.engine.predictor import load_predictor
 from inference.input_modes import RGB_FROM_HED, project, project_image
-from checkpoints import make_smp_checkpoint
 
 
 def _stained(concentration: float, stain: int, size: int = 4) -> np.ndarray:

@@ -45,16 +45,23 @@ for kind, value in plan["actions"][min(n, len(plan["actions"]) - 1)]:
 
 
 class FakeTime:
-    """clock() and sleep() for run_supervised: each sleep moves the clock by `step` (and yields the CPU briefly)."""
+    """clock() and sleep() for run_supervised: each sleep moves the clock by `step` (and yields the CPU briefly).
 
-    def __init__(self, step: float) -> None:
-        self.now, self.step = 0.0, step
+    started: a file the child writes when it runs; the fake clock does not move before it exists (up to 60 s of
+    real time), so a child slow to start on a loaded machine is never killed before it ran.
+    """
+
+    def __init__(self, step: float, started: Path | None = None) -> None:
+        self.now, self.step, self.started = 0.0, step, started
 
     def clock(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
         time.sleep(0.02)
+        waited = time.monotonic()
+        while self.started is not None and not self.started.exists() and time.monotonic() - waited < 60:
+            time.sleep(0.02)
         self.now += self.step
 
 
@@ -89,7 +96,7 @@ def test_a_child_past_the_deadline_is_killed_and_every_row_is_written(tmp_path: 
     data = _data(tmp_path)
     journal = _journal(tmp_path / "predict.journal", [_done(0, "1 5"), _done(1, "3 2")])
     python, argv, starts = _child(tmp_path, [[["sleep", 600]]])  # hangs (a stalled read, a deadlock)
-    fake = FakeTime(step=1.0)
+    fake = FakeTime(step=1.0, started=starts)
     status = run_supervised(argv, journal, python=python, deadline=5.0, clock=fake.clock, sleep=fake.sleep)
     assert status == -9 and starts.read_text() == "1"  # killed, and no second child after the deadline
     assert 5.0 <= fake.now < 10.0
@@ -110,7 +117,7 @@ def test_a_child_that_hangs_during_start_up_is_stopped_by_the_deadline(tmp_path:
     journal = _journal(tmp_path / "predict.journal", [_done(0, "1 5", seconds=1.0), _done(1, "3 2", seconds=1.0)])
     assert row_limit(journal) is not None  # a measured row: the watchdog is armed, and still never fires
     python, argv, starts = _child(tmp_path, [[["sleep", 600]]])  # hangs before claiming a row
-    fake = FakeTime(step=100.0)
+    fake = FakeTime(step=100.0, started=starts)
     with caplog.at_level(logging.ERROR):
         status = run_supervised(argv, journal, python=python, deadline=3000.0, clock=fake.clock, sleep=fake.sleep)
     assert status == -9 and starts.read_text() == "1"
@@ -139,7 +146,7 @@ def test_a_hung_row_is_killed_and_the_next_child_goes_on(tmp_path: Path, caplog:
         [["append", {"event": "done", "row": 1, "id": "2", "rle": "", "status": "crashed"}],
          ["append", _done(2, "7 1")], ["exit", 0]],
     ])
-    fake = FakeTime(step=100.0)
+    fake = FakeTime(step=100.0, started=starts)
     with caplog.at_level(logging.ERROR):
         status = run_supervised(argv, journal, python=python, clock=fake.clock, sleep=fake.sleep)
     assert status == 0 and starts.read_text() == "2"
@@ -153,7 +160,7 @@ def test_claim_and_release_records_are_not_progress(tmp_path: Path) -> None:
     journal = _journal(tmp_path / "predict.journal", [])
     adabn = [["append", {"event": "claim", "row": 0, "id": "1"}], ["append", {"event": "release", "row": 0}]]
     python, argv, starts = _child(tmp_path, [[*adabn, ["exit", 1]]])
-    fake = FakeTime(step=1.0)
+    fake = FakeTime(step=1.0, started=starts)
     assert run_supervised(argv, journal, python=python, clock=fake.clock, sleep=fake.sleep) == 1
     assert starts.read_text() == "1"
 
@@ -162,7 +169,7 @@ def test_a_child_that_adds_done_records_is_restarted(tmp_path: Path) -> None:
     journal = _journal(tmp_path / "predict.journal", [])
     python, argv, starts = _child(tmp_path, [[["append", _done(0, "1 1")], ["exit", -9]],
                                              [["append", _done(1, "2 1")], ["append", _done(2, "3 1")], ["exit", 0]]])
-    fake = FakeTime(step=1.0)
+    fake = FakeTime(step=1.0, started=starts)
     assert run_supervised(argv, journal, python=python, clock=fake.clock, sleep=fake.sleep) == 0
     assert starts.read_text() == "2"
 
