@@ -341,9 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     fastai = [load_config(e.config)[1] for e in entries if e.config != "plain"]
     sizes = sorted({float(c.pixel_size) for c in fastai})
     copies = any(c.stain_copy_share > 0 for c in fastai)
-    tiles = {"train": tile_set(data["train"], args.work / "train", sizes, copies)}
-    if "ceiling" in data and any(e.ceiling for e in entries):
-        tiles["ceiling"] = tile_set(data["ceiling"], args.work / "ceiling", sizes, False)
+    if args.collect_only:  # the tile sets' paths only (nothing is trained)
+        tiles = {"train": args.work / "train" / "tiles", "ceiling": args.work / "ceiling" / "tiles"}
+    else:
+        tiles = {"train": tile_set(data["train"], args.work / "train", sizes, copies)}
+        if "ceiling" in data and any(e.ceiling for e in entries):
+            tiles["ceiling"] = tile_set(data["ceiling"], args.work / "ceiling", sizes, False)
     rows = []
     for seed in range(args.seeds):
         if args.collect_only:
