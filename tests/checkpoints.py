@@ -93,6 +93,9 @@ def make_torchscript_checkpoint(
 
 
 SEGFORMER_SIDE = 128  # the demo tile set's tiles
+# The session SegFormer run's iteration cap (tests/conftest.py segformer_run): SEGFORMER_ITERS iterations, validated
+# and checkpointed every SEGFORMER_VAL_INTERVAL, so every run makes the same validations whatever the machine's load.
+SEGFORMER_ITERS, SEGFORMER_VAL_INTERVAL = 40, 20
 
 
 def segformer_tile_options(side: int) -> list[str]:

@@ -51,10 +51,12 @@ def demo_tiles(demo_data: Path, demo_folds: Path, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="session")
 def segformer_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/configs/mmseg/segformer_mit-b0_cpu.py trained 1 minute on the demo tiles (fold 0, average of the 2 best
-    validations), exported: the fold folder (used by the trainer's tests and the offline-notebook test)."""
+    """train/configs/mmseg/segformer_mit-b0_cpu.py trained SEGFORMER_ITERS iterations on the demo tiles (fold 0,
+    validations at SEGFORMER_VAL_INTERVAL and at the end, the model the average of both), exported: the fold folder
+    (used by the trainer's tests and the offline-notebook test). An iteration cap, not a time budget: the same
+    iterations on a loaded and an idle machine (train.mmseg_train rescales the LR schedule to max_iters)."""
     pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
-    from checkpoints import SEGFORMER_SIDE, segformer_tile_options
+    from checkpoints import SEGFORMER_ITERS, SEGFORMER_SIDE, SEGFORMER_VAL_INTERVAL, segformer_tile_options
 
     from train.mmseg_train import main
 
@@ -65,7 +67,10 @@ def segformer_run(demo_tiles: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "train_dataloader.num_workers=0",
         "train_dataloader.persistent_workers=False",
         "average_k=2",
+        f"train_cfg.max_iters={SEGFORMER_ITERS}",
+        f"train_cfg.val_interval={SEGFORMER_VAL_INTERVAL}",
+        f"default_hooks.checkpoint.interval={SEGFORMER_VAL_INTERVAL}",
     ]
     args = ["--config", str(config), "--fold", "0", "--tiles", str(demo_tiles), "--work-dir", str(out)]
-    main([*args, "--minutes", "1", "--cfg-options", *options])
+    main([*args, "--cfg-options", *options])
     return out / config.stem / "fold0"
