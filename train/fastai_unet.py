@@ -139,6 +139,8 @@ def checkpoint_config(
         weights="model.ts" if scripted else "model.pth",
         context=cfg.context,
         input_mode=cfg.input_mode,
+        # what AdaBN's default "unseen" mode reads: the model keeps its statistics on these sources' images
+        data_sources=sorted(train_rows["data_source"].astype(str).unique()),
         arch=cfg.arch,
         encoder=cfg.encoder,
         decoder_norm=cfg.decoder_norm,

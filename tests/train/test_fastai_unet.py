@@ -178,6 +178,7 @@ def _assert_complete(folder: Path, cfg: FastaiConfig, n_valid: int) -> dict:
     config = CheckpointConfig.load(folder)
     assert (config.framework, config.task, config.classes, config.tile_size) == ("smp", "binary", ["ftu"], 64)
     assert config.pixel_size == cfg.pixel_size
+    assert config.data_sources == ["HPA"]  # demo train images are HPA: AdaBN's "unseen" mode adapts Hubmap only
     assert config.reduce_k == pytest.approx(250 / 64, rel=0.05)  # reduce mode: 500 px demo images -> 250 px, as trained
     assert config.train["epochs"] == cfg.epochs
     metrics = json.loads((folder / "metrics.json").read_text())
