@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # albumentations checks PyPI for a newer release on import: never at run time here.
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 
-.PHONY: venv demo test test-fast lint bench clean-demo
+.PHONY: venv demo test test-fast lint bench rehearse clean-demo
 
 # The stamp depends on requirements.txt: a filled venv is not reinstalled, a changed pin is.
 $(VENV)/.installed: requirements.txt tools/build_mmcv_wheel.sh
@@ -38,6 +38,11 @@ test-fast: venv
 
 lint: venv
 	$(PY) -m ruff check .
+
+# every GPU recipe of both trainers on CPU through train, validation, export, predict and the kernel (long: hours)
+REHEARSE_ARGS ?=
+rehearse: venv
+	nice -n 10 $(PY) -m benchmarks.rehearse $(REHEARSE_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -1,10 +1,11 @@
 """Train an mmseg model on one fold of a tile set: UperNet-ConvNeXt (6 classes) or SegFormer (2 classes, FTU / background).
 
     python -m train.mmseg_train --config train/configs/mmseg/segformer_mit-b5_960.py --fold 0 --tiles TILES
-        [--data-dir DATA] [--minutes M] [--work-dir outputs] [--resume] [--overwrite] [--backbone-weights FILE]
-        [--cfg-options KEY=VALUE ...]
+        [--out outputs] [--data-dir DATA] [--minutes M] [--encoder-weights imagenet|none|FILE] [--no-resume]
+        [--overwrite] [--max-steps N] [--cfg-options KEY=VALUE ...]
     torchrun --nproc-per-node 4 -m train.mmseg_train --launcher pytorch --config CFG --fold 0 --tiles TILES
-(`python -m train.mmseg_upernet` is the former name and runs this.)
+(`python -m train.mmseg_upernet` is the former name and runs this.) The flags mean what train.fastai_unet's do
+(train.run_folder); from Python: train(config, fold, tiles, out, ...).
 
 Train rows are the tiles with fold != k (LPB blends included); the validation images are those of the fold == k
 original tiles, read whole from DATA (default: the competition folder TILES/tiles.json records). --fold -1 trains on
@@ -23,21 +24,22 @@ outputs/<config-stem>/fold<k>/:
     best.pth         the fold's weights (best checkpoint, or the average) as an mmengine checkpoint (state_dict + meta)
     metrics.json     kernel validation of best.pth: dice, per organ, per data source, per image; iteration; averaged
     oof/             the kernel's FTU probability of each validation image (inference.predict --save-probs format)
-    work/            mmengine's logs and latest checkpoint (for --resume)
-A finished folder (metrics.json present) is skipped; an unfinished one needs --resume or --overwrite.
+    work/            mmengine's logs and latest checkpoint (written atomically; a re-run resumes from it)
+A finished folder (metrics.json present) is skipped (--overwrite retrains it); an unfinished one is resumed from its
+latest checkpoint (--no-resume starts it over). --encoder-weights: 'imagenet' keeps the ImageNet file the config
+names, 'none' trains from random weights, FILE loads a local one. --max-steps N is a smoke run: N iterations, one
+validation, config.json and metrics.json marked "smoke": true, which kernels.build refuses.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import shutil
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from mmengine.config import Config, DictAction
@@ -46,13 +48,15 @@ from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner, find_latest_checkpoint, get_state_dict, weights_to_cpu
 
-from data_prep.tileset import load_index, read_png, source_data_dir
+from data_prep.tileset import load_index, read_png
 from inference.checkpoint import CheckpointConfig
+from inference.cli import parser as cli_parser
 from inference.organs import CLASSES
 from inference.score import format_report
+from train import run_folder
 from train.averaging import SnapshotPool, check_rule
 from train.export import export_segmentor
-from train.mmseg_ext.checkpoint import trust_checkpoints_in
+from train.mmseg_ext.checkpoint import ATOMIC_BACKEND, trust_checkpoints_in
 from train.mmseg_ext.dataset import check_ignore_index, fold_rows
 from train.mmseg_ext.dice import kernel_dice
 from train.mmseg_ext.time_budget import scaled_schedulers
@@ -62,38 +66,14 @@ ARTIFACTS = ("model.ts", "config.json", "mmseg_config.py", "best.pth", "metrics.
 OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.mmseg_train",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def parse_args(argv: list[str] | None = None) -> dict:
+    """The command line as train()'s keyword arguments (train.run_folder's shared flags, --launcher, --cfg-options)."""
+    parser = cli_parser("train.mmseg_train", __doc__)
+    run_folder.add_run_arguments(
+        parser, config_help="mmseg config under train/configs/mmseg/",
+        weights_help="backbone weights: 'imagenet' (the local ImageNet file the config names), 'none' (random) or a "
+        "local file such as mmseg's mit_b*.pth or mmpretrain's convnext-*.pth (default: the config's)",
     )
-    parser.add_argument("--config", required=True, type=Path, help="mmseg config under train/configs/mmseg/")
-    parser.add_argument("--fold", required=True, type=int, help="validation fold; -1 trains on all folds")
-    parser.add_argument("--tiles", required=True, type=Path, help="tile set folder with index.csv")
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="competition folder (train.csv, train_images/) the validation images are read from; "
-        "default: the one TILES/tiles.json records",
-    )
-    parser.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="train for this many minutes: max_iters, LR schedule and intervals are fitted to the time",
-    )
-    parser.add_argument("--work-dir", default=Path("outputs"), type=Path, help="checkpoint root")
-    parser.add_argument(
-        "--backbone-weights",
-        type=Path,
-        default=None,
-        help="local ImageNet backbone file (mmseg's mit_b*.pth, mmpretrain's convnext-*.pth) instead of the path the "
-        "config names; 'none' trains from random weights",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue an unfinished run from its latest checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete the run folder and train from scratch")
     parser.add_argument(
         "--launcher",
         choices=["none", "pytorch", "slurm", "mpi"],
@@ -107,12 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default={},
         help="override config keys, e.g. train_cfg.max_iters=1000 train_dataloader.batch_size=2",
     )
-    return parser.parse_args(argv)
-
-
-def run_folder(work_dir: Path, config: Path, fold: int) -> Path:
-    """outputs/<config-stem>/fold<k>: the config's stem names the run."""
-    return Path(work_dir) / Path(config).stem / f"fold{fold}"
+    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    args["config"] = Path(args["config"])
+    args["out_root"] = args.pop("out")
+    return args
 
 
 def check_config(cfg: Config, config: Path) -> None:
@@ -140,16 +118,18 @@ def check_config(cfg: Config, config: Path) -> None:
         if "://" in checkpoint or not Path(checkpoint).is_file():
             raise FileNotFoundError(
                 f"{config}: backbone weights {checkpoint} are not a local file (runs never download). Download the "
-                "file named in the config to that path, point to it with --backbone-weights PATH (or --cfg-options "
-                "model.backbone.init_cfg.checkpoint=PATH), or train from scratch with --backbone-weights none "
+                "file named in the config to that path, point to it with --encoder-weights PATH (or --cfg-options "
+                "model.backbone.init_cfg.checkpoint=PATH), or train from scratch with --encoder-weights none "
                 "(model.backbone.init_cfg=None)"
             )
 
 
-def set_backbone_weights(cfg: Config, weights: Path) -> None:
-    """--backbone-weights: a local ImageNet file for model.backbone.init_cfg, or 'none' for random weights."""
-    if str(weights).lower() == "none":
+def set_backbone_weights(cfg: Config, weights: str | Path) -> None:
+    """--encoder-weights: a local file for model.backbone.init_cfg, 'none' for random weights, 'imagenet' as is."""
+    if str(weights).lower() == run_folder.RANDOM_WEIGHTS:
         cfg.model.backbone.init_cfg = None
+        return
+    if str(weights).lower() == "imagenet":  # the ImageNet file the config names
         return
     init_cfg = dict(cfg.model.backbone.get("init_cfg") or {})
     # mmpretrain's classification checkpoints keep the backbone under "backbone."; mmseg's mit_b*.pth do not
@@ -167,43 +147,29 @@ def check_tiles(cfg: Config, tiles: Path, train_rows: pd.DataFrame) -> None:
         )
 
 
-def resolve_data_dir(data_dir: Path | None, tiles: Path) -> Path:
-    """--data-dir, else the competition folder the tile set was cut from; it must hold train.csv."""
-    data_dir = data_dir if data_dir is not None else source_data_dir(tiles)
-    if data_dir is None:
-        raise ValueError(
-            f"{tiles}/tiles.json records no source folder: pass --data-dir (the competition folder with train.csv "
-            "and train_images/) to validate on whole images"
-        )
-    if not (Path(data_dir) / "train.csv").is_file():
-        raise FileNotFoundError(
-            f"{Path(data_dir) / 'train.csv'} not found: validation reads whole images from the competition folder; "
-            "pass --data-dir DATA"
-        )
-    return Path(data_dir)
+def inference_scale(cfg: Config, train_rows: pd.DataFrame, tiles: Path) -> tuple[float, float]:
+    """(reduce_k, pixel_size) for config.json: train.run_folder.inference_scale over the training tiles (read at
+    tile_size), with the config's inference.reduce_k when it sets one."""
+    return run_folder.inference_scale(train_rows, tiles, int(cfg.tile_size), reduce_k=cfg.inference.get("reduce_k"))
 
 
-def inference_scale(cfg: Config, train_rows: pd.DataFrame) -> tuple[float, float]:
-    """(reduce_k, pixel_size): the scale the kernel predicts at, from the config and the training tiles.
+def without_cuda(cfg: Config) -> None:
+    """No CUDA device: mixed precision off (AmpOptimWrapper asserts a CUDA device), as the fastai trainer ignores
+    mixed_precision on CPU; the GPU recipes otherwise run on CPU unchanged (benchmarks/rehearse.py)."""
+    if torch.cuda.is_available() or cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
+        return
+    for key in ("loss_scale", "dtype"):
+        cfg.optim_wrapper.pop(key, None)
+    cfg.optim_wrapper.type = "OptimWrapper"
+    print("no CUDA device: AmpOptimWrapper -> OptimWrapper (float32 training)")
 
-    reduce_k is the config's inference.reduce_k, else the finest split trained on (the same rule as the fastai
-    trainer: the model sees that scale most, 9 of 14 tiles per image with splits 1,2,3). pixel_size is the median
-    um/px of the original training tiles at the split nearest reduce_k, so both scale modes of the inference engine
-    (reduce, pixel-size) show test images at about the scale of those tiles. Reduce-only tile sets: their finest
-    reduce.
-    """
-    original = train_rows[train_rows["source"] == "original"]
-    rows = original if len(original) else train_rows
-    splits = sorted(int(s) for s in rows.loc[rows["split"] > 0, "split"].unique())
-    reduce_k = cfg.inference.get("reduce_k")
-    if splits:
-        reduce_k = float(max(splits)) if reduce_k is None else float(reduce_k)
-        level = min(splits, key=lambda s: abs(s - reduce_k))
-        level_rows = rows[rows["split"] == level]
-    else:
-        reduce_k = 1.0 if reduce_k is None else float(reduce_k)
-        level_rows = rows[rows["reduce"] == rows["reduce"].min()]
-    return reduce_k, float(np.median(level_rows["tile_pixel_size"]))
+
+def smoke_settings(cfg: Config, max_steps: int) -> None:
+    """--max-steps N: N iterations, validated and checkpointed once at the end, every iteration logged."""
+    cfg.train_cfg.max_iters = int(max_steps)
+    cfg.train_cfg.val_interval = int(max_steps)
+    cfg.default_hooks.checkpoint.interval = int(max_steps)
+    cfg.default_hooks.logger.interval = 1
 
 
 def fit_schedule(cfg: Config) -> None:
@@ -232,9 +198,12 @@ def prepare_config(
 ) -> Config:
     """Inject the fold's split, validation, time budget, work folder and launcher into a loaded config."""
     cfg.work_dir = str(run_dir / "work")
+    without_cuda(cfg)
     cfg.launcher = launcher
     cfg.resume = resume
     cfg.load_from = None
+    # checkpoints written atomically, the new best before the old best is removed (train.mmseg_ext.checkpoint)
+    cfg.default_hooks.checkpoint.update(type="AtomicCheckpointHook", backend_args=dict(backend=ATOMIC_BACKEND))
     fit_schedule(cfg)
     cfg.train_dataloader.dataset.update(tiles_dir=str(tiles), fold=fold)
     if fold == -1:  # nothing held out: no validation, the last checkpoint is the result
@@ -288,19 +257,6 @@ def iteration_of(checkpoint: str) -> int:
     return int(match.group(1))
 
 
-def json_safe(value):
-    """A config or metrics value as plain JSON types (tuples become lists, numpy scalars floats, the rest repr)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)
-
-
 def backbone_arch(backbone: dict) -> object:
     """What names a backbone's size: ConvNeXt's arch, MiT's embed_dims and num_layers (b0-b5)."""
     if "arch" in backbone:
@@ -322,7 +278,7 @@ def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float, redu
         tile_size=int(cfg.tile_size),
         weights="model.ts",
         arch=f"EncoderDecoder/{cfg.model.decode_head.type}",
-        encoder=f"{backbone.type}({json.dumps(json_safe(backbone_arch(backbone)))})",
+        encoder=f"{backbone.type}({json.dumps(run_folder.json_safe(backbone_arch(backbone)))})",
         overlap=float(cfg.inference.overlap),
         reduce=cfg.inference.reduce,
         reduce_k=float(reduce_k),
@@ -330,21 +286,33 @@ def checkpoint_config(cfg: Config, name: str, fold: int, pixel_size: float, redu
         mean=[m / 255.0 for m in preprocessor.mean],
         std=[s / 255.0 for s in preprocessor.std],
         threshold=float(cfg.inference.threshold),
-        train=json_safe(cfg.to_dict()),
+        train=run_folder.json_safe(cfg.to_dict()),
     )
 
 
-def finish(runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointConfig, train_seconds: float) -> dict:
+def finish(
+    runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointConfig, train_seconds: float,
+    max_steps: int | None = None,
+) -> dict:
     """Load the best checkpoint, validate it like the kernel (OOF maps), and write the checkpoint folder."""
     fold = checkpoint.fold
     barrier()  # rank 0 writes the checkpoints: the last one must be on disk before other ranks look for it
-    best = find_latest_checkpoint(cfg.work_dir) if fold == -1 else runner.message_hub.get_info("best_ckpt")
+    best = None if fold == -1 else runner.message_hub.get_info("best_ckpt")
+    if best is None or not Path(best).is_file():
+        latest = find_latest_checkpoint(cfg.work_dir)
+        if fold != -1:
+            # no validation saved a best, or it was lost (a run of an older version killed between mmengine's
+            # removal of the old best and the resume checkpoint naming the new one): the latest checkpoint stands in,
+            # validated like any best below
+            print(f"warning: best checkpoint {best} not found; the fold's model is the latest checkpoint {latest}")
+        best = latest
     if best is None:
-        raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first validation?")
+        raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first checkpoint?")
     runner.load_checkpoint(best)
     record_trained_schedule(cfg, runner)
-    checkpoint = replace(checkpoint, train=json_safe(cfg.to_dict()))
-    metrics: dict = {"dice": None, "seconds_trained": round(train_seconds, 1), "averaged": None}
+    checkpoint = replace(checkpoint, train=run_folder.json_safe(cfg.to_dict()))
+    metrics: dict = {"dice": None, "seconds_trained": round(train_seconds, 1), "averaged": None,
+                     **run_folder.smoke_record(max_steps)}
     segmentor = unwrap(runner.model)
     if int(cfg.get("average_k", 0)):
         pool = SnapshotPool(averaging_folder(cfg), int(cfg.average_k), str(cfg.get("average_by", "dice")))
@@ -373,10 +341,12 @@ def finish(runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointCon
         )
         export_segmentor(segmentor, run_dir, checkpoint)  # model.ts, its torch version, config.json
         meta = dict(iter=metrics["iter"], fold=fold, config=checkpoint.name, dataset_meta=dict(classes=list(CLASSES)))
-        torch.save({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(segmentor))}, run_dir / "best.pth")
+        run_folder.save_torch({"meta": meta, "state_dict": weights_to_cpu(get_state_dict(segmentor))},
+                              run_dir / "best.pth")
         cfg.dump(str(run_dir / "mmseg_config.py"))
-        # metrics.json last: its presence marks a finished folder
-        (run_dir / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2) + "\n")
+        if max_steps is not None:
+            print(f"warning: {run_dir} is {run_folder.SMOKE_WARNING}")
+        metrics = run_folder.write_metrics(run_dir, metrics)  # last: its presence marks a finished folder
     barrier()
     return metrics
 
@@ -396,52 +366,64 @@ def summary(name: str, fold: int, metrics: dict, run_dir: Path) -> str:
     return f"{name} fold {fold}: validation Dice of the submission path ({which}) -> {run_dir}\n" + format_report(metrics)
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Train one fold and write its checkpoint folder; returns its metrics."""
-    run_dir = run_folder(args.work_dir, args.config, args.fold)
-    name = Path(args.config).stem
-    if args.overwrite:
-        if args.launcher != "none":
-            raise ValueError(f"--overwrite under a launcher would race between processes: delete {run_dir} first")
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        print(
-            f"already trained ({run_dir / 'metrics.json'}; --overwrite retrains): "
-            + summary(name, args.fold, metrics, run_dir)
-        )
-        return metrics
-    if not args.resume and (run_dir / "work" / "last_checkpoint").is_file():
-        raise FileExistsError(
-            f"{run_dir} holds an unfinished run: pass --resume to continue it or --overwrite to restart"
-        )
+def train(
+    config: str | Path,
+    fold: int,
+    tiles: Path,
+    out_root: Path = Path("outputs"),
+    data_dir: Path | None = None,
+    *,
+    minutes: float | None = None,
+    encoder_weights: str | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    max_steps: int | None = None,
+    launcher: str = "none",
+    cfg_options: dict | None = None,
+) -> dict:
+    """Train one fold of an mmseg config and write its checkpoint folder OUT/<config-stem>/fold<k>; return its metrics.
 
-    cfg = Config.fromfile(str(args.config))
-    cfg.merge_from_dict(args.cfg_options)
-    if args.backbone_weights is not None:
-        set_backbone_weights(cfg, args.backbone_weights)
-    check_config(cfg, args.config)
-    index = load_index(args.tiles)
-    train_rows = fold_rows(index, args.fold, "train")
-    check_tiles(cfg, args.tiles, train_rows)
-    data_dir = None if args.fold == -1 else resolve_data_dir(args.data_dir, args.tiles)
-    reduce_k, pixel_size = inference_scale(cfg, train_rows)
-    checkpoint = checkpoint_config(cfg, name, args.fold, pixel_size, reduce_k)
-    prepare_config(cfg, args.tiles, args.fold, run_dir, args.resume, args.launcher, checkpoint, data_dir, args.minutes)
+    The run folder's policy is train.run_folder.prepare's (finished kept, unfinished resumed unless resume=False,
+    overwrite retrains); encoder_weights 'imagenet' | 'none' | FILE (None: the config's); max_steps: a smoke run.
+    """
+    config, tiles = Path(config), Path(tiles)
+    name = config.stem
+    run_dir = run_folder.run_dir(out_root, name, fold)
+    finished = run_folder.prepare(run_dir, resume=resume, overwrite=overwrite, launched=launcher != "none")
+    if finished is not None:
+        print(f"already trained ({run_dir / run_folder.METRICS}; --overwrite retrains): "
+              + summary(name, fold, finished, run_dir))
+        return finished
+
+    cfg = Config.fromfile(str(config))
+    cfg.merge_from_dict(dict(cfg_options or {}))
+    if encoder_weights is not None:
+        set_backbone_weights(cfg, encoder_weights)
+    if max_steps is not None:
+        smoke_settings(cfg, max_steps)
+    check_config(cfg, config)
+    index = load_index(tiles)
+    train_rows = fold_rows(index, fold, "train")
+    check_tiles(cfg, tiles, train_rows)
+    data_dir = None if fold == -1 else run_folder.resolve_data_dir(data_dir, tiles)
+    reduce_k, pixel_size = inference_scale(cfg, train_rows, tiles)
+    checkpoint = checkpoint_config(cfg, name, fold, pixel_size, reduce_k)
+    checkpoint = replace(checkpoint, train={**checkpoint.train, **run_folder.smoke_record(max_steps)})
+    prepare_config(cfg, tiles, fold, run_dir, resume, launcher, checkpoint, data_dir, minutes)
     trust_checkpoints_in(cfg.work_dir)  # resume and best-checkpoint loading of this run's own files
 
     runner = Runner.from_cfg(cfg)
     start = time.perf_counter()
     runner.train()
-    metrics = finish(runner, cfg, run_dir, checkpoint, time.perf_counter() - start)
+    metrics = finish(runner, cfg, run_dir, checkpoint, time.perf_counter() - start, max_steps)
     if is_main_process():
-        print(summary(name, args.fold, metrics, run_dir), flush=True)
+        print(summary(name, fold, metrics, run_dir), flush=True)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    train(args)
+    """The command line: train one fold."""
+    train(**parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,13 @@
-"""Build mmseg segmentors from configs; load mmengine checkpoints deliberately under torch's weights_only default."""
+"""Build mmseg segmentors from configs; load mmengine checkpoints deliberately under torch's weights_only default;
+write them atomically, the new best before the old best is removed, and resume past a best that was lost.
+
+mmengine's CheckpointHook writes checkpoints in place (a kill leaves a torn file that last_checkpoint names) and, on a
+new best, removes the old best before writing the new one while the resume checkpoint on disk still names the old
+one: a kill in between, and every resume ends in FileNotFoundError. AtomicCheckpointHook (configs get it through
+train.mmseg_train.prepare_config) writes through AtomicLocalBackend (inference.atomic), removes the old best only
+after the new best and the resume checkpoint naming it are on disk, and on resume adopts the newest best file on
+disk when the one the checkpoint names is gone.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,99 @@ from pathlib import Path
 
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS, init_default_scope
 from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch import nn
+
+from inference.atomic import write_bytes, write_text
+
+ATOMIC_BACKEND = "atomic_local"
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend whose writes go through the one atomic writer (temporary file, fsync, rename)."""
+
+    def put(self, obj: bytes, filepath: str | Path) -> None:
+        write_bytes(filepath, obj)
+
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
+        write_text(filepath, obj)
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+class _DeferredRemoval:
+    """A file backend whose remove() only records the path: the hook removes it once the new best is on disk."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend, self.removed = backend, []
+
+    def remove(self, filepath: str | Path) -> None:
+        self.removed.append(str(filepath))
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """CheckpointHook that writes atomically, never removes the old best before the new one is saved, and resumes
+    when the best checkpoint the resume checkpoint names is missing (the newest best file on disk, else none)."""
+
+    def __init__(self, *args, backend_args: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, backend_args=backend_args or dict(backend=ATOMIC_BACKEND), **kwargs)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if self.save_best is None or len(self.key_indicators) != 1:
+            return
+        named = self.best_ckpt_path
+        if named is None or self.file_backend.isfile(named):
+            return
+        best = _newest_best(Path(self.out_dir), self.key_indicators[0])
+        hub = runner.message_hub
+        if best is None:
+            runner.logger.warning(f"the best checkpoint {named} is missing: the next validation saves a new best")
+            self.best_ckpt_path = None
+            hub.runtime_info.pop("best_ckpt", None)
+            hub.runtime_info.pop("best_score", None)
+            return
+        score = CheckpointLoader.load_checkpoint(str(best), map_location="cpu")["message_hub"]["runtime_info"]
+        runner.logger.warning(f"the best checkpoint {named} is missing: resuming with {best.name}")
+        self.best_ckpt_path = str(best)
+        hub.update_info("best_ckpt", str(best))
+        if "best_score" in score:
+            hub.update_info("best_score", score["best_score"])
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine's best-checkpoint logic, with the old best removed last (after the new best and the resume
+        checkpoint naming it are written)."""
+        backend = self.file_backend
+        deferred = _DeferredRemoval(backend)
+        self.file_backend = deferred
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        current = {str(self.best_ckpt_path)} | {str(p) for p in self.best_ckpt_path_dict.values()}
+        for path in deferred.removed:
+            if path not in current and is_main_process() and backend.isfile(path):
+                backend.remove(path)
+                runner.logger.info(f"The previous best checkpoint {path} is removed")
+
+
+def _newest_best(folder: Path, key: str) -> Path | None:
+    """The best_<key>_iter_N.pth (or _epoch_N) with the largest N in folder, if any."""
+    def step(path: Path) -> int:
+        match = re.search(r"_(\d+)\.pth$", path.name)
+        return int(match.group(1)) if match else -1
+
+    found = sorted(folder.glob(f"best_{key}_*.pth"), key=step)
+    return found[-1] if found else None
 
 
 def trust_checkpoints_in(work_dir: str | Path) -> None:

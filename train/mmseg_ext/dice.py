@@ -23,8 +23,8 @@ from torch import nn
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
-from inference.tables import load_train
 from train.export import SegmentorLogits
+from train.run_folder import validation_rows
 from train.validation import ValidationImage, kernel_validation
 
 
@@ -32,19 +32,6 @@ def segmentor_predictor(segmentor: nn.Module, config: CheckpointConfig, batch_si
     """The live segmentor as the inference engine sees its export: a logits module inside a Predictor."""
     device = next(segmentor.parameters()).device
     return Predictor(config, SegmentorLogits(segmentor).eval(), device, batch_size=batch_size)
-
-
-def validation_rows(data_dir: Path, image_ids: list[str]) -> pd.DataFrame:
-    """train.csv rows of the validation images, in the given order; names the images missing from train.csv."""
-    table = load_train(Path(data_dir) / "train.csv")
-    table = table.assign(id=table["id"].astype(str)).set_index("id", drop=False)
-    missing = sorted(set(image_ids) - set(table.index))
-    if missing:
-        raise ValueError(
-            f"{len(missing)} validation image(s) of the tile set are not in {Path(data_dir) / 'train.csv'} "
-            f"(first: {missing[:3]}): --data-dir must be the competition folder the tiles were cut from"
-        )
-    return table.loc[image_ids].reset_index(drop=True)
 
 
 def kernel_dice(
@@ -93,7 +80,7 @@ class KernelValLoop(BaseLoop):
         self.config = CheckpointConfig(**checkpoint)
         self.batch_size = batch_size
         image_ids = list(dict.fromkeys(self.dataloader.dataset.rows["image_id"].astype(str)))
-        self.rows = validation_rows(self.data_dir, image_ids)
+        self.rows, _ = validation_rows(self.data_dir, image_ids)
 
     @property
     def image_dir(self) -> Path:

@@ -1,0 +1,106 @@
+"""AtomicCheckpointHook: the old best checkpoint outlives a kill while the new one is written, and a resume whose
+checkpoint names a best that is gone goes on (mmengine's CheckpointHook removes the old best first)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
+from mmengine.fileio import get_file_backend  # noqa: E402
+from mmengine.logging import MessageHub  # noqa: E402
+
+from train.mmseg_ext.checkpoint import ATOMIC_BACKEND, AtomicCheckpointHook  # noqa: E402
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL while a checkpoint is written."""
+
+
+def fake_runner(work_dir: Path, hub_name: str) -> SimpleNamespace:
+    """What CheckpointHook reads of a Runner; save_checkpoint writes the message hub through the hook's backend."""
+    runner = SimpleNamespace(work_dir=str(work_dir), logger=logging.getLogger("checkpoint-test"), epoch=0, iter=0,
+                             message_hub=MessageHub(hub_name), kill_on=None)
+
+    def save_checkpoint(out_dir, filename, *args, backend_args=None, **kwargs) -> None:
+        if runner.kill_on and filename.startswith(runner.kill_on):
+            raise Killed(filename)
+        buffer = io.BytesIO()
+        torch.save({"message_hub": {"runtime_info": dict(runner.message_hub.runtime_info)}}, buffer)
+        get_file_backend(out_dir, backend_args=backend_args).put(buffer.getvalue(), Path(out_dir) / filename)
+
+    runner.save_checkpoint = save_checkpoint
+    return runner
+
+
+def hook() -> AtomicCheckpointHook:
+    return AtomicCheckpointHook(interval=5, by_epoch=False, max_keep_ckpts=1, save_best="dice", rule="greater")
+
+
+def step(checkpoint: AtomicCheckpointHook, runner: SimpleNamespace, iteration: int, dice: float) -> None:
+    """The train loop at a validation iteration: the resume checkpoint, then the validation's best checkpoint."""
+    runner.iter = iteration - 1
+    checkpoint._save_checkpoint(runner)
+    runner.iter = iteration
+    checkpoint._save_best_checkpoint(runner, {"dice": dice})
+
+
+def saved_hub(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["message_hub"]["runtime_info"]
+
+
+def test_a_kill_while_the_new_best_is_written_keeps_the_old_best(tmp_path: Path) -> None:
+    runner, checkpoint = fake_runner(tmp_path, "kill"), hook()
+    assert checkpoint.backend_args == {"backend": ATOMIC_BACKEND}
+    checkpoint.before_train(runner)
+    step(checkpoint, runner, 5, 0.5)
+    assert (tmp_path / "best_dice_iter_5.pth").is_file()
+    runner.kill_on = "best_"
+    with pytest.raises(Killed):
+        step(checkpoint, runner, 10, 0.7)
+    # the resume checkpoint on disk names the old best, and the old best is still there to load
+    assert saved_hub(tmp_path / "iter_10.pth")["best_ckpt"] == str(tmp_path / "best_dice_iter_5.pth")
+    assert (tmp_path / "best_dice_iter_5.pth").is_file()
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+    runner.kill_on = None
+    step(checkpoint, runner, 15, 0.8)  # a better one, written whole: the old best goes only now
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["best_dice_iter_15.pth", "iter_15.pth"]
+    assert saved_hub(tmp_path / "iter_15.pth")["best_ckpt"] == str(tmp_path / "best_dice_iter_15.pth")
+
+
+def test_resume_goes_on_when_the_named_best_is_gone(tmp_path: Path) -> None:
+    """A folder left by mmengine's hook: the resume checkpoint names best_5, which was removed; best_10 was saved."""
+    runner, checkpoint = fake_runner(tmp_path, "before"), hook()
+    checkpoint.before_train(runner)
+    step(checkpoint, runner, 5, 0.5)
+    runner.iter = 9
+    checkpoint._save_checkpoint(runner)  # iter_10.pth names best_dice_iter_5
+    runner.message_hub.update_info("best_score", 0.7)
+    runner.save_checkpoint(str(tmp_path), "best_dice_iter_10.pth", backend_args=checkpoint.backend_args)
+    (tmp_path / "best_dice_iter_5.pth").unlink()
+
+    resumed = fake_runner(tmp_path, "resumed")
+    for key, value in saved_hub(tmp_path / "iter_10.pth").items():
+        resumed.message_hub.update_info(key, value)
+    again = hook()
+    again.before_train(resumed)
+    assert again.best_ckpt_path == str(tmp_path / "best_dice_iter_10.pth")
+    assert resumed.message_hub.get_info("best_score") == 0.7
+    step(again, resumed, 15, 0.6)  # not better than 0.7: best_10 stays the best
+    assert resumed.message_hub.get_info("best_ckpt") == str(tmp_path / "best_dice_iter_10.pth")
+
+    (tmp_path / "best_dice_iter_10.pth").unlink()  # no best file at all: the next validation saves one
+    lost = fake_runner(tmp_path, "lost")
+    for key, value in saved_hub(tmp_path / "iter_15.pth").items():
+        lost.message_hub.update_info(key, value)
+    third = hook()
+    third.before_train(lost)
+    assert third.best_ckpt_path is None
+    step(third, lost, 20, 0.1)
+    assert (tmp_path / "best_dice_iter_20.pth").is_file()
