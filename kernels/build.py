@@ -139,7 +139,8 @@ def copy_code(out: Path) -> list[Path]:
     return [f.relative_to(REPO) for f in files]
 
 
-def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = None) -> list[str]:
+def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = None, allow_smoke: bool = False
+                 ) -> list[str]:
     """Copy each --models entry to out/<name>/ (a run keeps its fold*/ folders); return the names.
 
     A run folder outputs/RUN keeps the name RUN; a single checkpoint folder outputs/RUN/fold2
@@ -163,6 +164,11 @@ def copy_weights(models: list[Path], out: Path, traced: dict[str, str] | None = 
             for name in (config.weights, config.weights + TORCH_VERSION_SUFFIX):
                 _refuse_symlink(folder / name)
             weights_path(config, folder)  # never ship a file from outside the checkpoint folder
+            if (config.train or {}).get("smoke"):  # trainers' --max-steps: a pipeline check, not a model
+                if not allow_smoke:
+                    raise ValueError(f"{folder} is a smoke run (--max-steps, config.json train.smoke): not a trained "
+                                     "model; pass --allow-smoke to pack it anyway (a rehearsal)")
+                print(f"warning: {folder} is a smoke run (--max-steps), not a trained model", file=sys.stderr)
             dest = out / run if single else out / run / folder.name
             if not dest.resolve().is_relative_to(out.resolve()) or dest.resolve() == out.resolve():
                 raise ValueError(f"--models {model}: would be copied to {dest.resolve()}, outside {out}")
@@ -317,6 +323,7 @@ def build(
     time_budget_hours: float = TIME_BUDGET_HOURS,
     hidden_images: int = HIDDEN_IMAGES,
     limit_hours: float = KAGGLE_HOURS,
+    allow_smoke: bool = False,
 ) -> dict[str, Path]:
     """Write the three datasets and the kernel folder; return their paths by name.
 
@@ -353,7 +360,7 @@ def build(
 
     fresh(paths["weights"])
     traced: dict[str, str] = {}
-    runs = copy_weights(models, paths["weights"], traced)
+    runs = copy_weights(models, paths["weights"], traced, allow_smoke)
     predict_args = ship_files(predict_args, paths["weights"])
     if thresholds is not None:
         shutil.copy2(thresholds, paths["weights"] / "thresholds.json")
@@ -447,13 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit-hours", type=float, default=KAGGLE_HOURS,
                     help="the competition's run-time limit for the notebook: prediction is killed "
                          f"{KAGGLE_RESERVE_S:g} s before it and submission.csv written from the journal")
+    ap.add_argument("--allow-smoke", action="store_true",
+                    help="pack smoke runs (trainers' --max-steps) too, with a warning (rehearsals only)")
     args = ap.parse_args(argv)
     if not args.user:
         ap.error("--user is required (or set KAGGLE_USERNAME): dataset and kernel ids are <user>/<slug>")
     try:
         paths = build(args.models, args.out, args.user, args.competition, args.prefix, args.wheels,
                       args.python_version, args.platform, args.thresholds, shlex.split(args.predict_args),
-                      tuple(args.packages), args.time_budget_hours, args.hidden_images, limit_hours=args.limit_hours)
+                      tuple(args.packages), args.time_budget_hours, args.hidden_images,
+                      limit_hours=args.limit_hours, allow_smoke=args.allow_smoke)
     except (FileNotFoundError, ValueError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -213,7 +213,10 @@ def export_run(run_dir: str | Path) -> Path:
     if settings.get("custom_imports"):  # checked by read_dumped_config: our packages only
         import_modules_from_strings(**settings["custom_imports"])
     segmentor, _ = load_segmentor(Config(settings, filename=str(config_path)), checkpoint)
-    return export_segmentor(segmentor, run_dir, CheckpointConfig.load(run_dir)) / WEIGHTS
+    config = CheckpointConfig.load(run_dir)
+    if (config.train or {}).get("smoke"):  # the trainers' --max-steps
+        print(f"warning: {run_dir} is a smoke run (--max-steps), not a trained model: kernels.build refuses it")
+    return export_segmentor(segmentor, run_dir, config) / WEIGHTS
 
 
 def main(argv: list[str] | None = None) -> None:
