@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=14.0, help="training wall minutes per model (side by side)")
     ap.add_argument("--parallel", type=int, default=2, help="predictions at a time, one thread each")
     ap.add_argument("--collect-only", action="store_true", help="train and predict nothing: tabulate what is done")
+    ap.add_argument("--first-seed", type=int, default=0, help="start at this seed (run seeds in parallel processes)")
+    ap.add_argument("--reuse-tiles", action="store_true", help="use the tile sets an earlier run built, as they are "
+                    "(processes running side by side must not rebuild them)")
     args = ap.parse_args(argv)
     if not args.realdata.is_dir():
         print(f"skipped: the real tissue folder {args.realdata} is absent (../shared/realdata)")
@@ -341,14 +344,14 @@ def main(argv: list[str] | None = None) -> None:
     fastai = [load_config(e.config)[1] for e in entries if e.config != "plain"]
     sizes = sorted({float(c.pixel_size) for c in fastai})
     copies = any(c.stain_copy_share > 0 for c in fastai)
-    if args.collect_only:  # the tile sets' paths only (nothing is trained)
+    if args.collect_only or args.reuse_tiles:  # the tile sets' paths only
         tiles = {"train": args.work / "train" / "tiles", "ceiling": args.work / "ceiling" / "tiles"}
     else:
         tiles = {"train": tile_set(data["train"], args.work / "train", sizes, copies)}
         if "ceiling" in data and any(e.ceiling for e in entries):
             tiles["ceiling"] = tile_set(data["ceiling"], args.work / "ceiling", sizes, False)
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         if args.collect_only:
             commands = train_commands(entries, seed, args, tiles, data)
             for e in entries:
