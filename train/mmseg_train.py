@@ -310,7 +310,7 @@ def finish(
         raise RuntimeError(f"no checkpoint found in {cfg.work_dir}: did training reach its first checkpoint?")
     runner.load_checkpoint(best)
     record_trained_schedule(cfg, runner)
-    checkpoint = replace(checkpoint, train=run_folder.json_safe(cfg.to_dict()))
+    checkpoint = replace(checkpoint, train={**run_folder.json_safe(cfg.to_dict()), **run_folder.smoke_record(max_steps)})
     metrics: dict = {"dice": None, "seconds_trained": round(train_seconds, 1), "averaged": None,
                      **run_folder.smoke_record(max_steps)}
     segmentor = unwrap(runner.model)

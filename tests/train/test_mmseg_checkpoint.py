@@ -68,8 +68,13 @@ def test_a_kill_while_the_new_best_is_written_keeps_the_old_best(tmp_path: Path)
     assert (tmp_path / "best_dice_iter_5.pth").is_file()
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
-    runner.kill_on = None
-    step(checkpoint, runner, 15, 0.8)  # a better one, written whole: the old best goes only now
+    resumed = fake_runner(tmp_path, "kill-resumed")  # the re-run resumes from iter_10.pth
+    for key, value in saved_hub(tmp_path / "iter_10.pth").items():
+        resumed.message_hub.update_info(key, value)
+    again = hook()
+    again.before_train(resumed)
+    assert again.best_ckpt_path == str(tmp_path / "best_dice_iter_5.pth")
+    step(again, resumed, 15, 0.8)  # a better one, written whole: the old best goes only now
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["best_dice_iter_15.pth", "iter_15.pth"]
     assert saved_hub(tmp_path / "iter_15.pth")["best_ckpt"] == str(tmp_path / "best_dice_iter_15.pth")
 

@@ -95,7 +95,7 @@ class AtomicCheckpointHook(CheckpointHook):
             super()._save_best_checkpoint(runner, metrics)
         finally:
             self.file_backend = backend
-        current = {str(self.best_ckpt_path)} | {str(p) for p in self.best_ckpt_path_dict.values()}
+        current = {str(self.best_ckpt_path)} | {str(p) for p in getattr(self, "best_ckpt_path_dict", {}).values()}
         for path in deferred.removed:
             if path not in current and is_main_process() and backend.isfile(path):
                 backend.remove(path)
