@@ -66,3 +66,11 @@ def test_predict_adapts_unseen_sources_by_default_and_the_flag_chooses() -> None
     assert parse() == "unseen" and parse("--adapt-bn") == "all" and parse("--adapt-bn", "off") == "off"
     with pytest.raises(SystemExit):
         parse("--adapt-bn", "sometimes")
+
+
+def test_small_images_give_few_windows() -> None:
+    from inference.engine.adapt_bn import distinct_windows
+
+    assert distinct_windows((160, 160), 512, 64) == 4  # one padded window: a few draws, not 64 forwards
+    assert distinct_windows((100, 40), 512, 1) == 2  # batch statistics need two
+    assert distinct_windows((3000, 3000), 512, 64) == 64  # 36 tiles: as many as asked
