@@ -24,4 +24,9 @@ GPU_RECIPE = FastaiConfig(
 # against online transfer's 0.50 and the plain loop's 0.24; online transfer (seed10+stain) stays on top, which the
 # same benchmark scored level with copies alone on HuBMAP rows (0.55, 2 seeds). A tile set without copies trains as
 # before, with a warning.
+# Real tissue (benchmarks/real_tissue.py: DAB kidney -> HuBMAP PAS kidney, CPU length) did not confirm the render
+# ranking: copies alone 0.14, with AdaBN 0.35, below flips + AdaBN (0.40, 3 seeds); online transfer was not run there.
+# What carries these models to HuBMAP at inference is AdaBN, on by default for the sources a model never trained on
+# (the EfficientNet / ResNeSt / ResNeXt encoders have BatchNorm; ConvNeXt, CoaT and MiT use LayerNorm and are left
+# as trained). The stain recipe stays until a GPU-length real-tissue run can rank it (45k steps, not ~100).
 GPU_CROPS = replace(GPU_RECIPE, pixel_size=0.8, lowres_prob=0.1, channels_last=True, stain_copy_share=0.3)
