@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,12 +221,6 @@ def target_order(image_id: object, n_targets: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, int(image_id)]).permutation(n_targets)
 
 
-def _write_atomic(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # keeps the .png suffix OpenCV picks the codec by
-    write_png(tmp, image)
-    os.replace(tmp, path)  # a crash never leaves a half-written copy that a re-run would keep
-
-
 def add_stain_copies(
     tiles_dir: Path,
     targets: Sequence[Path],
@@ -285,7 +278,7 @@ def add_stain_copies(
                 if copy is None:
                     skipped += 1
                     continue
-                _write_atomic(out, copy)
+                write_png(out, copy)
             rows.append(
                 {**row._asdict(), "tile_id": tile_id, "image_path": f"images/{tile_id}.png", "source": SOURCE,
                  "parents": row.tile_id}

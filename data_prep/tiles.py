@@ -57,6 +57,7 @@ from data_prep.tileset import (
     tile_paths,
     write_index,
     write_png,
+    write_rows,
 )
 from inference.cli import HelpFormatter
 from inference.io import ImageReadError, read_image
@@ -225,10 +226,7 @@ def tile_image(job: ImageJob, settings: TileSettings, out: Path) -> pd.DataFrame
             }
         )
     part = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    path = out / "parts" / f"{job.image_id}.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    part.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)  # written last: its presence means every tile of the image is on disk
+    write_rows(out / "parts" / f"{job.image_id}.csv", part)  # written last: every tile of the image is on disk
     return part
 
 

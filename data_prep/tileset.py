@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from inference.atomic import atomic_write
+from inference.atomic import atomic_write, write_bytes
 
 # The contract's columns (see README), then ours: tissue fraction and, for LPB tiles, "tileA|tileB".
 INDEX_COLUMNS: tuple[str, ...] = tuple(
@@ -56,11 +56,13 @@ def scaled_tile_id(image_id: int, pixel_size: float) -> str:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
-    """Write an RGB uint8 image or a 2-D uint8 mask as a fast-compressed PNG."""
+    """Write an RGB uint8 image or a 2-D uint8 mask as a fast-compressed PNG, atomically (never half a tile)."""
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), array, _PNG_IMAGE if array.ndim == 3 else _PNG_MASK):
-        raise OSError(f"cannot write {path}")
+    ok, encoded = cv2.imencode(".png", array, _PNG_IMAGE if array.ndim == 3 else _PNG_MASK)
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+    write_bytes(path, encoded.tobytes())
 
 
 def read_png(path: Path, mask: bool = False) -> np.ndarray:

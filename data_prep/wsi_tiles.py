@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_prep.make_folds import make_folds
-from data_prep.tileset import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png
+from data_prep.tileset import INDEX_COLUMNS, TileSetError, load_index, write_index, write_png, write_rows
 from inference.cli import HelpFormatter, hidden_alias
 from inference.organs import ORGANS, class_index
 from inference.tiling import context_window
@@ -238,10 +237,7 @@ def tile_slide(row: pd.Series, base: Path, out: Path, settings: WsiTileSettings)
         annotation.close()
         slide.close()
     part = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    path = out / "parts" / f"{row['slide_id']}.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    part.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    write_rows(out / "parts" / f"{row['slide_id']}.csv", part)  # written last: every tile of the slide is on disk
     return part
 
 
