@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import recipe  # noqa: E402
-from domain_curves import area_ratios, parse_pairs  # noqa: E402
+from domain_curves import area_ratios, parse_pairs, predict  # noqa: E402
 
 from inference.score import score  # noqa: E402
 from inference.tables import load_solution, load_submission  # noqa: E402
@@ -170,16 +170,6 @@ def train_commands(entries: list[Entry], seed: int, args: argparse.Namespace, ti
                 command += ["--histmatch-targets", str(data["train"] / "targets")]
         out[e.label] = (command, folder)
     return out
-
-
-def predict(models: Path, data: Path, out: Path, flags: list[str], log: Path) -> None:
-    """inference.predict of one checkpoint folder on a test set, one thread (skipped when out exists)."""
-    if out.is_file():
-        return
-    command = [sys.executable, "-m", "inference.predict", "--data-dir", str(data), "--models", str(models),
-               "--out", str(out), *flags]
-    if recipe.run(command, log, threads=1).wait() != 0:
-        raise SystemExit(f"{' '.join(command)} failed; see {log}")
 
 
 def test_folder(data: dict[str, Path], testset: str) -> Path:
