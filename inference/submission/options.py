@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.cli import HelpFormatter
-from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_WINDOWS, GROUPINGS, MODES
+from inference.engine.adapt_bn import DEFAULT_IMAGES, DEFAULT_MIN_IMAGES, DEFAULT_WINDOWS, GROUPINGS, MODES
 from inference.engine.budget import Level
 from inference.engine.ensemble import EnsembleOptions, add_ensemble_arguments, bounded, positive_float, positive_int
 from inference.engine.postprocess import load_min_area
@@ -74,6 +74,7 @@ class Options(EnsembleOptions):
     adapt_bn: str = "unseen"
     adapt_bn_windows: int = DEFAULT_WINDOWS  # windows per member and group
     adapt_bn_images: int = DEFAULT_IMAGES  # images drawn per group
+    adapt_bn_min_images: int = DEFAULT_MIN_IMAGES  # a group with fewer test images keeps the trained statistics
     adapt_bn_groups: str = GROUPINGS[0]  # "source-organ" (one group per data_source and organ) or "source"
 
     def __post_init__(self) -> None:
@@ -135,6 +136,9 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
                     help="--adapt-bn windows per member and group")
     ap.add_argument("--adapt-bn-images", type=positive_int, default=DEFAULT_IMAGES,
                     help="--adapt-bn images drawn per group")
+    ap.add_argument("--adapt-bn-min-images", type=positive_int, default=DEFAULT_MIN_IMAGES,
+                    help="--adapt-bn leaves a group with fewer test images as trained (one image's statistics fit "
+                         "that image)")
     ap.add_argument("--adapt-bn-groups", choices=GROUPINGS, default=GROUPINGS[0],
                     help="--adapt-bn groups: one per data_source and organ (default), or one per data_source")
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")

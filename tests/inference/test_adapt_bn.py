@@ -129,7 +129,8 @@ def test_predict_adapt_bn_end_to_end(demo_data: Path, tmp_path: Path, capsys: py
     base = ["--data-dir", str(demo_data), "--models", str(smp_run), str(tiny), "--save-probs"]
     assert predict.main([*base, str(tmp_path / "plain"), "--out", str(tmp_path / "plain.csv")]) == 0
     assert predict.main([*base, str(tmp_path / "adapted"), "--out", str(tmp_path / "adapted.csv"), "--adapt-bn",
-                         "--adapt-bn-windows", "8", "--adapt-bn-images", "2", "--time-budget", "600"]) == 0
+                         "--adapt-bn-windows", "8", "--adapt-bn-images", "2", "--adapt-bn-min-images", "1",
+                         "--time-budget", "600"]) == 0
     names = sorted(p.name for p in (tmp_path / "plain").glob("*.npy"))
     assert len(names) == 6
     changed = [not np.array_equal(np.load(tmp_path / "plain" / n), np.load(tmp_path / "adapted" / n)) for n in names]
@@ -176,7 +177,7 @@ def test_predict_with_adabn_failing_inside_predicts_every_row(tmp_path: Path, de
     member = _member(OutOfMemoryInTraining().eval())
     with caplog.at_level(logging.WARNING):
         run = predict.predict_table(table, demo_data / "test_images", [member],
-                                    predict.Options(adapt_bn="all", adapt_bn_windows=4, adapt_bn_images=1,
+                                    predict.Options(adapt_bn="all", adapt_bn_windows=4, adapt_bn_images=1, adapt_bn_min_images=1,
                                                     scale_mode="none"))
     assert [r.status for r in run.results] == ["ok"] * len(table)
     assert any("adaptation failed" in r.getMessage() for r in caplog.records)

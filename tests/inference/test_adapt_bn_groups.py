@@ -74,3 +74,13 @@ def test_small_images_give_few_windows() -> None:
     assert distinct_windows((160, 160), 512, 64) == 4  # one padded window: a few draws, not 64 forwards
     assert distinct_windows((100, 40), 512, 1) == 2  # batch statistics need two
     assert distinct_windows((3000, 3000), 512, 64) == 64  # 36 tiles: as many as asked
+
+
+def test_a_group_with_too_few_images_keeps_the_trained_statistics(demo_data: Path, tmp_path: Path) -> None:
+    member = Member(load_predictor(make_smp_checkpoint(tmp_path / "hpa" / "fold0", tile=64, data_sources=["HPA"])))
+    table = pd.read_csv(demo_data / "test.csv")
+    sizes = table.groupby(["data_source", "organ"]).size()
+    adaptation = adapt_batchnorm(table, demo_data / "test_images", [member], windows=8, max_images=2,
+                                 mode="unseen", min_images=int(sizes.max()) + 1)
+    assert all(state == {} for state in adaptation.states.values())
+    assert any("fewer than --adapt-bn-min-images" in n for n in adaptation.notes)

@@ -131,7 +131,8 @@ def test_a_run_killed_while_adabn_reads_an_image_blames_that_row(data: Path, mod
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """--adapt-bn reads images before the loop, each under a claim: a decoder that kills it costs that row only."""
     out, journal = tmp_path / "s.csv", tmp_path / "run.journal"
-    argv = _argv(data, model, out, "--journal", str(journal), "--adapt-bn", "--adapt-bn-images", "5")
+    argv = _argv(data, model, out, "--journal", str(journal), "--adapt-bn", "--adapt-bn-images", "5",
+                 "--adapt-bn-min-images", "1")
     env = kill_on_open_env(tmp_path / "hook", "test_images/3.tiff")
     killed = subprocess.run([sys.executable, "-m", "inference.predict", *argv], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -25,7 +25,8 @@ from kernels.build import KERNEL_PACKAGES, REPO, build, code_cells, imported_mod
 # Groups per data_source: per (source, organ) every one of the 6 demo rows would be read by AdaBN, and the killed-child
 # test needs a row only the loop reads.
 PREDICT_ARGS = ["--tta", "2", "--fill-holes", "--tta-scales", "1,1.25", "--stain-tta", "--adapt-bn",
-                "--adapt-bn-windows", "8", "--adapt-bn-images", "2", "--adapt-bn-groups", "source"]
+                "--adapt-bn-windows", "8", "--adapt-bn-images", "2", "--adapt-bn-groups", "source",
+                "--adapt-bn-min-images", "1"]
 
 
 def make_wheel(folder: Path, name: str = "kernel_probe", version: str = "0.1") -> Path:
