@@ -148,9 +148,10 @@ def check_tiles(cfg: Config, tiles: Path, train_rows: pd.DataFrame) -> None:
 
 
 def inference_scale(cfg: Config, train_rows: pd.DataFrame, tiles: Path) -> tuple[float, float]:
-    """(reduce_k, pixel_size) for config.json: train.run_folder.inference_scale over the training tiles (read at
-    tile_size), with the config's inference.reduce_k when it sets one."""
-    return run_folder.inference_scale(train_rows, tiles, int(cfg.tile_size), reduce_k=cfg.inference.get("reduce_k"))
+    """(reduce_k, pixel_size) for config.json: train.run_folder.inference_scale over the training tiles at their own
+    scale (as before the shared rule), with the config's inference.reduce_k when it sets one."""
+    return run_folder.inference_scale(train_rows, tiles, int(cfg.tile_size), reduce_k=cfg.inference.get("reduce_k"),
+                                      resized=False)
 
 
 def without_cuda(cfg: Config) -> None:

@@ -185,7 +185,8 @@ def validation_rows(data_dir: Path, image_ids: Iterable[Any]) -> tuple[pd.DataFr
 
 
 def inference_scale(
-    rows: pd.DataFrame, tiles_dir: Path, tile_size: int, pixel_size: float | None = None, reduce_k: float | None = None
+    rows: pd.DataFrame, tiles_dir: Path, tile_size: int, pixel_size: float | None = None, reduce_k: float | None = None,
+    resized: bool = True,
 ) -> tuple[float, float]:
     """(reduce_k, pixel_size) config.json gives the kernel: the scale the model trained at, in both scale modes.
 
@@ -194,7 +195,8 @@ def inference_scale(
     reduce is about image um/px -> training um/px. Tiles: k = the finest split trained on (the model sees that
     scale most: on the demo k=3 beat k=1), or the config's reduce_k; pixel_size = the median um/px of the original
     tiles at the split nearest k, times tile side / tile_size when tiles are resized on load. Reduce-only tile sets:
-    their finest reduce.
+    their finest reduce. resized=False (the mmseg trainer, whose pipeline crops tiles at their own scale): no
+    tile side / tile_size factor.
     """
     if pixel_size is not None:
         if reduce_k is None:
@@ -212,5 +214,7 @@ def inference_scale(
     else:
         reduce_k = 1.0 if reduce_k is None else float(reduce_k)
         level_rows = rows[rows["reduce"] == rows["reduce"].min()]
+    if not resized:
+        return float(reduce_k), float(np.median(level_rows["tile_pixel_size"]))
     side = read_png(Path(tiles_dir) / level_rows["image_path"].iloc[0]).shape[0]
     return float(reduce_k), float(np.median(level_rows["tile_pixel_size"])) * side / tile_size

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from checkpoints import ConstantNet, make_torchscript_checkpoint
+from checkpoints import ConstantNet, make_smp_checkpoint, make_torchscript_checkpoint
 from crash import kill_on_open_env
 
 from inference import predict
@@ -130,9 +130,10 @@ def test_a_killed_run_resumes_and_the_row_in_progress_is_empty(data: Path, model
 def test_a_run_killed_while_adabn_reads_an_image_blames_that_row(data: Path, model: Path, tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """--adapt-bn reads images before the loop, each under a claim: a decoder that kills it costs that row only."""
+    model = make_smp_checkpoint(tmp_path / "bn" / "fold0", tile=32, logit=3.0)  # BatchNorm: AdaBN reads its images
     out, journal = tmp_path / "s.csv", tmp_path / "run.journal"
     argv = _argv(data, model, out, "--journal", str(journal), "--adapt-bn", "--adapt-bn-images", "5",
-                 "--adapt-bn-min-images", "1")
+                 "--adapt-bn-min-images", "1", "--adapt-bn-groups", "source")  # one group: rows read in order
     env = kill_on_open_env(tmp_path / "hook", "test_images/3.tiff")
     killed = subprocess.run([sys.executable, "-m", "inference.predict", *argv], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
