@@ -29,6 +29,7 @@ import importlib.util
 import io
 import re
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def _main_of(command: str) -> Callable[[list[str]], object]:
         spec = importlib.util.spec_from_file_location(f"docs_usage_{Path(command).stem}", REPO / command)
         assert spec is not None and spec.loader is not None, command
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses in the script resolve their module through sys.modules
         spec.loader.exec_module(module)
         return module.main
     module = importlib.import_module(command)
