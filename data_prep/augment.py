@@ -267,7 +267,27 @@ class StainTransfer(A.ImageOnlyTransform):
         return ("strength", "stains", "hematoxylin_scale", "dab_to_stain", "background", "vector_jitter")
 
 
-class TargetHistogramMatching(A.HistogramMatching):
+class HeldReferences:
+    """Mixin for albumentations' domain-adaptation transforms whose reference images the transform holds.
+
+    albumentations 2.x wants the references passed with every call (`hm_metadata=[...]`, `fda_metadata=[...]`) and
+    deprecates holding them; our presets are called with image and mask only.
+    """
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        """No per-call reference key: the references are the transform's own."""
+        return []
+
+
+def held_references(references: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """Contiguous copies of the reference images a transform holds; at least one is needed."""
+    if not references:
+        raise ValueError(f"{what} needs at least one reference image")
+    return [np.ascontiguousarray(r) for r in references]
+
+
+class TargetHistogramMatching(HeldReferences, A.HistogramMatching):
     """albumentations' HistogramMatching with the reference images held by the transform.
 
     albumentations 2.x wants the references passed with every call (`hm_metadata=[...]`) and deprecates holding
@@ -280,14 +300,7 @@ class TargetHistogramMatching(A.HistogramMatching):
         self, references: Sequence[np.ndarray], blend_ratio: tuple[float, float] = (0.5, 1.0), p: float = 0.5
     ) -> None:
         super().__init__(blend_ratio=blend_ratio, p=p)
-        if not references:
-            raise ValueError("histogram matching needs at least one reference image")
-        self.references = [np.ascontiguousarray(r) for r in references]
-
-    @property
-    def targets_as_params(self) -> list[str]:
-        """No per-call reference key: the references are the transform's own."""
-        return []
+        self.references = held_references(references, "histogram matching")
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Draw a reference and a blend ratio."""
@@ -297,7 +310,7 @@ class TargetHistogramMatching(A.HistogramMatching):
         }
 
 
-class TargetFDA(A.FDA):
+class TargetFDA(HeldReferences, A.FDA):
     """albumentations' FDA (Fourier domain adaptation) with the target images held by the transform.
 
     As TargetHistogramMatching: albumentations 2.x wants references passed with every call (`fda_metadata=[...]`);
@@ -309,14 +322,7 @@ class TargetFDA(A.FDA):
     def __init__(self, references: Sequence[np.ndarray], beta_limit: tuple[float, float] = (0.01, 0.05),
                  p: float = 0.5) -> None:
         super().__init__(beta_limit=beta_limit, p=p)
-        if not references:
-            raise ValueError("FDA needs at least one reference image")
-        self.references = [np.ascontiguousarray(r) for r in references]
-
-    @property
-    def targets_as_params(self) -> list[str]:
-        """No per-call reference key: the references are the transform's own."""
-        return []
+        self.references = held_references(references, "FDA")
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         """Draw a target image (resized to the crop) and a beta."""
