@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,11 +327,12 @@ def adapt_batchnorm(
         raise ValueError(f"AdaBN grouping must be one of {GROUPINGS}, got {grouping!r}")
     adaptation = BatchNormAdaptation(members, grouping, mode)
     table = table.reset_index(drop=True)  # row numbers = positions, as the journal counts them
+    sizes = Counter(group_key(r, grouping) for r in table.itertuples(index=False))  # test images per group
     for source, rows in drawn_rows(table, max_images, seed, grouping).items():
         if not any(adaptation.wanted(m, source) for m in adaptation.adaptable()):
             adaptation.states[source] = {}
             continue
-        group_size = sum(1 for r in table.itertuples(index=False) if group_key(r, grouping) == source)
+        group_size = sizes[source]
         if group_size < min_images:
             adaptation.states[source] = {}
             note = (f"--adapt-bn: {source}: {group_size} image(s), fewer than --adapt-bn-min-images {min_images}: "
