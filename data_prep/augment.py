@@ -38,6 +38,9 @@ import torch.utils.data  # noqa: E402
 from albumentations.core.transforms_interface import BaseTransformInitSchema  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+# Ruifrok & Johnston stain vectors: one definition, in inference.input_modes
+from inference.input_modes import HED_FROM_RGB, RGB_FROM_HED  # noqa: E402
+
 PRESETS: tuple[str, ...] = (
     "flips", "flips+stain", "seed10", "seed10+stain", "hubmap", "flips+histmatch", "seed10+histmatch",
     "flips+colour", "flips+fda", "flips+colour+fda",
@@ -45,9 +48,6 @@ PRESETS: tuple[str, ...] = (
 REFERENCE_PRESETS = ("+histmatch", "+fda")  # preset suffixes that need target reference images
 REFERENCE_MAX_SIDE = 1024  # references are resized to each crop anyway; this bounds the memory per worker
 
-# Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, DAB) in RGB optical density, as in skimage.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _OPTICAL_DENSITY = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)  # uint8 value -> OD
 _MAX_DENSITY = float(np.log(256.0))  # OD of a 0 pixel
 
