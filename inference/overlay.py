@@ -1,10 +1,11 @@
 """Draw predicted (and true) FTU outlines on the images, one PNG per id, for checking by eye.
 
     python -m inference.overlay --data-dir DIR --submission submission.csv --out overlays/
-        [--solution test_solution.csv] [--split test|train] [--max-side 1024] [--ids 1 2 ...]
+        [--solution test_solution.csv] [--split test|train] [--png-max-side 1024] [--ids 1 2 ...]
 
 Predicted outlines are cyan, true outlines yellow; a caption gives id, organ, data source and, with
---solution, the image's Dice. Images are shrunk so the longer side is at most --max-side.
+--solution, the image's Dice. Images are shrunk so the longer side is at most --png-max-side (inference.predict's
+--max-side is another idea: its working-scale cap).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.io import ImageReadError, read_image
 from inference.metric import dice
 from inference.rle import decode
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="folder for <id>.png")
     ap.add_argument("--solution", type=Path, help="CSV with true masks (id,organ,img_height,img_width,rle)")
     ap.add_argument("--split", choices=("test", "train"), default="test")
-    ap.add_argument("--max-side", type=int, default=1024, help="longer side of the PNGs")
-    ap.add_argument("--min-side", type=int, default=512,
+    ap.add_argument("--png-max-side", type=int, default=1024, help="longer side of the PNGs")
+    ap.add_argument("--png-min-side", type=int, default=512,
                     help="smaller images are enlarged (whole factor, nearest) to at least this longer side")
+    hidden_alias(ap, "--max-side", "--png-max-side")  # the old spellings, for one release
+    hidden_alias(ap, "--min-side", "--png-min-side")
     ap.add_argument("--ids", type=int, nargs="+", help="only these ids")
     args = ap.parse_args(argv)
     try:
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         caption = f"id {r.id}  {r.organ}  {r.data_source}  {w}x{h}"
         if true is not None:
             caption += f"  dice {dice(pred, true):.3f}  (cyan predicted, yellow true)"
-        rgb = render(image, pred, true, caption, args.max_side, args.min_side)
+        rgb = render(image, pred, true, caption, args.png_max_side, args.png_min_side)
         cv2.imwrite(str(args.out / f"{r.id}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         written += 1
     print(f"wrote {written} overlay(s) to {args.out}")

@@ -6,7 +6,7 @@ intensities. Reinhard's matches each CIE L*a*b* channel's mean and standard devi
 Fit the reference on training images (their two stains are hematoxylin and DAB) to map a test image's eosin or
 PAS onto DAB, or use torchstain's H&E reference ("macenko", Macenko only):
 
-    python -m inference.stain --images train_images --out stain_reference.json [--limit 40] [--seed 0]
+    python -m inference.stain --images train_images --out stain_reference.json [--sample 40] [--seed 0]
 
 `normalise_stain(image, reference)` and `reinhard_normalise(image, reference)` never raise: a blank, grey,
 single-stain or otherwise unfit image comes back unchanged with a logged warning, because they run inside the
@@ -28,7 +28,7 @@ import numpy as np
 from torchstain.numpy.normalizers import NumpyMacenkoNormalizer, NumpyReinhardNormalizer
 from tqdm import tqdm
 
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.io import ImageReadError, read_image
 
 log = logging.getLogger("inference.stain")
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m inference.stain", description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--images", type=Path, required=True, help="folder of .tiff images (e.g. train_images)")
     ap.add_argument("--out", type=Path, default=Path("stain_reference.json"))
-    ap.add_argument("--limit", type=int, default=40, help="images drawn at random from the folder")
+    ap.add_argument("--sample", type=int, default=40, help="images drawn at random from the folder (all when fewer)")
+    hidden_alias(ap, "--limit", "--sample")  # the old spelling; --limit is inference.predict's first N rows
     ap.add_argument("--pixels-per-image", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     if not paths:
         raise SystemExit(f"error: no .tiff images in {args.images}")
     rng = np.random.default_rng(args.seed)
-    chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(args.limit, len(paths)), replace=False))]
+    chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(args.sample, len(paths)), replace=False))]
     try:
         images = (read_image(p) for p in tqdm(chosen, desc="fit stain reference", unit="img"))
         reference = fit_reference(images, args.pixels_per_image, args.seed)

@@ -152,7 +152,7 @@ def test_overlay_writes_pngs(demo_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "overlays"
     assert overlay.main(["--data-dir", str(demo_data), "--submission", str(tmp_path / "perfect.csv"),
                          "--solution", str(demo_data / "test_solution.csv"), "--out", str(out),
-                         "--max-side", "256"]) == 0
+                         "--png-max-side", "256"]) == 0
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(sol)
     picture = cv2.imread(str(pngs[0]))

@@ -86,7 +86,7 @@ def test_reference_round_trip_and_cli(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     for seed in range(3):
         write_image(tmp_path / "images" / f"{seed}.tiff", _two_stain_image(HEMATOXYLIN, DAB, seed))
-    main(["--images", str(tmp_path / "images"), "--out", str(tmp_path / "ref.json"), "--limit", "2"])
+    main(["--images", str(tmp_path / "images"), "--out", str(tmp_path / "ref.json"), "--sample", "2"])
     loaded = load_reference(tmp_path / "ref.json")
     assert loaded.stain_matrix.shape == (3, 2) and (loaded.max_concentrations > 0).all()
     assert (_cosines(loaded, StainReference(np.stack([HEMATOXYLIN, DAB], 1), np.ones(2))) > 0.99).all()
