@@ -57,7 +57,7 @@ import data_prep.augment as augment  # noqa: E402
 import train.crops as crops  # noqa: E402
 import train.fastai_data as fastai_data  # noqa: E402
 from data_prep.tileset import load_index  # noqa: E402
-from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, experiment_names, load_config  # noqa: E402
+from train.configs.fastai.base import FastaiConfig, experiment_names, load_config, resolve_config_path  # noqa: E402
 
 MMSEG_DIR = REPO / "train" / "configs" / "mmseg"
 # The mmseg GPU recipes (their _classweight / _sgd ablations share upernet_convnext-b_768's pipeline and size).
@@ -172,7 +172,7 @@ def prepare(work: Path, sizes: list[int], n_train: int) -> dict[int, Path]:
 
 def gpu_fastai_configs() -> list[str]:
     """The fastai experiments built on the GPU recipe (_gpu_recipe.py)."""
-    return [n for n in experiment_names() if "_gpu_recipe" in (CONFIG_DIR / f"{n}.py").read_text()]
+    return [n for n in experiment_names() if "_gpu_recipe" in resolve_config_path(n).read_text()]
 
 
 def fastai_dataset(cfg: FastaiConfig, tiles: Path, n: int) -> torch.utils.data.Dataset:

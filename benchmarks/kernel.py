@@ -4,7 +4,7 @@
         [--encoder tu-resnet18] [--real] [--device auto] [--repeat 1]
 
 Checkpoint geometry is what the trainers write for the README's real recipe: the fastai UNet
-(train/configs/fastai/unet_effb7_768.py: 768 px crops at its pixel_size, 0.8 um/px, and its overlap) and the mmseg
+(train/configs/fastai/recipes/unet_effb7_768.py: 768 px crops at its pixel_size, 0.8 um/px, and its overlap) and the mmseg
 UperNet (768 px tiles of splits 1,2,3 of 3000 px HPA images at 0.4 um/px: reduce_k = the finest split, 3;
 pixel_size = the median tile's um/px, 0.52).
 On CPU the network is a small smp Unet (--encoder) at that geometry; with CUDA or --real the real encoders are

@@ -39,7 +39,7 @@ run 3_preview.log "$PY" -m data_prep.preview --tiles "$DEMO/tiles" --out "$DEMO/
 grep -h "^wrote" "$LOGS/3_tiles.log" "$LOGS/3_lpb.log" "$LOGS/3_preview.log" | sed "s/^/   /" || true
 
 stage "4/7 fastai UNet (resnet18, random init), fold 0"
-run 4_fastai.log "$PY" -m train.fastai_unet --config train/configs/fastai/unet_r18_demo.py --fold 0 --tiles "$DEMO/tiles" --out "$DEMO/outputs"
+run 4_fastai.log "$PY" -m train.fastai_unet --config train/configs/fastai/cpu/unet_r18_demo.py --fold 0 --tiles "$DEMO/tiles" --out "$DEMO/outputs"
 report 4_fastai.log
 
 stage "5/7 mmseg UperNet (tiny ConvNeXt, random init), fold 0, exported to TorchScript"

@@ -1,10 +1,10 @@
 """fastai binary UNet trainer: one fold of one experiment config -> a self-describing checkpoint folder.
 
-    python -m train.fastai_unet --config train/configs/fastai/unet_effb7_768.py --fold 0 --tiles TILES
+    python -m train.fastai_unet --config train/configs/fastai/recipes/unet_effb7_768.py --fold 0 --tiles TILES
         [--out outputs] [--data-dir DATA] [--minutes M] [--epochs E] [--batch-size B] [--lr LR] [--seed S]
         [--encoder-weights imagenet|none|FILE] [--average-k K] [--average-by dice|last] [--no-resume] [--overwrite]
         [--max-steps N]
-    python -m train.fastai_unet --list                          (the experiments, with their one-line summaries)
+    python -m train.fastai_unet --list                          (the experiments by group, with one-line summaries)
     torchrun --nproc_per_node 2 -m train.fastai_unet ...        (or: accelerate launch -m train.fastai_unet ...)
 
 Writes OUT/<config-stem>/fold<k>/: model.pth (state_dict of the best epoch by validation Dice, or with average_k=K
@@ -58,7 +58,14 @@ from inference.cli import parser as cli_parser
 from inference.score import format_report
 from train import run_folder
 from train.averaging import SnapshotPool
-from train.configs.fastai.base import FastaiConfig, experiment_summaries, load_config
+from train.configs.fastai.base import (
+    GROUPS,
+    FastaiConfig,
+    experiment_names,
+    experiment_summaries,
+    group_summary,
+    load_config,
+)
 from train.export import export_torchscript
 from train.fastai_callbacks import (
     CHECKPOINTS,
@@ -368,10 +375,14 @@ def _write_outputs(
 
 
 def list_experiments() -> str:
-    """`--list`: every experiment under train/configs/fastai with the first line of its docstring."""
-    summaries = experiment_summaries()
-    width = max(map(len, summaries))
-    return "\n".join(f"{name:<{width}}  {summary}" for name, summary in summaries.items())
+    """`--list`: the experiments under train/configs/fastai by group folder, each with its docstring's first line."""
+    width = max(map(len, experiment_names()))
+    blocks = []
+    for group in GROUPS:
+        lines = [f"{group}/  {group_summary(group)}"]
+        lines += [f"  {name:<{width}}  {summary}" for name, summary in experiment_summaries(group).items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:

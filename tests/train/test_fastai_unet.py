@@ -28,7 +28,7 @@ from inference.predict import main as predict_main
 from inference.score import score
 from inference.tables import load_submission, load_train
 from train import fastai_unet
-from train.configs.fastai.base import CONFIG_DIR, FastaiConfig, experiment_names, load_config
+from train.configs.fastai.base import CONFIG_DIR, GROUPS, FastaiConfig, experiment_names, experiment_paths, load_config
 from train.fastai_data import split_rows
 from train.fastai_unet import ResumeCheckpoint, schedule, train
 from train.losses import SegmentationLoss
@@ -48,9 +48,24 @@ def test_required_experiments_exist() -> None:
     assert {"unet_effb7_768", "unet_resnest269_768", "unet_resnest101_256x4", "unet_r18_demo"} <= set(EXPERIMENTS)
 
 
+def test_experiments_sit_in_groups_under_unique_names() -> None:
+    """A bare name (--config, config.json's "name", benchmarks' entries) must find exactly one file."""
+    files = [p for p in CONFIG_DIR.rglob("*.py") if not p.stem.startswith("_") and p.stem != "base"]
+    assert len({p.stem for p in files}) == len(files), "two experiment files share a stem"
+    assert {p.parent.name for p in files} == set(GROUPS), "an experiment outside recipes/, cpu/, ablations/"
+    assert sorted(p.stem for p in files) == EXPERIMENTS == sorted(n for g in GROUPS for n in experiment_names(g))
+    assert {"unet_effb7_768", "unet_resnext50_512"} <= set(experiment_names("recipes"))
+    assert {"unet_r18_cpu", "unet_r18_demo"} <= set(experiment_names("cpu"))
+    assert {"unet_mnv3_steps", "unet_r18_cpu_stain"} <= set(experiment_names("ablations"))
+    with pytest.raises(ValueError, match="unknown experiment group"):
+        experiment_names("gpu")
+    with pytest.raises(FileNotFoundError, match="cpu/unet_r18_demo.py"):  # a path from before the groups
+        load_config("train/configs/fastai/unet_r18_demo.py")
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_config_builds_its_model(name: str) -> None:
-    stem, cfg = load_config(CONFIG_DIR / f"{name}.py")
+    stem, cfg = load_config(experiment_paths()[name])
     assert stem == name
     # smp/timm build the real architecture (a typo in an encoder name fails) without memory on the meta device;
     # smp's MiT calls .item() on its drop-path schedule, which meta tensors refuse: MiT builds on CPU (mit_b5: 2 s)
@@ -299,7 +314,7 @@ def test_cli_under_torchrun_with_two_cpu_processes(demo_tiles: Path, tmp_path: P
     config = tmp_path / "tiny_ddp.py"
     config.write_text(
         "from dataclasses import replace\n\n"
-        "from train.configs.fastai.unet_r18_demo import config as demo\n\n"
+        "from train.configs.fastai.cpu.unet_r18_demo import config as demo\n\n"
         "config = replace(demo, tile_size=64, bs=4, num_workers=0, minutes=0.05)  # ranks share rank 0 clock\n"
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -179,12 +179,15 @@ def test_architecture_table() -> None:
         FastaiConfig(arch="Unet", context=2)
 
 
-def test_list_shows_every_experiment_with_its_summary(capsys: pytest.CaptureFixture) -> None:
+def test_list_shows_every_experiment_by_group_with_its_summary(capsys: pytest.CaptureFixture) -> None:
     from train import fastai_unet
-    from train.configs.fastai.base import experiment_names
+    from train.configs.fastai.base import GROUPS, experiment_names
 
     fastai_unet.main(["--list"])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == experiment_names()
-    effb7 = next(line for line in lines if line.startswith("unet_effb7_768 "))
-    assert "EfficientNet-B7" in effb7
+    headings = [i for i, line in enumerate(lines) if line and not line.startswith(" ")]
+    assert [lines[i].split()[0] for i in headings] == [f"{g}/" for g in GROUPS]
+    for group, start, end in zip(GROUPS, headings, [*headings[1:], len(lines)], strict=True):
+        assert [line.split()[0] for line in lines[start + 1:end] if line] == experiment_names(group)
+    effb7 = next(line for line in lines if line.startswith("  unet_effb7_768 "))
+    assert "EfficientNet-B7" in effb7 and lines.index(effb7) < headings[1]  # under recipes/

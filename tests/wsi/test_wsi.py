@@ -280,7 +280,7 @@ def test_wsi_tiles_train_wsi_end_to_end(demo_slides: Path, tmp_path: Path) -> No
     # sampler or whole-image validation, so fold -1: train on every slide)
     config = tmp_path / "unet_r18_wsi.py"
     config.write_text(
-        "from dataclasses import replace\n\nfrom train.configs.fastai.unet_r18_demo import config as demo\n\n"
+        "from dataclasses import replace\n\nfrom train.configs.fastai.cpu.unet_r18_demo import config as demo\n\n"
         "config = replace(demo, sampler='tiles', tile_size=96, epochs=1, minutes=None)\n"
     )
     train_main(["--config", str(config), "--fold", "-1", "--tiles", str(tiles), "--out", str(tmp_path / "runs")])

@@ -1,2 +1,3 @@
-"""fastai UNet experiments: base.py holds the typed defaults, _gpu_recipe.py the large GPU models' shared recipe,
-every other file one experiment as a small delta."""
+"""fastai UNet experiments: base.py holds the typed defaults and the loader, _gpu_recipe.py the large GPU models'
+shared recipe, and every experiment (one file each, a small delta) sits in one of three groups: recipes/ (GPU),
+cpu/ and ablations/ (benchmarks). `python -m train.fastai_unet --list` shows them by group."""

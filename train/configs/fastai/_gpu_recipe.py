@@ -1,6 +1,6 @@
 """The recipe the large fastai experiments share on GPU; each experiment replace()s only what its model changes.
 
-Not an experiment (no `config`): the leading underscore keeps it out of the experiment list (base.experiment_names).
+Not an experiment (no `config`): it sits beside base.py, outside the experiment groups (base.GROUPS).
 """
 
 from dataclasses import replace

@@ -1,8 +1,9 @@
-"""Typed defaults of the fastai binary UNet trainer, and loading an experiment file by path.
+"""Typed defaults of the fastai binary UNet trainer, and finding and loading experiment files.
 
-An experiment file (e.g. unet_effb7_768.py) defines `config = FastaiConfig(...)` with only the fields it
+An experiment file (e.g. recipes/unet_effb7_768.py) defines `config = FastaiConfig(...)` with only the fields it
 changes, or `config = replace(other, ...)` over another experiment or a shared recipe (_gpu_recipe.py); its stem
-names the run and the output folder outputs/<stem>/fold<k>/.
+names the run and the output folder outputs/<stem>/fold<k>/. Experiments live in one of the GROUPS sub-packages;
+a bare stem finds its file in whichever group holds it, so stems are unique across groups.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ LOSSES = ("bce_dice", "bce_lovasz", "lovasz")
 SAMPLERS = ("crops", "tiles")
 DECODER_NORMS = ("batchnorm", "groupnorm", "instancenorm", "identity")
 CONFIG_DIR = Path(__file__).resolve().parent
+# sub-packages of experiment files, in `--list` order: what a GPU user trains, what runs on a laptop, what
+# benchmarks/ compares (each a one-field change from a CPU recipe)
+GROUPS = ("recipes", "cpu", "ablations")
 
 
 @dataclass(frozen=True)
@@ -137,28 +141,58 @@ class FastaiConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def experiment_names() -> list[str]:
-    """Stems of the experiment files in CONFIG_DIR (not base.py, __init__.py or _-prefixed shared recipes)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "base" and not p.stem.startswith("_"))
+def experiment_paths(group: str | None = None) -> dict[str, Path]:
+    """Stem -> file of every experiment, or of one group's; in GROUPS order, then by stem within a group."""
+    groups = GROUPS if group is None else (group,)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown experiment group(s) {unknown}; groups: {', '.join(GROUPS)}")
+    paths: dict[str, Path] = {}
+    for g in groups:
+        for path in sorted((CONFIG_DIR / g).glob("*.py")):
+            if path.stem.startswith("_"):  # __init__.py, shared recipes
+                continue
+            if path.stem in paths:
+                raise ValueError(f"experiment {path.stem} is in two groups ({paths[path.stem]} and {path}): "
+                                 "a bare name must find one file, rename one")
+            paths[path.stem] = path
+    return paths
 
 
-def experiment_summaries() -> dict[str, str]:
+def experiment_names(group: str | None = None) -> list[str]:
+    """Sorted stems of the experiments in every group, or in one group ("recipes", "cpu", "ablations")."""
+    return sorted(experiment_paths(group))
+
+
+def first_doc_line(path: Path) -> str:
+    """The first line of a Python file's module docstring ("" without one)."""
+    doc = (ast.get_docstring(ast.parse(path.read_text())) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def group_summary(group: str) -> str:
+    """The first line of a group package's docstring (its __init__.py)."""
+    return first_doc_line(CONFIG_DIR / group / "__init__.py")
+
+
+def experiment_summaries(group: str | None = None) -> dict[str, str]:
     """Each experiment's name and the first line of its docstring (`python -m train.fastai_unet --list`)."""
-    summaries = {}
-    for name in experiment_names():
-        doc = ast.get_docstring(ast.parse((CONFIG_DIR / f"{name}.py").read_text())) or ""
-        summaries[name] = doc.strip().splitlines()[0] if doc.strip() else ""
-    return summaries
+    return {name: first_doc_line(path) for name, path in sorted(experiment_paths(group).items())}
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A config file path, or a bare experiment name looked up in train/configs/fastai/."""
+    """A config file path, or a bare experiment name looked up in the groups of train/configs/fastai/."""
     path = Path(config)
     if path.is_file():
         return path
-    named = CONFIG_DIR / f"{path.stem}.py"
-    if path.suffix in ("", ".py") and path.parent == Path(".") and named.is_file():
-        return named
+    if path.suffix in ("", ".py") and path.parent == Path("."):
+        named = experiment_paths().get(path.stem)
+        if named is not None:
+            return named
+    moved = experiment_paths().get(path.stem)
+    if moved is not None:  # e.g. train/configs/fastai/<stem>.py, a path from before the experiments were grouped
+        raise FileNotFoundError(f"config {config} not found: experiment {path.stem} is {moved} "
+                                f"(or pass its bare name, --config {path.stem})")
     raise FileNotFoundError(f"config {config} not found; experiments in {CONFIG_DIR}: {', '.join(experiment_names())}")
 
 

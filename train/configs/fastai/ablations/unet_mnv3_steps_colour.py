@@ -5,6 +5,6 @@ Real-tissue benchmark entry (benchmarks/real_tissue.py): does colour jitter alon
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, augment="flips+colour")

@@ -8,6 +8,6 @@ Needs the copies in the tile set first: `python -m data_prep.stain_copies --tile
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, stain_copy_share=0.3, augment="flips+stain")

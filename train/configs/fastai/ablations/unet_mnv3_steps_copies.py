@@ -8,6 +8,6 @@ images instead of online transfer to random stain matrices.
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, stain_copy_share=0.3)

@@ -7,6 +7,6 @@ block). Real-tissue benchmark entry.
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, augment="flips+fda")

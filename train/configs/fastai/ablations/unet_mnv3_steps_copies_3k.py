@@ -6,6 +6,6 @@ entry shows whether the copies keep paying with length, the direction the GPU co
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps_copies import config as copies
+from train.configs.fastai.ablations.unet_mnv3_steps_copies import config as copies
 
 config = replace(copies, epochs=12)

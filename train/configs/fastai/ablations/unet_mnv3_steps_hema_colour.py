@@ -5,6 +5,6 @@ Real-tissue benchmark entry (benchmarks/real_tissue.py).
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps_hema import config as hema
+from train.configs.fastai.ablations.unet_mnv3_steps_hema import config as hema
 
 config = replace(hema, augment="flips+colour")

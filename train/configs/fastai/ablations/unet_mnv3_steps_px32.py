@@ -2,6 +2,6 @@
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, pixel_size=3.2)

@@ -6,6 +6,6 @@ Transformers from random weights usually want a lower LR than a ResNet; 1e-3 is 
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_r18_cpu import config as cpu
+from train.configs.fastai.cpu.unet_r18_cpu import config as cpu
 
 config = replace(cpu, encoder="mit_b0", lr=1e-3)

@@ -3,6 +3,6 @@ view of 2 x the crop's field (train.models.mrn), for benchmarks/recipe.py --also
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_r18_cpu import config as cpu
+from train.configs.fastai.cpu.unet_r18_cpu import config as cpu
 
 config = replace(cpu, arch="MRN", context=2)

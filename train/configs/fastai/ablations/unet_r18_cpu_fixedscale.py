@@ -2,6 +2,6 @@
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_r18_cpu import config as cpu
+from train.configs.fastai.cpu.unet_r18_cpu import config as cpu
 
 config = replace(cpu, scale_range=(1.0, 1.0), lowres_prob=0.0)

@@ -6,6 +6,6 @@ data's unlabeled targets/ folder), or set histmatch_targets here.
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, augment="flips+histmatch")

@@ -10,7 +10,7 @@ batch 8, lr 2e-3) is unet_r18_cpu's, so each entry of a curve is one field chang
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_r18_cpu import config as cpu
+from train.configs.fastai.cpu.unet_r18_cpu import config as cpu
 
 config = replace(
     cpu,

@@ -5,6 +5,6 @@
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_r18_cpu import config as cpu
+from train.configs.fastai.cpu.unet_r18_cpu import config as cpu
 
 config = replace(cpu, average_k=3, average_by="last")

@@ -6,6 +6,6 @@ eosin and PAS before the network. Real-tissue benchmark entry (benchmarks/real_t
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps import config as steps
+from train.configs.fastai.ablations.unet_mnv3_steps import config as steps
 
 config = replace(steps, input_mode="hematoxylin")

@@ -6,6 +6,6 @@ copies), so that the scale is not judged on a model that fails H&E / PAS for its
 
 from dataclasses import replace
 
-from train.configs.fastai.unet_mnv3_steps_copies import config as copies
+from train.configs.fastai.ablations.unet_mnv3_steps_copies import config as copies
 
 config = replace(copies, pixel_size=3.2)

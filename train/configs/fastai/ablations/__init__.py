@@ -1,0 +1,1 @@
+"""Benchmark ablations: a CPU config with one thing changed, for the comparisons in benchmarks/ (docs/benchmarks.md)."""
