@@ -43,9 +43,9 @@ from inference.cli import parser as cli_parser
 REPO = Path(__file__).resolve().parents[1]
 FASTAI_DIR = REPO / "train" / "configs" / "fastai"
 MMSEG_DIR = REPO / "train" / "configs" / "mmseg"
-# CPU, demo and benchmark configs: everything else under the two config folders is a GPU recipe
+# mmseg's CPU and demo configs: every other file in its config folder is a GPU recipe (the fastai GPU recipes are
+# the `recipes` group of train/configs/fastai)
 CPU_MARKERS = ("_cpu", "-cpu", "_demo", "-demo")
-CPU_PREFIXES = ("unet_r18_", "unet_mnv3_", "mrn_")
 CI_CONFIGS = ("unet_resnext50_512", "segformer_mit-b3_1024")
 # size classes of the hidden test set (160 to 4500 px): id, organ, data source, side, um/px
 SIZE_CLASSES = ((9001, "spleen", "Hubmap", 160, 0.4945), (9002, "kidney", "HPA", 3000, 0.4),
@@ -55,14 +55,11 @@ KERNEL_USER = "rehearsal"
 
 
 def gpu_configs() -> list[tuple[str, str]]:
-    """(family, config stem) of every GPU config: fastai experiments then mmseg configs, CPU / demo ones left out."""
+    """(family, config stem) of every GPU config: the fastai recipes group, then mmseg's configs less CPU / demo ones."""
     from train.configs.fastai.base import experiment_names
 
-    def gpu(stem: str) -> bool:
-        return not stem.startswith(CPU_PREFIXES) and not any(m in stem for m in CPU_MARKERS)
-
-    fastai = [("fastai", s) for s in experiment_names() if gpu(s)]
-    mmseg = [("mmseg", p.stem) for p in sorted(MMSEG_DIR.glob("*.py")) if gpu(p.stem)]
+    fastai = [("fastai", s) for s in experiment_names("recipes")]
+    mmseg = [("mmseg", p.stem) for p in sorted(MMSEG_DIR.glob("*.py")) if not any(m in p.stem for m in CPU_MARKERS)]
     return fastai + mmseg
 
 
