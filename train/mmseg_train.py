@@ -24,7 +24,9 @@ outputs/<config-stem>/fold<k>/:
     best.pth         the fold's weights (best checkpoint, or the average) as an mmengine checkpoint (state_dict + meta)
     metrics.json     kernel validation of best.pth: dice, per organ, per data source, per image; iteration; averaged
     oof/             the kernel's FTU probability of each validation image (inference.predict --save-probs format)
-    work/            mmengine's logs and latest checkpoint (written atomically; a re-run resumes from it)
+    work/            mmengine's logs and latest checkpoint (written atomically; a re-run resumes from it), and in
+                     validations/ the best checkpoint's validation (result and OOF maps: metrics.json and oof/ are
+                     copied from it, the images are not predicted again)
 A finished folder (metrics.json present) is skipped (--overwrite retrains it); an unfinished one is resumed from its
 latest checkpoint (--no-resume starts it over). --encoder-weights: 'imagenet' keeps the ImageNet file the config
 names, 'none' trains from random weights, FILE loads a local one. --max-steps N is a smoke run: N iterations, one
@@ -34,7 +36,7 @@ validation, config.json and metrics.json marked "smoke": true, which kernels.bui
 from __future__ import annotations
 
 import json
-import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -58,12 +60,11 @@ from train.averaging import SnapshotPool, check_rule
 from train.export import export_segmentor
 from train.mmseg_ext.checkpoint import ATOMIC_BACKEND, trust_checkpoints_in
 from train.mmseg_ext.dataset import check_ignore_index, fold_rows
-from train.mmseg_ext.dice import kernel_dice
+from train.mmseg_ext.dice import OOF_MAX_SIDE, iteration_of, kernel_dice, saved_validation
 from train.mmseg_ext.time_budget import scaled_schedulers
 from train.validation import write_oof
 
 ARTIFACTS = ("model.ts", "config.json", "mmseg_config.py", "best.pth", "metrics.json")
-OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
 
 
 def parse_args(argv: list[str] | None = None) -> dict:
@@ -250,14 +251,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-def iteration_of(checkpoint: str) -> int:
-    """Training iteration in an mmengine checkpoint name (iter_300.pth, best_dice_iter_300.pth)."""
-    match = re.search(r"iter_(\d+)\.pth$", checkpoint)
-    if match is None:
-        raise ValueError(f"cannot read the iteration from checkpoint name {checkpoint}")
-    return int(match.group(1))
-
-
 def backbone_arch(backbone: dict) -> object:
     """What names a backbone's size: ConvNeXt's arch, MiT's embed_dims and num_layers (b0-b5)."""
     if "arch" in backbone:
@@ -295,7 +288,8 @@ def finish(
     runner: Runner, cfg: Config, run_dir: Path, checkpoint: CheckpointConfig, train_seconds: float,
     max_steps: int | None = None,
 ) -> dict:
-    """Load the best checkpoint, validate it like the kernel (OOF maps), and write the checkpoint folder."""
+    """Load the best checkpoint, take its validation (OOF maps) from training or validate it like the kernel when
+    training never did (averaged weights, a missing best), and write the checkpoint folder."""
     fold = checkpoint.fold
     barrier()  # rank 0 writes the checkpoints: the last one must be on disk before other ranks look for it
     best = None if fold == -1 else runner.message_hub.get_info("best_ckpt")
@@ -322,17 +316,27 @@ def finish(
         print(f"the fold's model is the mean of the weights at iterations {pool.steps} (by {pool.rule})")
     if is_main_process():
         if fold != -1:
-            oof, rows = run_dir / "oof", []
-            oof.mkdir(exist_ok=True)
-            loop = runner.val_loop
-            result = kernel_dice(
-                segmentor,
-                checkpoint,
-                loop.rows,
-                loop.image_dir,
-                on_image=lambda image: rows.append(write_oof(image, oof, OOF_MAX_SIDE)),
-            )
-            pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+            oof = run_dir / "oof"
+            shutil.rmtree(oof, ignore_errors=True)
+            # the runner's validation of the best checkpoint already ran the submission path: its kept result and
+            # OOF maps are the fold's; only weights it never validated (an average, a stand-in latest) are validated
+            saved = None if metrics["averaged"] else saved_validation(cfg.work_dir, iteration_of(best))
+            if saved is not None:
+                result, saved_oof = saved
+                shutil.copytree(saved_oof, oof)
+                print(f"validation of {Path(best).name} kept from training (not predicted again)")
+            else:
+                rows = []
+                oof.mkdir()
+                loop = runner.val_loop
+                result = kernel_dice(
+                    segmentor,
+                    checkpoint,
+                    loop.rows,
+                    loop.image_dir,
+                    on_image=lambda image: rows.append(write_oof(image, oof, OOF_MAX_SIDE)),
+                )
+                pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
             metrics.update(result)
         metrics.update(
             iter=iteration_of(best),

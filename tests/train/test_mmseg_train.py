@@ -232,6 +232,12 @@ def test_demo_trains_and_writes_checkpoint_folder(demo_run: Path, demo_tiles: Pa
     ]
     validations = [r for r in records if "dice" in r]
     assert [r["step"] for r in validations] == [15, 30]
+    # only the best checkpoint's validation is kept in the work folder, and it is the fold's metrics and oof/
+    kept = demo_run / "work" / "validations"
+    assert [p.name for p in kept.iterdir()] == [f"iter_{metrics['iter']}"]
+    assert json.loads((kept / f"iter_{metrics['iter']}" / "result.json").read_text())["dice"] == metrics["dice"]
+    best = next(r for r in validations if r["step"] == metrics["iter"])
+    assert best["dice"] == pytest.approx(metrics["dice"]) and best["dice"] == max(r["dice"] for r in validations)
     organs = {f"dice_{organ}" for organ in metrics["per_organ"]}
     sources = {f"dice_{source}" for source in metrics["per_data_source"]}
     assert all(organs | sources <= set(r) and "mIoU" not in r for r in validations)
@@ -327,14 +333,34 @@ def test_resume_survives_a_removed_best_checkpoint(demo_tiles: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_max_steps_marks_a_smoke_run_that_kernels_build_refuses(demo_tiles: Path, tmp_path: Path) -> None:
+def test_max_steps_marks_a_smoke_run_that_kernels_build_refuses(
+    demo_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also: the run validates once (the runner's validation of the best checkpoint is the fold's metrics.json and
+    oof/; finish used to predict the validation images again)."""
     from kernels.build import build
+    from train import mmseg_train
+    from train.mmseg_ext import dice
 
+    validations = []
+
+    def counted(*args, **kwargs) -> dict:
+        validations.append(1)
+        return dice_of(*args, **kwargs)
+
+    dice_of = dice.kernel_dice
+    monkeypatch.setattr(dice, "kernel_dice", counted)
+    monkeypatch.setattr(mmseg_train, "kernel_dice", counted)
     args = ["--config", str(DEMO), "--fold", "0", "--tiles", str(demo_tiles), "--out", str(tmp_path)]
     main([*args, "--max-steps", "2", "--cfg-options", *FAST])
     run = tmp_path / DEMO.stem / "fold0"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["smoke"] is True and metrics["trained_iters"] == 2 and metrics["iter"] == 2
+    assert len(validations) == 1
+    val_ids = set(fold_rows(load_index(demo_tiles), 0, "val")["image_id"].astype(str))
+    assert set(metrics["per_image"]) == val_ids and metrics["n"] == len(val_ids)
+    assert {p.stem for p in (run / "oof").glob("*.npy")} == val_ids
+    assert set(pd.read_csv(run / "oof" / "index.csv")["image_id"].astype(str)) == val_ids
     assert CheckpointConfig.load(run).train["smoke"] is True
     with pytest.raises(ValueError, match="smoke run"):
         build([run], tmp_path / "dist", user="tester", wheels="none")

@@ -5,10 +5,17 @@ kernel never sees tiles: it resamples each whole image to the checkpoint's scale
 blends, picks the majority class and thresholds. So the loop wraps the live segmentor as the module the TorchScript
 export traces (train.export.SegmentorLogits), puts it in an inference.engine.predictor.Predictor with the CheckpointConfig
 the run will write, and scores it with train.validation.kernel_validation. The tiles are not predicted at all.
+
+Each validation keeps its result and out-of-fold maps under WORK/validations/iter_<N>/ (result.json written last);
+only the folder of the best checkpoint's validation is kept, so the trainer writes the fold's metrics.json and oof/
+from it instead of predicting the validation images a second time (saved_validation).
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,12 +27,38 @@ from mmengine.runner import BaseLoop
 from mmseg.registry import LOOPS
 from torch import nn
 
+from inference.atomic import write_json
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
 from train.export import SegmentorLogits
-from train.run_folder import validation_rows
-from train.validation import ValidationImage, kernel_validation
+from train.run_folder import json_safe, validation_rows
+from train.validation import ValidationImage, kernel_validation, write_oof
+
+OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
+VALIDATIONS = "validations"  # under the run's work folder
+RESULT = "result.json"
+
+
+def iteration_of(checkpoint: str) -> int:
+    """Training iteration in an mmengine checkpoint name (iter_300.pth, best_dice_iter_300.pth)."""
+    match = re.search(r"iter_(\d+)\.pth$", str(checkpoint))
+    if match is None:
+        raise ValueError(f"cannot read the iteration from checkpoint name {checkpoint}")
+    return int(match.group(1))
+
+
+def validation_folder(work_dir: str | Path, iteration: int) -> Path:
+    """Where KernelValLoop keeps the validation at `iteration`: result.json and oof/ (index.csv, maps, masks)."""
+    return Path(work_dir) / VALIDATIONS / f"iter_{int(iteration)}"
+
+
+def saved_validation(work_dir: str | Path, iteration: int) -> tuple[dict, Path] | None:
+    """(result, oof folder) of the kept validation at `iteration`, or None when there is none (or it is unfinished)."""
+    folder = validation_folder(work_dir, iteration)
+    if not (folder / RESULT).is_file():
+        return None
+    return json.loads((folder / RESULT).read_text()), folder / "oof"
 
 
 def segmentor_predictor(segmentor: nn.Module, config: CheckpointConfig, batch_size: int = 4) -> Predictor:
@@ -74,11 +107,13 @@ class KernelValLoop(BaseLoop):
     requires one next to a val_dataloader.
     """
 
-    def __init__(self, runner, dataloader, evaluator, data_dir: str, checkpoint: dict, batch_size: int = 4) -> None:
+    def __init__(self, runner, dataloader, evaluator, data_dir: str, checkpoint: dict, batch_size: int = 4,
+                 oof_max_side: int = OOF_MAX_SIDE) -> None:
         super().__init__(runner, dataloader)  # builds the (never iterated) tile loader: its dataset names the images
         self.data_dir = Path(data_dir)
         self.config = CheckpointConfig(**checkpoint)
         self.batch_size = batch_size
+        self.oof_max_side = oof_max_side
         image_ids = list(dict.fromkeys(self.dataloader.dataset.rows["image_id"].astype(str)))
         self.rows, _ = validation_rows(self.data_dir, image_ids)
 
@@ -87,14 +122,22 @@ class KernelValLoop(BaseLoop):
         return self.data_dir / "train_images"
 
     def run(self) -> dict:
-        """Predict and score the validation images (rank 0), share the metrics with every rank, fire the hooks."""
+        """Predict and score the validation images (rank 0), keep the result and OOF maps, share the metrics with every
+        rank, fire the hooks (CheckpointHook saves a new best), then keep only the best validation's folder."""
         self.runner.call_hook("before_val")
         self.runner.call_hook("before_val_epoch")
         metrics = None
         if is_main_process():
             model = self.runner.model
             segmentor = model.module if is_model_wrapper(model) else model
-            result = kernel_dice(segmentor, self.config, self.rows, self.image_dir, batch_size=self.batch_size)
+            folder = validation_folder(self.runner.work_dir, self.runner.iter)
+            shutil.rmtree(folder, ignore_errors=True)
+            oof, rows = folder / "oof", []
+            oof.mkdir(parents=True)
+            result = kernel_dice(segmentor, self.config, self.rows, self.image_dir, batch_size=self.batch_size,
+                                 on_image=lambda image: rows.append(write_oof(image, oof, self.oof_max_side)))
+            pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+            write_json(folder / RESULT, json_safe(result))  # last: marks the folder complete
             metrics = scalar_metrics(result)
         if get_world_size() > 1:
             holder = [metrics]
@@ -102,4 +145,14 @@ class KernelValLoop(BaseLoop):
             metrics = holder[0]
         self.runner.call_hook("after_val_epoch", metrics=metrics)
         self.runner.call_hook("after_val")
+        if is_main_process():
+            self._keep_best_only()
         return metrics
+
+    def _keep_best_only(self) -> None:
+        """Remove every kept validation but the best checkpoint's (the latest's when no best is recorded)."""
+        best = self.runner.message_hub.get_info("best_ckpt")
+        keep = validation_folder(self.runner.work_dir, iteration_of(best) if best else self.runner.iter)
+        for folder in (Path(self.runner.work_dir) / VALIDATIONS).glob("iter_*"):
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
