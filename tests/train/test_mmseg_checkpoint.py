@@ -109,3 +109,45 @@ def test_resume_goes_on_when_the_named_best_is_gone(tmp_path: Path) -> None:
     assert third.best_ckpt_path is None
     step(third, lost, 20, 0.1)
     assert (tmp_path / "best_dice_iter_20.pth").is_file()
+
+
+def test_last_checkpoint_is_written_atomically_before_the_old_checkpoint_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill while work/last_checkpoint is written leaves the previous name (mmengine's open(..., 'w') leaves '')
+    and the checkpoint it names (mmengine removes the one beyond max_keep_ckpts first)."""
+    import os
+
+    from inference import atomic
+
+    runner, checkpoint = fake_runner(tmp_path, "last"), hook()
+    checkpoint.before_train(runner)
+    step(checkpoint, runner, 5, 0.5)
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_5.pth")
+
+    replace = os.replace
+
+    def killed_at_last_checkpoint(source, target) -> None:
+        if Path(target).name == "last_checkpoint":
+            raise Killed(target)
+        replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", killed_at_last_checkpoint)
+    runner.iter = 9
+    with pytest.raises(Killed):
+        checkpoint._save_checkpoint(runner)
+    assert (tmp_path / "iter_10.pth").is_file()  # the checkpoint itself was written before its name
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_5.pth")
+    assert (tmp_path / "iter_5.pth").is_file()  # what it names is still there to resume from
+    assert not list(tmp_path.glob(".last_checkpoint*"))
+    monkeypatch.undo()
+    runner.iter = 14
+    checkpoint._save_checkpoint(runner)  # max_keep_ckpts=1: iter_10 goes once iter_15 is named
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "iter_15.pth")
+    # iter_5's removal was due when the kill came: it stays behind, named by nothing
+    assert sorted(p.name for p in tmp_path.glob("iter_*.pth")) == ["iter_15.pth", "iter_5.pth"]
+    with open(tmp_path / "other.txt", "w") as handle:  # the builtin open() is untouched after the hook's write
+        handle.write("x")
+    from mmengine.hooks import checkpoint_hook
+
+    assert "open" not in vars(checkpoint_hook)

@@ -1,18 +1,24 @@
 """Build mmseg segmentors from configs; load mmengine checkpoints deliberately under torch's weights_only default;
 write them atomically, the new best before the old best is removed, and resume past a best that was lost.
 
-mmengine's CheckpointHook writes checkpoints in place (a kill leaves a torn file that last_checkpoint names) and, on a
-new best, removes the old best before writing the new one while the resume checkpoint on disk still names the old
-one: a kill in between, and every resume ends in FileNotFoundError. AtomicCheckpointHook (configs get it through
-train.mmseg_train.prepare_config) writes through AtomicLocalBackend (inference.atomic), removes the old best only
-after the new best and the resume checkpoint naming it are on disk, and on resume adopts the newest best file on
-disk when the one the checkpoint names is gone.
+mmengine's CheckpointHook writes checkpoints in place (a kill leaves a torn file that last_checkpoint names); on a new
+best it removes the old best before writing the new one while the resume checkpoint on disk still names the old one,
+and past max_keep_ckpts it removes the oldest checkpoint before writing the next while last_checkpoint still names
+it: a kill in between, and every resume ends in FileNotFoundError. It writes work/last_checkpoint (the name of the
+checkpoint a resume loads) with a plain open(..., "w"): a kill between the truncation and the write leaves it empty,
+and the resume fails on the path ''. AtomicCheckpointHook (configs get it through train.mmseg_train.prepare_config)
+writes checkpoints through AtomicLocalBackend and last_checkpoint through inference.atomic, removes an old checkpoint
+(best or kept) only after its successor and the files naming it are on disk, and on resume adopts the newest best
+file on disk when the one the checkpoint names is gone.
 """
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,11 +26,12 @@ from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
+from mmengine.hooks import checkpoint_hook as mmengine_checkpoint_hook
 from mmengine.registry import HOOKS, init_default_scope
 from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch import nn
 
-from inference.atomic import write_bytes, write_text
+from inference.atomic import atomic_write, write_bytes, write_text
 
 ATOMIC_BACKEND = "atomic_local"
 
@@ -40,6 +47,29 @@ class AtomicLocalBackend(LocalBackend):
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+LAST_CHECKPOINT = "last_checkpoint"  # mmengine's file naming the checkpoint a resume loads
+
+
+@contextlib.contextmanager
+def _atomic_last_checkpoint() -> Iterator[None]:
+    """While it is open, mmengine's checkpoint hook writes last_checkpoint through inference.atomic.
+
+    CheckpointHook._save_checkpoint_with_step opens the file with the builtin open() (no backend to replace), so the
+    name `open` in that module is shadowed for the call: last_checkpoint opened for writing goes to atomic_write,
+    every other open() is the builtin. tests/train/test_mmseg_checkpoint.py fails if mmengine stops writing it so.
+    """
+    def opener(file, mode="r", *args, **kwargs):
+        if os.path.basename(str(file)) == LAST_CHECKPOINT and mode == "w":
+            return atomic_write(file)
+        return builtins.open(file, mode, *args, **kwargs)
+
+    mmengine_checkpoint_hook.open = opener
+    try:
+        yield
+    finally:
+        del mmengine_checkpoint_hook.open
 
 
 class _DeferredRemoval:
@@ -84,6 +114,22 @@ class AtomicCheckpointHook(CheckpointHook):
         hub.update_info("best_ckpt", str(best))
         if "best_score" in score:
             hub.update_info("best_score", score["best_score"])
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        """mmengine's, with work/last_checkpoint written atomically (a kill leaves the previous name, never '') and the
+        checkpoint beyond max_keep_ckpts removed only after the new one and last_checkpoint naming it are written
+        (mmengine removes it first: a kill in between leaves last_checkpoint naming a removed file)."""
+        backend = self.file_backend
+        deferred = _DeferredRemoval(backend)
+        self.file_backend = deferred
+        try:
+            with _atomic_last_checkpoint():
+                super()._save_checkpoint_with_step(runner, step, meta)
+        finally:
+            self.file_backend = backend
+        for path in deferred.removed:
+            if path != str(self.last_ckpt) and is_main_process() and backend.isfile(path):
+                backend.remove(path)
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         """mmengine's best-checkpoint logic, with the old best removed last (after the new best and the resume
