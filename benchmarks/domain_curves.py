@@ -109,7 +109,7 @@ def make_jobs(
             train = [py, str(REPO / "benchmarks/plain_loop.py"), "--data-dir", str(data), "--out", str(folder),
                      "--steps", str(last), "--save-at", ",".join(map(str, args.save_at)), "--seed", str(seed),
                      "--pixel-size", f"{first.pixel_size:g}", "--tile", str(first.tile_size), "--encoder",
-                     first.encoder, "--bs", str(first.bs)]
+                     first.encoder, "--batch-size", str(first.bs)]
         else:
             name, cfg = fastai[label]
             if cfg.epochs * (cfg.batches_per_epoch or 0) != last or cfg.minutes is not None:

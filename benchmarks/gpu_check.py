@@ -1,6 +1,6 @@
 """One GPU check of the real configs: training speed and memory, export, and the kernel's seconds per image.
 
-    python benchmarks/gpu_check.py [--iters 300] [--train-seconds 25] [--budget-minutes 8] [--folds 1]
+    python benchmarks/gpu_check.py [--iters 300] [--train-seconds 25] [--budget-minutes 8] [--n-folds 1]
         [--only NAME ...] [--work benchmarks_out/gpu_check] [--device auto]
     python benchmarks/gpu_check.py --smoke        (CPU, tiny configs and images, under a minute: the test suite's run)
 
@@ -15,7 +15,7 @@
 3. Kernel: a 2-family ensemble (fastai UNet + SegFormer-b5, the families the kernel would ship) through
    inference.predict.predict_one on synthetic 3000 px (kidney, HPA, 0.4 um/px) and 4500 px (lung, Hubmap,
    0.7562 um/px) images with 4-flip TTA and, where inference.predict has --tta-scales, flips x scales 0.8/1/1.2:
-   seconds per image measured with --folds folds per family, scaled to 5 folds (members run one after another),
+   seconds per image measured with --n-folds folds per family, scaled to 5 folds (members run one after another),
    and projected to 550 images against the 9 h limit.
 Every part is budgeted by time (--budget-minutes in all): a part that would start past its share is skipped and
 reported as such. Prints a markdown table per part; writes WORK/results.json.
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig  # noqa: E402
+from inference.cli import hidden_alias  # noqa: E402
 from inference.engine.ensemble import Member  # noqa: E402
 from inference.engine.models import resolve_device  # noqa: E402
 from inference.engine.predictor import load_predictor  # noqa: E402
@@ -298,13 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=300, help="training iterations per config (at most)")
     ap.add_argument("--train-seconds", type=float, default=20.0, help="training seconds per config (at most)")
     ap.add_argument("--budget-minutes", type=float, default=8.0, help="the whole check, all parts")
-    ap.add_argument("--folds", type=int, default=1, help="folds per family actually run in the kernel part (1-5)")
+    ap.add_argument("--n-folds", dest="folds", type=int, default=1,
+                    help="folds per family actually run in the kernel part (1-5)")
+    hidden_alias(ap, "--folds", "--n-folds")  # the old spelling; --folds is a folds.csv elsewhere
     ap.add_argument("--only", nargs="*", default=None, help="train only these configs (stems)")
     ap.add_argument("--work", type=Path, default=Path("benchmarks_out/gpu_check"))
     ap.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     args = ap.parse_args(argv)
     if not 1 <= args.folds <= FOLDS:
-        ap.error(f"--folds must be 1 to {FOLDS}, got {args.folds}")
+        ap.error(f"--n-folds must be 1 to {FOLDS}, got {args.folds}")
     device = resolve_device("cpu" if args.smoke and args.device == "auto" else args.device)
     if device.type != "cuda" and not args.smoke:
         ap.error("no CUDA device: this check is for one GPU; run --smoke on CPU")

@@ -1,6 +1,6 @@
 """MRN against the plain UNet at equal wall time, on demo slides.
 
-    python benchmarks/mrn.py [--slides 4] [--side 3072] [--size 96] [--mpp 2.0] [--context 2] [--seconds 120]
+    python benchmarks/mrn.py [--n-slides 4] [--side 3072] [--size 96] [--tile-mpp 2.0] [--context 2] [--seconds 120]
         [--tiles-per-slide 80] [--upsampling transpose] [--keep DIR]
 
 Makes demo slides (data_prep.make_demo --n-slides), one wsi_tiles set with --context views, then trains a
@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from data_prep.make_demo import make_slides  # noqa: E402
 from data_prep.tileset import load_index  # noqa: E402
 from data_prep.wsi_tiles import build_wsi_tiles  # noqa: E402
+from inference.cli import hidden_alias  # noqa: E402
 from train.losses import SegmentationLoss  # noqa: E402
 from train.models.mrn import MRN  # noqa: E402
 from train.mrn_wsi_tiles import ContextTileDataset  # noqa: E402
@@ -74,27 +75,30 @@ def dice_by_group(model: torch.nn.Module, dataset, organs: list[str], sources: l
     return {k: 2 * inter[k] / total[k] if total[k] else 1.0 for k in total}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slides", type=int, default=4)
+    ap.add_argument("--n-slides", type=int, default=4, help="synthetic slides")
     ap.add_argument("--side", type=int, default=3072)
     ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--mpp", type=float, default=2.0)
+    ap.add_argument("--tile-mpp", type=float, default=2.0, help="tile um/px (data_prep.wsi_tiles --tile-mpp)")
     ap.add_argument("--context", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--tiles-per-slide", type=int, default=80)
     ap.add_argument("--upsampling", default="transpose")
-    ap.add_argument("--bs", type=int, default=8)
+    ap.add_argument("--batch-size", dest="bs", type=int, default=8, help="tiles per optimizer step")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--keep", type=Path)
-    args = ap.parse_args()
+    # the old spellings: --slides is a slides CSV and --mpp a slide's own um/px elsewhere
+    for old, new in (("--slides", "--n-slides"), ("--mpp", "--tile-mpp"), ("--bs", "--batch-size")):
+        hidden_alias(ap, old, new)
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         work = args.keep or Path(scratch)
         slides = work / "slides" / "slides.csv"
         if not slides.is_file():
-            make_slides(slides.parent, args.slides, seed=0, side=args.side)
+            make_slides(slides.parent, args.n_slides, seed=0, side=args.side)
         tiles = work / "tiles"
-        build_wsi_tiles(slides, tiles, size=args.size, mpps=(args.mpp,), tiles_per_slide=args.tiles_per_slide,
+        build_wsi_tiles(slides, tiles, size=args.size, mpps=(args.tile_mpp,), tiles_per_slide=args.tiles_per_slide,
                         centre=args.size // 4, context=args.context, n_folds=2)
         index = load_index(tiles)
         train_rows, valid_rows = index[index["fold"] != 0], index[index["fold"] == 0]
@@ -108,7 +112,7 @@ def main() -> None:
             model = build()
             steps = fit_for(model, loader, args.seconds, args.lr)
             results[name] = (steps, dice_by_group(model, valid, organs, sources))
-    print(f"{len(train_rows)} train / {len(valid_rows)} held-out tiles of {args.size} px at {args.mpp} um/px "
+    print(f"{len(train_rows)} train / {len(valid_rows)} held-out tiles of {args.size} px at {args.tile_mpp} um/px "
           f"(context {args.context}x), {args.seconds:.0f} s of training each on {torch.get_num_threads()} thread(s)")
     for name, (steps, scores) in results.items():
         per_organ = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()) if k != "all")  # organs, sources

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.checkpoint import IMAGENET_MEAN, IMAGENET_STD, CheckpointConfig  # noqa: E402
+from inference.cli import hidden_alias  # noqa: E402
 from inference.io import read_image  # noqa: E402
 from inference.rle import decode  # noqa: E402
 from inference.tables import load_train  # noqa: E402
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pixel-size", type=float, default=0.8)
     ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--bs", type=int, default=8)
+    ap.add_argument("--batch-size", dest="bs", type=int, default=8, help="crops per optimizer step")
+    hidden_alias(ap, "--bs", "--batch-size")  # the old spelling
     ap.add_argument("--encoder", default="tu-resnet18", help="smp encoder, random weights")
     args = ap.parse_args(argv)
     try:

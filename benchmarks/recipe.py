@@ -91,7 +91,7 @@ def make_data(args: argparse.Namespace) -> Path:
                 raise SystemExit(0)
             subprocess.run([py, "-m", "data_prep.real_masks", "--out", str(data), "--seed", str(args.data_seed),
                             "--pixel-size", f"{args.real_pixel_size:g}", "--test-folds", args.real_test_folds,
-                            "--swap-stain", "--targets"], cwd=REPO, check=True)
+                            "--swap-stain", "--with-targets"], cwd=REPO, check=True)
         return data
     data = args.work / "data"
     if not (data / "test_solution.csv").is_file():
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                              "--pixel-size", f"{cfg.pixel_size:g}", "--tile", str(cfg.tile_size)]
         for recipe, config in mmseg_runs.items():
             commands[recipe] = [py, "-m", "train.mmseg_train", "--config", str(config), "--fold", "-1",
-                                "--tiles", str(tiles), "--work-dir", str(base / "mmseg"), "--minutes",
+                                "--tiles", str(tiles), "--out", str(base / "mmseg"), "--minutes",
                                 str(args.minutes), "--cfg-options", f"randomness.seed={seed}"]
         procs = {
             recipe: (run(command, base / f"{recipe}.log", threads=1), base / f"{recipe}.log")

@@ -114,7 +114,7 @@ def run(mode: str, data: Path, out: Path, size: int, workers: int = 1) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-images", type=int, default=6)
     ap.add_argument("--size", type=int, default=768)
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--no-big", action="store_true", help="skip the 4500x4500 peak-memory run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         child(args.child, args.data, args.out, args.size, int(args.workers))
         return

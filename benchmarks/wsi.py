@@ -195,7 +195,7 @@ class Report(list):
             self.append(line)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python benchmarks/wsi.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=30000, help="pyramidal slide side (px)")
@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument("--cohort-side", type=int, default=2048)
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: slide, strip, cohort")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     os.environ.update(OMP_NUM_THREADS="1")
     lines = Report()

@@ -3,7 +3,7 @@
     python -m data_prep.import_annotations --images DIR_OR_FILES [...] --out DATA --organ ORGAN --data-source SRC
         [--annotations DIR] [--format auto|labelme|imagej|mask|geojson] [--mask-suffix _anno] [--labels A,B]
         [--split train|test | --images-only] [--stain S] [--pixel-size UM] [--tissue-thickness UM] [--table CSV]
-        [--ids number|stem] [--id-start N] [--allow-empty] [--skip-unpaired] [--tolerance 2]
+        [--id-from number|stem] [--id-start N] [--allow-empty] [--skip-unpaired] [--tolerance 2]
 
 Images (JPEG, PNG, TIFF incl. LZW / JPEG-compressed tiles) are paired by file stem with one annotation each:
 - labelme: LabelMe JSON (`X.json`): `shapes[]` of shape_type polygon, rectangle or circle; `imageHeight` /
@@ -36,7 +36,7 @@ Output, under --out DATA:
   histogram matching and `train.pseudo_label --images DATA/targets --table DATA/targets/targets.csv` read.
 Masks are column-major RLE (inference.rle). Ids are integers, as the competition tables require: numbered from
 --id-start (or after the largest id already in DATA) by sorted source_file (`<folder>/<file name>`), or the
-file stems themselves with --ids stem. Appending (another call on the same DATA) keeps the rows already there;
+file stems themselves with --id-from stem. Appending (another call on the same DATA) keeps the rows already there;
 an image already imported into the same split keeps its id and is rewritten (a re-run is idempotent); an id or a
 source file already used by another image or split is refused.
 
@@ -73,7 +73,7 @@ import tifffile
 from tqdm import tqdm
 
 from inference.atomic import atomic_write
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.io import ImageReadError, read_image
 from inference.organs import DATA_SOURCES, ORGANS, organ, valid_pixel_size
 from inference.rle import encode
@@ -689,8 +689,8 @@ def assign_ids(items: Sequence[Item], split: str, existing: dict[str, pd.DataFra
         explicit = item.id
         if explicit is None and ids == "stem":
             if not Path(item.image).stem.isdigit():
-                raise AnnotationError(f"{item.image}: --ids stem needs integer file stems (like 106.jpg); use "
-                                      "--ids number")
+                raise AnnotationError(f"{item.image}: --id-from stem needs integer file stems (like 106.jpg); use "
+                                      "--id-from number")
             explicit = int(Path(item.image).stem)
         if src in by_source:
             where, old = by_source[src]
@@ -705,7 +705,7 @@ def assign_ids(items: Sequence[Item], split: str, existing: dict[str, pd.DataFra
             if int(explicit) in owner:
                 where, other = owner[int(explicit)]
                 raise AnnotationError(f"{item.image}: id {explicit} is already used in {where} by "
-                                      f"{other or 'another image'}: choose other ids (--id-start, --ids number)")
+                                      f"{other or 'another image'}: choose other ids (--id-start, --id-from number)")
             result[n] = int(explicit)
             owner[int(explicit)] = (split, src)
     taken = set(owner) | {r for r in result if r is not None}
@@ -850,9 +850,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--age", type=float, help="donor age (train.csv)")
     ap.add_argument("--sex", help="donor sex (train.csv)")
     ap.add_argument("--table", type=Path, help="CSV of per-image overrides keyed by a file (name or stem) column")
-    ap.add_argument("--ids", default="number", choices=("number", "stem"),
+    ap.add_argument("--id-from", dest="ids", default="number", choices=("number", "stem"),
                     help="number images by sorted file name, or use integer file stems as ids")
     ap.add_argument("--id-start", type=int, default=1, help="first id numbered (after any id already in DATA)")
+    hidden_alias(ap, "--ids", "--id-from")  # the old spelling; --ids is a list of ids in inference.overlay
     ap.add_argument("--allow-empty", action="store_true", help="an annotation without FTU gives an empty mask")
     ap.add_argument("--skip-unpaired", action="store_true", help="warn about and skip unpaired files")
     ap.add_argument("--tolerance", type=float, default=EDGE_TOLERANCE,

@@ -1,7 +1,7 @@
 """Semi-real benchmark data: real competition FTU masks, rendered tissue and stain, at physical pixel sizes.
 
     python -m data_prep.real_masks --out DIR [--rows ../shared/fixtures/hubmap2022/train_rows_sample.csv]
-        [--folds folds.csv] [--test-folds 0] [--pixel-size 1.6] [--seed 0] [--swap-stain] [--targets]
+        [--folds folds.csv] [--test-folds 0] [--pixel-size 1.6] [--seed 0] [--swap-stain] [--with-targets]
 
 Every row of --rows (real train rows: organ, size, 0.4 um/px, column-major RLE) is decoded at its true geometry
 (inference.rle), so the FTU sizes, counts and spacing are the real ones, then resampled and drawn around with the
@@ -21,7 +21,7 @@ The CSVs' pixel_size is the um/px each image is rendered at, and the RLE is the 
 --swap-stain also writes DIR/swap/ (test.csv, test_solution.csv, test_images of the same test masks) with each
 test image drawn with the other data source's stain over the same tissue layers: Hubmap rows HPA-stained at the
 Hubmap pixel size, HPA rows H&E-stained at --pixel-size. Scoring both folders separates stain from scale.
---targets also writes DIR/targets/ (<id>.tiff and targets.csv: id, organ, data_source, img_height, img_width,
+--with-targets also writes DIR/targets/ (<id>.tiff and targets.csv: id, organ, data_source, img_height, img_width,
 pixel_size; no masks): every train mask drawn again Hubmap-style on new tissue at the Hubmap pixel size, the
 unlabeled H&E / PAS images that stain transfer, histogram matching and pseudo-labelling take as their target domain.
 They come from train folds only, so nothing of the test set leaks through them.
@@ -51,7 +51,7 @@ from data_prep.make_demo import (
     stain,
     tissue_layout,
 )
-from inference.cli import HelpFormatter
+from inference.cli import HelpFormatter, hidden_alias
 from inference.io import write_image
 from inference.organs import ORGANS, organ
 from inference.rle import decode, encode
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pixel-size", type=float, default=1.6, help="um/px of the HPA images (the finest rendered)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--swap-stain", action="store_true", help="also write DIR/swap: test masks in the other stain")
-    ap.add_argument("--targets", action="store_true", help="also write DIR/targets: unlabeled H&E / PAS images")
+    ap.add_argument("--with-targets", dest="targets", action="store_true",
+                    help="also write DIR/targets: unlabeled H&E / PAS images")
+    hidden_alias(ap, "--targets", "--with-targets")  # the old spelling; --targets names images elsewhere
     args = ap.parse_args(argv)
     if not args.rows.is_file():
         ap.error(f"--rows {args.rows} not found (the real rows live in ../shared/fixtures/hubmap2022)")

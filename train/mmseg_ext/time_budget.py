@@ -7,7 +7,7 @@ config's max_iters, then stepped forward to the current iteration, so the LR fol
 for that length from the start would have followed), and scales the validation and checkpoint intervals so the
 run validates and saves as often as its config asks. It re-plans at every tenth of the budget and after each
 validation, and stops at once (the last iteration still validates and saves) when the budget is spent.
-The plan is kept in the message hub, which mmengine checkpoints, so `--resume` continues the same budget.
+The plan is kept in the message hub, which mmengine checkpoints, so a resumed run continues the same budget.
 The clock (time.perf_counter) is injectable and read once per iteration and at each validation's start and end,
 so a test can drive the budget with a fake clock.
 """
