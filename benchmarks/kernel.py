@@ -1,6 +1,6 @@
 """Seconds per image of the submission loop with checkpoints shaped as the trainers write them, against the 9 h limit.
 
-    python benchmarks/kernel.py [--sizes 160 3000 4500] [--folds 1] [--ensemble-folds 5] [--tta 4]
+    python benchmarks/kernel.py [--sizes 160 3000 4500] [--n-folds 1] [--ensemble-folds 5] [--tta 4]
         [--encoder tu-resnet18] [--real] [--device auto] [--repeat 1]
 
 Checkpoint geometry is what the trainers write for the README's real recipe: the fastai UNet
@@ -15,7 +15,7 @@ Images are HuBMAP-like, one per size: 160 px prostate at 6.263 um/px (upscaled 1
 sliding windows the default Options (pixel-size mode, the cap) give is multiplied by the measured seconds per
 window of the network, by the TTA views and by --ensemble-folds (members run one after another): s/image and
 the projected hours for 550 such images, with and without TTA, against the 9 h limit. --e2e (default with
-CUDA) also times inference.predict.predict_one end to end (--folds folds, scaled linearly) and prints its
+CUDA) also times inference.predict.predict_one end to end (--n-folds folds, scaled linearly) and prints its
 ratio to the projection, i.e. what resizing, blending and RLE add.
 """
 
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from checkpoints import make_smp_checkpoint  # noqa: E402
 
+from inference.cli import hidden_alias  # noqa: E402
 from inference.engine.ensemble import Member  # noqa: E402
 from inference.engine.models import resolve_device  # noqa: E402
 from inference.engine.predictor import load_predictor  # noqa: E402
@@ -136,20 +137,24 @@ def windows(ms: list[Member], size: int, options: Options) -> tuple[int, int]:
     return scale.size[0], n * n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=sorted(IMAGES), choices=sorted(IMAGES))
-    ap.add_argument("--folds", type=int, default=1, help="folds built and timed end to end per model (--e2e)")
+    ap.add_argument("--n-folds", dest="folds", type=int, default=1,
+                    help="folds built and timed end to end per model (--e2e)")
     ap.add_argument("--ensemble-folds", type=int, default=5, help="folds per model in the projected ensemble")
     ap.add_argument("--tta", type=int, default=4, choices=(2, 4, 8))
     ap.add_argument("--encoder", default="tu-resnet18", help="encoder of the CPU stand-in networks")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--window-batch", dest="batch", type=int, default=4, help="windows per forward pass")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--real", action="store_true", help="also time the real encoders (default: only with CUDA)")
     ap.add_argument("--e2e", action="store_true", help="also time predict_one end to end (default: only with CUDA)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", type=Path, default=Path("/tmp/hubmap_bench_kernel"))
-    args = ap.parse_args()
+    # the old spellings: --folds is a folds.csv elsewhere, and inference.predict says --window-batch
+    hidden_alias(ap, "--folds", "--n-folds")
+    hidden_alias(ap, "--batch", "--window-batch")
+    args = ap.parse_args(argv)
     device = resolve_device(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
     e2e = args.e2e or device.type == "cuda"
