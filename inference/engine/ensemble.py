@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.cli import hidden_alias
 from inference.engine.predictor import DEFAULT_MAX_SIDE, DEFAULT_SCALE_MODE, SCALE_MODES, Predictor
 from inference.engine.sliding import BLENDS, TTA_SIZES, WindowFilter
 from inference.engine.tta import parse_scales, predict_views
@@ -151,7 +152,7 @@ class _SplitThresholds(argparse.Action):
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True,
                            by_source: bool = False) -> argparse.ArgumentParser:
-    """The flags of EnsembleOptions and of member loading (--models, --weights, --blend, --batch-size, --device).
+    """The flags of EnsembleOptions and of member loading (--models, --weights, --blend, --window-batch, --device).
 
     scale=False leaves out --scale-mode and --max-side (whole slides always work at the models' um/px).
     by_source=True lets --thresholds hold per-data-source tables too, parsed into a `source_thresholds` dest
@@ -184,7 +185,9 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True,
     ap.add_argument("--use-organ", dest="organ_from", action="store_const", const="csv",
                     help=argparse.SUPPRESS)  # the old opt-in spelling of today's default
     ap.add_argument("--blend", choices=BLENDS, default="gaussian", help="sliding-window blending weights")
-    ap.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (>= 1)")
+    ap.add_argument("--window-batch", dest="batch_size", type=positive_int, default=4,
+                    help="sliding windows per forward pass (>= 1)")
+    hidden_alias(parser, "--batch-size", "--window-batch")  # the old spelling (a training batch elsewhere)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
     if scale:
         ap.add_argument("--scale-mode", choices=SCALE_MODES, default=DEFAULT_SCALE_MODE,

@@ -381,7 +381,7 @@ def test_a_corrupt_checkpoint_names_the_file_and_the_fold(tmp_path: Path, capsys
 
 @pytest.mark.parametrize("flag,value,allowed", [
     ("--threshold", "nan", "(0.0, 1.0)"), ("--threshold", "1.5", "(0.0, 1.0)"), ("--threshold", "0", "(0.0, 1.0)"),
-    ("--weights", "0", "(0.0, inf]"), ("--weights", "-1", "(0.0, inf]"), ("--batch-size", "0", "[1, inf]"),
+    ("--weights", "0", "(0.0, inf]"), ("--weights", "-1", "(0.0, inf]"), ("--window-batch", "0", "[1, inf]"),
     ("--time-budget", "0", "(0.0, inf]"), ("--time-budget", "inf", "(0.0, inf]"),
     ("--save-probs-max-side", "0", "[1, inf]"), ("--max-side", "8", "[32, inf]"),
 ])

@@ -265,7 +265,7 @@ def test_the_wheels_dataset_ships_imagecodecs() -> None:
     assert any(p.startswith("imagecodecs==") for p in pinned(KERNEL_PACKAGES))
 
 
-@pytest.mark.parametrize("args", [["--threshold", "nan"], ["--threshold", "1.5"], ["--batch-size", "0"],
+@pytest.mark.parametrize("args", [["--threshold", "nan"], ["--threshold", "1.5"], ["--window-batch", "0"],
                                   ["--time-budget", "0"], ["--weights", "0"]])
 def test_build_validates_option_values(kernel: dict[str, Path], tmp_path: Path, args: list[str],
                                        capsys: pytest.CaptureFixture) -> None:
