@@ -43,13 +43,13 @@ run 4_fastai.log "$PY" -m train.fastai_unet --config train/configs/fastai/cpu/un
 report 4_fastai.log
 
 stage "5/7 mmseg UperNet (tiny ConvNeXt, random init), fold 0, exported to TorchScript"
-run 5_mmseg.log "$PY" -m train.mmseg_train --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --work-dir "$DEMO/outputs" --resume
+run 5_mmseg.log "$PY" -m train.mmseg_train --config train/configs/mmseg/upernet_convnext-demo.py --fold 0 --tiles "$DEMO/tiles" --out "$DEMO/outputs"
 report 5_mmseg.log
 
 stage "6/7 predict the demo test set with both models -> $DEMO/submission.csv"
 run 6_predict.log "$PY" -m inference.predict --data-dir "$DEMO/data" \
   --models "$DEMO/outputs/unet_r18_demo/fold0" "$DEMO/outputs/upernet_convnext-demo/fold0" \
-  --ensemble union --use-organ --out "$DEMO/submission.csv"
+  --ensemble union --out "$DEMO/submission.csv"
 grep -E "^(wrote|WARNING)" "$LOGS/6_predict.log" | head -n 5 | sed "s/^/   /" || true
 
 stage "7/7 score against the demo ground truth (an empty submission scores 0.0000: every image has an FTU)"
