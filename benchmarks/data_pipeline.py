@@ -3,6 +3,7 @@ the DataLoader workers each config needs to keep its GPU fed.
 
     python benchmarks/data_pipeline.py [--work benchmarks_out/data_pipeline] [--samples 24] [--only NAME ...]
         [--n-train 5] [--gpu-results benchmarks_out/gpu_check/results.json] [--no-reference]
+        [--before-after slowest|all]
 
 1. Data, built once under --work: demo data at full size (data_prep.make_demo --scale 1: 3000 px HPA train images
    at 0.4 um/px), folds, one tile set per tile size the configs train at (data_prep.tiles --size S --splits 1,2;
@@ -13,17 +14,19 @@ the DataLoader workers each config needs to keep its GPU fed.
    train.fastai_data.make_dataloaders builds for fold 0 (the crop sampler at the config's tile size and um/px,
    stain-copy share, low-res blur, the `seed10+stain` preset, normalisation and target; or the tile sampler), mmseg
    configs (MMSEG_CONFIGS) the train dataset mmseg's registry builds from the config (HubmapTileDataset and the
-   config's pipeline: tile PNG read, FtuMask, AugmentPreset, RandomResize / RandomCrop, PackSegInputs).
+   config's pipeline: tile read, FtuMask, AugmentPreset, RandomResize / RandomCrop, PackSegInputs). The mmseg tile
+   reader's decoded copies (train.decoded_tiles) are written first and timed on their own (PNG decode, first read,
+   later reads), so the pipelines are timed as in every epoch after a run's first.
    Every config a quarter of --samples per round, 4 rounds round-robin (so all see the same machine load), each
    round after one untimed warm-up sample, timed one by one: samples/s per worker from the median (a shared
    machine's stalls left out).
 3. Workers per GPU: ceil(GPU images/s / samples/s per worker). GPU images/s is gpu_check.py's measured img_s where
    --gpu-results holds a GPU run of that config; otherwise an ASSUMPTION (GPU_ASSUMED: published forward GFLOPs,
    an A100 with AMP at an assumed sustained rate), printed as such.
-4. Before / after on the slowest pipeline of each trainer: the same samples (same seeds) through the reference
-   implementation of the per-sample steps this change made faster (kept below: REFERENCE) and through today's
-   code, rounds interleaved so both see the same machine load; prints the ratio and the largest difference
-   between their samples (0: the same outputs).
+4. Before / after on the slowest pipeline of each trainer (--before-after all: on every config): the same samples
+   (same seeds) through the reference implementation of the per-sample steps these changes made faster (kept
+   below: REFERENCE) and through today's code, rounds interleaved so both see the same machine load; prints the
+   ratio and the largest difference between their samples (0: the same outputs).
 Prints markdown tables; writes WORK/results.json.
 """
 
@@ -56,7 +59,7 @@ import albumentations as A  # noqa: E402
 import data_prep.augment as augment  # noqa: E402
 import train.crops as crops  # noqa: E402
 import train.fastai_data as fastai_data  # noqa: E402
-from data_prep.tileset import load_index  # noqa: E402
+from data_prep.tileset import load_index, read_png  # noqa: E402
 from train.configs.fastai.base import FastaiConfig, experiment_names, load_config, resolve_config_path  # noqa: E402
 
 MMSEG_DIR = REPO / "train" / "configs" / "mmseg"
@@ -114,6 +117,20 @@ def reference_crop_reflect(array: np.ndarray, y0: int, x0: int, side: int) -> np
     return array[crops._window(array.shape[0], y0, side)][:, crops._window(array.shape[1], x0, side)]
 
 
+def reference_load_tile_image(self: object, results: dict) -> dict:
+    """The former mmseg LoadTileImage: the tile PNG decoded on every read (no decoded copy)."""
+    img = read_png(Path(results["img_path"]))
+    results["img"], results["img_shape"], results["ori_shape"] = img, img.shape[:2], img.shape[:2]
+    return results
+
+
+def reference_ftu_mask(self: object, results: dict) -> dict:
+    """The former mmseg FtuMask: np.where over the mask, then a cast."""
+    mask = results["gt_seg_map"]
+    results["gt_seg_map"] = np.where(mask == 255, 255, mask > 0).astype(mask.dtype)
+    return results
+
+
 # (module, name, the former implementation): what reference_path puts back
 REFERENCE: list[tuple[object, str, object]] = [
     (fastai_data, "normalise", reference_normalise),
@@ -122,11 +139,20 @@ REFERENCE: list[tuple[object, str, object]] = [
 ]
 
 
+def mmseg_reference() -> list[tuple[object, str, object]]:
+    """REFERENCE entries of the mmseg pipeline steps (imported only where mmcv is, and an mmseg config is run)."""
+    from train.mmseg_ext import transforms
+
+    return [(transforms.LoadTileImage, "transform", reference_load_tile_image),
+            (transforms.FtuMask, "transform", reference_ftu_mask)]
+
+
 @contextlib.contextmanager
-def reference_path() -> Iterator[None]:
+def reference_path(mmseg: bool = False) -> Iterator[None]:
     """The pipeline with the REFERENCE implementations in place of today's (datasets built inside use them)."""
-    saved = [(module, name, getattr(module, name)) for module, name, _ in REFERENCE]
-    for module, name, former in REFERENCE:
+    reference = REFERENCE + (mmseg_reference() if mmseg else [])
+    saved = [(module, name, getattr(module, name)) for module, name, _ in reference]
+    for module, name, former in reference:
         setattr(module, name, former)
     try:
         yield
@@ -247,13 +273,33 @@ def before_after(kind: str, name: str, tiles: dict[int, Path], samples: int, rou
     for r in range(rounds):
         outputs = {}
         for path in ("reference", "today") if r % 2 == 0 else ("today", "reference"):
-            with reference_path() if path == "reference" else contextlib.nullcontext():
+            with reference_path(kind == "mmseg") if path == "reference" else contextlib.nullcontext():
                 dataset = build(kind, name, tiles, per_round + 1)[0]
                 spent, outputs[path] = time_samples(dataset, per_round, seed=1000 + r)
             seconds[path] += spent
         difference = max(difference, max_difference(outputs["reference"], outputs["today"]))
     reference, today = float(np.median(seconds["reference"])), float(np.median(seconds["today"]))
     return dict(reference_s=reference, today_s=today, speedup=reference / today, max_abs_difference=difference)
+
+
+def decoded_copies(tiles: Path) -> dict:
+    """ms per image tile of TILES: the PNG decode alone, the first read through train.decoded_tiles from an empty
+    TILES/decoded (decode and write the copy: the first epoch), and the next read (the copy: every later epoch).
+    Leaves the copies written, as a run's first epoch does."""
+    import shutil
+
+    from train.decoded_tiles import DECODED_DIR, read_tile_image
+
+    shutil.rmtree(tiles / DECODED_DIR, ignore_errors=True)
+    paths = [tiles / p for p in load_index(tiles)["image_path"]]
+    seconds: dict[str, list[float]] = {"png_decode_ms": [], "first_read_ms": [], "later_read_ms": []}
+    for key, read in (("png_decode_ms", read_png), ("first_read_ms", read_tile_image),
+                      ("later_read_ms", read_tile_image)):
+        for path in paths:
+            start = time.perf_counter()
+            read(path)
+            seconds[key].append(time.perf_counter() - start)
+    return {"tiles": tiles.name, **{k: 1e3 * float(np.median(v)) for k, v in seconds.items()}}
 
 
 def gpu_rates(path: Path | None) -> dict[str, float]:
@@ -285,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-results", type=Path, default=Path("benchmarks_out/gpu_check/results.json"),
                     help="gpu_check.py results.json of a GPU run: its measured img_s replace the assumed rates")
     ap.add_argument("--no-reference", action="store_true", help="skip the before / after comparison")
+    ap.add_argument("--before-after", choices=("slowest", "all"), default="slowest",
+                    help="compare REFERENCE and today on the slowest config of each trainer, or on every config")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)  # one DataLoader worker on one core
@@ -298,12 +346,18 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(kind, n) for kind, n in plan if n in args.only]
     configs = [load_config(n)[1] for kind, n in plan if kind == "fastai"]
     sizes = [c.tile_size for c in configs if c.sampler == "tiles"]
+    mmseg_sizes = []
     if any(kind == "mmseg" for kind, _ in plan):
         from mmengine.config import Config
 
-        sizes += [int(Config.fromfile(str(MMSEG_DIR / f"{n}.py")).tile_size) for kind, n in plan if kind == "mmseg"]
-    tiles = prepare(args.work.resolve(), sizes, args.n_train)
+        mmseg_sizes = [int(Config.fromfile(str(MMSEG_DIR / f"{n}.py")).tile_size) for kind, n in plan if kind == "mmseg"]
+    tiles = prepare(args.work.resolve(), sizes + mmseg_sizes, args.n_train)
     measured = gpu_rates(args.gpu_results)
+    # the mmseg tile reader's decoded copies: their cost, and written before timing (the epochs after the first)
+    copies = [decoded_copies(tiles[size]) for size in sorted(set(mmseg_sizes))]
+    if copies:
+        print("\n### mmseg tile reads (ms per tile): PNG decode, first read (decode + decoded copy), later reads\n")
+        print(markdown(copies, ["tiles", "png_decode_ms", "first_read_ms", "later_read_ms"]))
     built = {name: build(kind, name, tiles, args.samples + 1) for kind, name in plan}
     spent: dict[str, list[float]] = {name: [] for _, name in plan}
     rounds = 4  # every config a quarter of its samples per round, so all of them see the same machine load
@@ -321,22 +375,24 @@ def main(argv: list[str] | None = None) -> int:
                    workers_needed=math.ceil(gpu * seconds))
         rows.append(row)
         print(f"{name}: {row}", flush=True)
-    result: dict = {"samples": args.samples, "rows": rows}
+    result: dict = {"samples": args.samples, "rows": rows, "decoded_copies": copies}
     print("\n### Samples/s per CPU worker (one core, one OpenCV thread) and workers per GPU\n")
     print(markdown(rows, ["config", "tile", "batch", "pipeline", "ms_per_sample", "samples_s_worker", "gpu_img_s",
                           "gpu_rate", "workers_needed"]))
     if not args.no_reference and rows:
-        # the slowest pipeline, and the slowest of the other trainer's too
+        # the slowest pipeline, and the slowest of the other trainer's too (--before-after all: every config)
         slowest = {kind: max((r for r in rows if r["kind"] == kind), key=lambda r: r["ms_per_sample"])
                    for kind in ("fastai", "mmseg") if any(r["kind"] == kind for r in rows)}
+        chosen = rows if args.before_after == "all" else list(slowest.values())
         compared = []
-        for kind, row in sorted(slowest.items(), key=lambda item: -item[1]["ms_per_sample"]):
-            one = before_after(kind, row["config"], tiles, args.samples)
+        for row in sorted(chosen, key=lambda row: -row["ms_per_sample"]):
+            one = before_after(row["kind"], row["config"], tiles, args.samples)
             compared.append({"config": row["config"], "reference_ms": 1e3 * one["reference_s"],
                              "today_ms": 1e3 * one["today_s"], "speedup": one["speedup"],
                              "max_abs_difference": one["max_abs_difference"]})
         result["before_after"] = compared
-        print("\n### Before / after (REFERENCE vs today) on the slowest pipeline of each trainer, same samples\n")
+        which = "every config" if args.before_after == "all" else "the slowest pipeline of each trainer"
+        print(f"\n### Before / after (REFERENCE vs today) on {which}, same samples\n")
         print(markdown(compared, ["config", "reference_ms", "today_ms", "speedup", "max_abs_difference"]))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "results.json").write_text(json.dumps(result, indent=2) + "\n")
