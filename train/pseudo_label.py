@@ -2,7 +2,8 @@
 
     python -m train.pseudo_label --images DIR --models RUN [RUN ...] --out DATA [--low 0.2] [--high 0.6]
         [--table CSV] [--organ ORGAN] [--data-source Hubmap] [--tta 0|2|4|8] [--scale-mode pixel-size]
-        [--stain-reference REF [--stain-tta [macenko,reinhard]]] [--device auto] [--overwrite]
+        [--stain-reference REF [--stain-tta [macenko,reinhard]]] [--adapt-bn [unseen|all|off]] [--device auto]
+        [--overwrite]
 
 DIR holds <id>.tiff images (e.g. HuBMAP H&E / PAS slides cut to images, or make_demo's DEMO/targets/). Their
 organ comes from a CSV (--table, default DIR/images.csv: columns id, organ and, optionally, data_source,
@@ -10,7 +11,11 @@ pixel_size, tissue_thickness, img_height, img_width) or from --organ for every i
 through the submission path (inference.predict.predict_one with inference.predict's Options: the same
 predictors, scale rule, sliding window, TTA and ensemble mean; multiclass members take the given organ), and
 its ensemble FTU probability p becomes a label: FTU where p >= high, background where p <= low, and an ignore
-band in between that no loss counts. --stain-reference / --stain-tta are inference.predict's: the teacher predicts
+band in between that no loss counts. The ensemble and domain flags are inference.predict's own
+(add_ensemble_arguments, add_domain_arguments), so the teacher predicts as the kernel would, AdaBN included: by
+default (--adapt-bn unseen) a member adapts its encoder BatchNorm statistics on each (data_source, organ) group of
+DIR's table that its training never saw, which is what makes a DAB-trained teacher label PAS tissue at all
+(benchmarks/real_tissue.py). --stain-reference / --stain-tta are inference.predict's: the teacher predicts
 the image normalised to the training stain (or, with --stain-tta, averages it as is and normalised); the image
 written to DATA is always the one read, so the student trains on the target domain's own stain.
 
@@ -40,15 +45,14 @@ from tqdm.auto import tqdm
 
 from inference.atomic import atomic_write, write_json, write_text
 from inference.cli import HelpFormatter
-from inference.engine.ensemble import ENSEMBLE_MODES
-from inference.engine.predictor import DEFAULT_SCALE_MODE, SCALE_MODES
-from inference.engine.sliding import TTA_SIZES
-from inference.engine.tta import STAIN_METHODS, parse_stain_methods
+from inference.engine.adapt_bn import adapt_batchnorm
+from inference.engine.ensemble import add_ensemble_arguments
 from inference.io import write_image
 from inference.organs import DATA_SOURCES, ORGANS
 from inference.organs import organ as organ_info
 from inference.predict import Options, load_members, options_from_args, predict_one, table_images
 from inference.rle import encode
+from inference.submission.options import add_domain_arguments
 from inference.tables import TRAIN_COLUMNS
 
 log = logging.getLogger("train.pseudo_label")
@@ -71,6 +75,13 @@ class PseudoSettings:
     ensemble: str
     stain_reference: str | None = None
     stain_tta: tuple[str, ...] = ()
+    weights: tuple[float, ...] | None = None
+    blend: str = "gaussian"
+    adapt_bn: str = "off"  # the AdaBN the teacher predicted with (mode, groups, windows, images, min images)
+    adapt_bn_groups: str = ""
+    adapt_bn_windows: int = 0
+    adapt_bn_images: int = 0
+    adapt_bn_min_images: int = 0
 
 
 def pseudo_label(probability: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +166,15 @@ def run_pseudo_labels(
     device: str = "auto",
     batch_size: int = 4,
     overwrite: bool = False,
+    weights: list[float] | None = None,
+    blend: str = "gaussian",
 ) -> pd.DataFrame:
-    """Pseudo-label every image of DIR with the ensemble of `models` into the train set `out`; return train.csv."""
+    """Pseudo-label every image of DIR with the ensemble of `models` into the train set `out`; return train.csv.
+
+    The teacher predicts as inference.predict does with `options`, AdaBN included (by default on the groups of data
+    sources a member never trained on: the unlabeled target domain is exactly such a group), over every image of the
+    table, so a resumed run adapts as the first did.
+    """
     images, out = Path(images), Path(out)
     options = options or Options()
     options.use_organ = True  # the organ is known: multiclass members take its class, not the majority's
@@ -164,34 +182,56 @@ def run_pseudo_labels(
     rows = image_table(images, table, organ, data_source)
     settings = asdict(PseudoSettings(tuple(str(Path(m).resolve()) for m in models), float(low), float(high),
                                      options.tta, options.scale_mode, options.ensemble,
-                                     options.stain_reference, options.stain_tta))
+                                     options.stain_reference, options.stain_tta,
+                                     tuple(float(w) for w in weights) if weights else None, blend,
+                                     *((options.adapt_bn, options.adapt_bn_groups, options.adapt_bn_windows,
+                                        options.adapt_bn_images, options.adapt_bn_min_images)
+                                       if options.adapt_bn != "off" else ())))
     _check_settings(out, json.loads(json.dumps(settings)), overwrite)
     todo = rows[[not (out / "parts" / f"{i}.json").is_file() for i in rows["id"]]]
     print(f"pseudo_label: {len(rows)} images, {len(rows) - len(todo)} already done, {len(todo)} to label into {out}")
     if len(todo):
-        members = load_members([Path(m) for m in models], None, device, batch_size, "gaussian")
-        slots = table_images(todo, images, options.image_reference, options.max_image_side, prefetch=True)
-        for slot in tqdm(slots, total=len(todo), desc="pseudo-label", unit="img"):
-            row, loaded = slot.row, slot.load()
-            if loaded.error is not None:
-                raise loaded.error  # an unreadable image is the user's to fix, not an empty label
-            image, seen = loaded.image, loaded.seen
-            _, decision = predict_one(seen, row.organ, float(row.pixel_size), members, options,
-                                      data_source=row.data_source, image_id=row.id)  # fmt: skip
-            confident, band = pseudo_label(decision.probability, low, high)
-            write_image(out / "train_images" / f"{row.id}.tiff", image)
-            h, w = image.shape[:2]
-            write_json(out / "parts" / f"{row.id}.json", indent=None, data={
-                "id": int(row.id), "organ": row.organ, "data_source": row.data_source, "img_height": h,
-                "img_width": w, "pixel_size": float(row.pixel_size), "tissue_thickness": float(row.tissue_thickness),
-                "rle": encode(confident), "age": None, "sex": None, "ignore_rle": encode(band), "pseudo": 1,
-                "fg_fraction": round(float(confident.mean()), 6), "ignore_fraction": round(float(band.mean()), 6),
-            })  # fmt: skip
+        members = load_members([Path(m) for m in models], weights, device, batch_size, blend)
+        adaptation = None
+        if options.adapt_bn != "off":
+            adaptation = adapt_batchnorm(
+                rows, images, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
+                scale_mode=options.scale_mode, max_side=options.max_side, stain_reference=options.image_reference,
+                grouping=options.adapt_bn_groups, mode=options.adapt_bn, min_images=options.adapt_bn_min_images)
+        try:
+            _label_images(todo, images, out, members, options, adaptation, low, high)
+        finally:
+            if adaptation is not None:
+                adaptation.restore()
     parts = [json.loads((out / "parts" / f"{i}.json").read_text()) for i in rows["id"]]
     train = pd.DataFrame(parts, columns=[*TRAIN_COLUMNS, *EXTRA_COLUMNS])
     with atomic_write(out / "train.csv") as handle:
         train.to_csv(handle, index=False, lineterminator="\n")
     return train
+
+
+def _label_images(todo: pd.DataFrame, images: Path, out: Path, members: list, options: Options,
+                  adaptation: object | None, low: float, high: float) -> None:
+    """Predict and write each image of `todo` with its part record (DATA/parts/<id>.json)."""
+    slots = table_images(todo, images, options.image_reference, options.max_image_side, prefetch=True)
+    for slot in tqdm(slots, total=len(todo), desc="pseudo-label", unit="img"):
+        row, loaded = slot.row, slot.load()
+        if loaded.error is not None:
+            raise loaded.error  # an unreadable image is the user's to fix, not an empty label
+        image, seen = loaded.image, loaded.seen
+        if adaptation is not None:
+            adaptation.use(adaptation.key(row), members)
+        _, decision = predict_one(seen, row.organ, float(row.pixel_size), members, options,
+                                  data_source=row.data_source, image_id=row.id)  # fmt: skip
+        confident, band = pseudo_label(decision.probability, low, high)
+        write_image(out / "train_images" / f"{row.id}.tiff", image)
+        h, w = image.shape[:2]
+        write_json(out / "parts" / f"{row.id}.json", indent=None, data={
+            "id": int(row.id), "organ": row.organ, "data_source": row.data_source, "img_height": h,
+            "img_width": w, "pixel_size": float(row.pixel_size), "tissue_thickness": float(row.tissue_thickness),
+            "rle": encode(confident), "age": None, "sex": None, "ignore_rle": encode(band), "pseudo": 1,
+            "fg_fraction": round(float(confident.mean()), 6), "ignore_fraction": round(float(band.mean()), 6),
+        })  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,22 +241,14 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=HelpFormatter,
     )
     ap.add_argument("--images", type=Path, required=True, help="folder of unlabeled <id>.tiff images")
-    ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s): the ensemble")
     ap.add_argument("--out", type=Path, required=True, help="train set to write (train.csv, train_images/)")
     ap.add_argument("--low", type=float, default=0.2, help="probability at or below which a pixel is background")
     ap.add_argument("--high", type=float, default=0.6, help="probability at or above which a pixel is FTU")
     ap.add_argument("--table", type=Path, help=f"CSV of id, organ[, data_source, pixel_size] (default DIR/{TABLE_NAME})")
     ap.add_argument("--organ", choices=ORGANS, help="organ of every image (overrides the table's)")
     ap.add_argument("--data-source", choices=DATA_SOURCES, default="Hubmap", help="where the table has none")
-    ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views")
-    ap.add_argument("--scale-mode", choices=SCALE_MODES, default=DEFAULT_SCALE_MODE)
-    ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean")
-    ap.add_argument("--stain-reference", help="normalise what the teacher sees to this reference (inference.stain)")
-    ap.add_argument("--stain-tta", type=parse_stain_methods, nargs="?", const=STAIN_METHODS, default=(),
-                    metavar="METHODS", help="also predict each image normalised to --stain-reference by these methods "
-                                            "and average (inference.predict --stain-tta)")
-    ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
+    add_ensemble_arguments(ap, thresholds=False)  # the teacher predicts as inference.predict does, same flags
+    add_domain_arguments(ap)
     ap.add_argument("--overwrite", action="store_true", help="delete DATA's pseudo-labels and redo every image")
     args = ap.parse_args(argv)
     if not 0.0 <= args.low <= args.high <= 1.0:
@@ -228,7 +260,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(exc))
     try:
         train = run_pseudo_labels(args.images, args.models, args.out, args.low, args.high, args.table, args.organ,
-                                  args.data_source, options, args.device, args.batch_size, args.overwrite)
+                                  args.data_source, options, args.device, args.batch_size, args.overwrite,
+                                  args.weights, args.blend)
     except (PseudoLabelError, FileNotFoundError) as exc:
         ap.error(str(exc))
     summary = train.groupby(["organ", "data_source"])[["fg_fraction", "ignore_fraction"]].agg(["count", "mean"])

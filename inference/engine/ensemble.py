@@ -151,12 +151,13 @@ class _SplitThresholds(argparse.Action):
 
 
 def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True,
-                           by_source: bool = False) -> argparse.ArgumentParser:
+                           by_source: bool = False, thresholds: bool = True) -> argparse.ArgumentParser:
     """The flags of EnsembleOptions and of member loading (--models, --weights, --blend, --window-batch, --device).
 
     scale=False leaves out --scale-mode and --max-side (whole slides always work at the models' um/px).
     by_source=True lets --thresholds hold per-data-source tables too, parsed into a `source_thresholds` dest
-    (inference.predict, whose rows have a data_source; a slide has none).
+    (inference.predict, whose rows have a data_source; a slide has none). thresholds=False leaves out --thresholds
+    and --threshold (train.pseudo_label cuts the probability with its own --low / --high).
     """
     ap = parser.add_argument_group("models and ensemble")
     ap.add_argument("--models", type=Path, nargs="+", required=True, help="checkpoint or run folder(s)")
@@ -164,17 +165,18 @@ def add_ensemble_arguments(parser: argparse.ArgumentParser, scale: bool = True,
                     help="one weight > 0 per --models entry (default equal)")
     ap.add_argument("--ensemble", choices=ENSEMBLE_MODES, default="mean",
                     help="mean: weighted mean probability, one cut-off; union: OR of member masks")
-    if by_source:
+    if thresholds and by_source:
         parser.set_defaults(source_thresholds={})
         ap.add_argument("--thresholds", dest="organ_thresholds", type=source_thresholds_file, default={},
                         action=_SplitThresholds, metavar="JSON",
                         help='thresholds JSON, each in (0, 1): per organ {"kidney": 0.3, ...} or per data source '
                              'and organ {"HPA": {...}, "Hubmap": {"lung": 0.06}} (inference.thresholds)')
-    else:
+    elif thresholds:
         ap.add_argument("--thresholds", dest="organ_thresholds", type=thresholds_file, default={}, metavar="JSON",
                         help='per-organ thresholds JSON {"kidney": 0.3, ...}, each in (0, 1)')
-    ap.add_argument("--threshold", type=probability,
-                    help="cut-off in (0, 1) for organs not in --thresholds; None: the checkpoints' config.json")
+    if thresholds:
+        ap.add_argument("--threshold", type=probability,
+                        help="cut-off in (0, 1) for organs not in --thresholds; None: the checkpoints' config.json")
     ap.add_argument("--tta", type=int, choices=TTA_SIZES, default=0, help="flip views: 0 none, 2, 4, 8 dihedral")
     ap.add_argument("--tta-scales", type=parse_scales, default=(1.0,), metavar="R[,R...]",
                     help="multi-scale TTA: working-scale ratios (e.g. 0.8,1,1.2), each with the --tta flips, "

@@ -110,16 +110,8 @@ def _min_area(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
-    """The CLI; kernels.build parses --predict-args with allow_abbrev=False so every option is spelled out."""
-    ap = argparse.ArgumentParser(
-        prog="python -m inference.predict", description=__doc__, formatter_class=HelpFormatter,
-        allow_abbrev=allow_abbrev,
-    )
-    ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")
-    ap.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write")
-    ap.add_argument("--split", choices=("test", "train"), default="test", help="predict test.csv or train.csv")
-    add_ensemble_arguments(ap, by_source=True)
+def add_domain_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The stain and AdaBN flags of Options (inference.predict; train.pseudo_label's teacher predicts the same way)."""
     ap.add_argument("--stain-reference",
                     help="Macenko-normalise every image to this reference JSON (python -m inference.stain) or "
                          "'macenko' (needs torchstain)")
@@ -141,6 +133,20 @@ def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
                          "that image)")
     ap.add_argument("--adapt-bn-groups", choices=GROUPINGS, default=GROUPINGS[0],
                     help="--adapt-bn groups: one per data_source and organ (default), or one per data_source")
+    return ap
+
+
+def build_parser(allow_abbrev: bool = True) -> argparse.ArgumentParser:
+    """The CLI; kernels.build parses --predict-args with allow_abbrev=False so every option is spelled out."""
+    ap = argparse.ArgumentParser(
+        prog="python -m inference.predict", description=__doc__, formatter_class=HelpFormatter,
+        allow_abbrev=allow_abbrev,
+    )
+    ap.add_argument("--data-dir", type=Path, required=True, help="folder with test.csv + test_images/ (or train)")
+    ap.add_argument("--out", type=Path, default=Path("submission.csv"), help="submission CSV to write")
+    ap.add_argument("--split", choices=("test", "train"), default="test", help="predict test.csv or train.csv")
+    add_ensemble_arguments(ap, by_source=True)
+    add_domain_arguments(ap)
     ap.add_argument("--fill-holes", action="store_true", help="fill holes in predicted masks")
     ap.add_argument("--min-area", dest="min_area_um2", type=_min_area, default={}, metavar="UM2|JSON",
                     help="drop components under this area in um^2 (number or organ JSON)")

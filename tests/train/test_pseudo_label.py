@@ -197,3 +197,23 @@ def test_teacher_sees_the_stain_views_and_the_student_the_image_as_read(
         main(["--images", str(demo_data / "targets"), "--models", str(runs["sure"]), "--out", str(tmp_path / "x"),
               "--stain-tta"])
     assert exit_info.value.code == 2 and "--stain-reference" in capsys.readouterr().err
+
+
+def test_teacher_adapts_batchnorm_on_target_groups_it_never_trained_on(demo_data: Path, tmp_path: Path) -> None:
+    """The teacher predicts as inference.predict does: AdaBN (--adapt-bn unseen by default) on the Hubmap targets of
+    an HPA-trained member changes the labels, --adapt-bn off keeps them as trained, and each is recorded."""
+    from inference.predict import Options
+
+    teacher = make_smp_checkpoint(tmp_path / "hpa" / "fold0", tile=64, pixel_size=3.2, data_sources=["HPA"]).parent
+    labels = {}
+    for mode in ("off", "unseen"):
+        out = tmp_path / mode
+        options = Options(adapt_bn=mode, adapt_bn_min_images=1, adapt_bn_windows=4)
+        train = run_pseudo_labels(demo_data / "targets", [teacher], out, low=0.0, high=0.5, options=options,
+                                  device="cpu")
+        labels[mode] = train["rle"].tolist()
+        assert json.loads((out / "pseudo_label.json").read_text())["adapt_bn"] == mode
+    assert labels["off"] != labels["unseen"]
+    again = run_pseudo_labels(demo_data / "targets", [teacher], tmp_path / "again", low=0.0, high=0.5,
+                              options=Options(adapt_bn="off"), device="cpu")
+    assert again["rle"].tolist() == labels["off"]  # the adapted statistics were put back: nothing leaks
