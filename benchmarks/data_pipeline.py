@@ -117,6 +117,24 @@ def reference_crop_reflect(array: np.ndarray, y0: int, x0: int, side: int) -> np
     return array[crops._window(array.shape[0], y0, side)][:, crops._window(array.shape[1], x0, side)]
 
 
+def reference_stain_transfer(image: np.ndarray, stain_matrix: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The former data_prep.augment.stain_transfer: the tissue weight merged as a fourth OD channel, one 4-channel
+    cv2.transform (OpenCV's scalar path) and a negation before exp."""
+    od = augment.optical_density(image)
+    matrix = (augment.HED_FROM_RGB @ np.asarray(stain_matrix)).T.astype(np.float32)
+    background = np.asarray(background, np.float32)
+    if background.any():
+        low, high = augment.TISSUE_OD
+        ramp = np.array([[1, 1, 1, -low]], np.float32) / (high - low)
+        tissue = cv2.transform(od, ramp)
+        np.clip(tissue, 0.0, 1.0, out=tissue)
+        od = cv2.merge([od, tissue])
+        matrix = np.hstack([matrix, background[:, None]])
+    density = cv2.transform(od, matrix)
+    np.clip(density, 0.0, augment._MAX_DENSITY, out=density)
+    return cv2.convertScaleAbs(cv2.exp(-density), alpha=256.0, beta=-1.0)
+
+
 def reference_load_tile_image(self: object, results: dict) -> dict:
     """The former mmseg LoadTileImage: the tile PNG decoded on every read (no decoded copy)."""
     img = read_png(Path(results["img_path"]))
@@ -136,6 +154,7 @@ REFERENCE: list[tuple[object, str, object]] = [
     (fastai_data, "normalise", reference_normalise),
     (crops, "crop_reflect", reference_crop_reflect),
     (augment, "OpenCVRandomRotate90", A.RandomRotate90),  # np.rot90 views, copied by the next transform
+    (augment, "stain_transfer", reference_stain_transfer),
 ]
 
 

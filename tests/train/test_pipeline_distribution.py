@@ -1,5 +1,6 @@
 """The fastai training pipeline's sample distribution, pinned so that a faster implementation must draw the same:
-normalisation and targets equal to their float formulas, the crop sampler's shares (organ, FTU centring, stain
+normalisation and targets equal to their float formulas, the stain transfer equal to its one-transform formula, the
+crop sampler's shares (organ, FTU centring, stain
 copies, low-res blur, scale), the `seed10+stain` preset's per-transform rates, and the colour and FTU statistics of
 whole training samples over many seeded draws. Tolerances are 4 standard errors of the estimate (binomial shares)
 or stated beside the pinned value. benchmarks/data_pipeline.py measures the speed."""
@@ -7,13 +8,25 @@ or stated beside the pinned value. benchmarks/data_pipeline.py measures the spee
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from data_prep.augment import reseed, train_transforms
+from data_prep.augment import (
+    _MAX_DENSITY,
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    TISSUE_OD,
+    StainTransfer,
+    optical_density,
+    reseed,
+    stain_transfer,
+    train_transforms,
+)
 from inference.engine.sliding import reflect_indices
 from train.crops import CropSampler, CropSettings, ScaledImage, crop_reflect, ftu_points
 from train.fastai_data import MEAN, STD, CropDataset, normalise
@@ -49,6 +62,38 @@ def test_crop_reflect_equals_the_index_reflection() -> None:
             cols = reflect_indices(w, side, side)[x0 + side : x0 + 2 * side]
             for array in (image, mask):
                 assert np.array_equal(crop_reflect(array, y0, x0, side), array[np.ix_(rows, cols)])
+
+
+def _stain_transfer_formula(image: np.ndarray, stain_matrix: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The stain transfer as first written: the tissue weight merged as a fourth OD channel, one cv2.transform."""
+    od = optical_density(image)
+    matrix = (HED_FROM_RGB @ np.asarray(stain_matrix)).T.astype(np.float32)
+    background = np.asarray(background, np.float32)
+    if background.any():
+        low, high = TISSUE_OD
+        ramp = np.array([[1, 1, 1, -low]], np.float32) / (high - low)
+        tissue = np.clip(cv2.transform(od, ramp), 0.0, 1.0)
+        od = cv2.merge([od, tissue])
+        matrix = np.hstack([matrix, background[:, None]])
+    density = np.clip(cv2.transform(od, matrix), 0.0, _MAX_DENSITY)
+    return cv2.convertScaleAbs(cv2.exp(-density), alpha=256.0, beta=-1.0)
+
+
+def test_stain_transfer_equals_its_one_transform_formula() -> None:
+    """The plane-by-plane stain transfer gives the same bits as the 4-channel cv2.transform (flips+stain, seed10+stain
+    and hubmap draw it): StainTransfer's own draws, the identity, odd sizes, black and white."""
+    rng = np.random.default_rng(0)
+    transform = StainTransfer(p=1.0)
+    transform.set_random_state(np.random.default_rng(1), random.Random(1))
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(96, 80, 3), (7, 1, 3), (1, 1, 3), (3, 5, 3)]]
+    images += [np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8), _scene("kidney", 0).image]
+    for image in images:
+        for _ in range(25):
+            params = transform.get_params()
+            matrix, background = params["stain_matrix"], params["background_od"]
+            assert np.array_equal(stain_transfer(image, matrix, background),
+                                  _stain_transfer_formula(image, matrix, background))
+        assert np.array_equal(stain_transfer(image, RGB_FROM_HED, np.zeros(3)), image)
 
 
 def _scene(organ: str, seed: int) -> ScaledImage:
