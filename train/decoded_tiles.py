@@ -2,10 +2,10 @@
 
 A 1024 px RGB tile PNG takes about 25 ms to decode on one core, a quarter of the mmseg SegFormer sample
 (benchmarks/data_pipeline.py); the same pixels stored uncompressed load in about 1 ms from the page cache. The
-first read of a tile writes `TILES/decoded/<folder>/<name>.npy` beside its PNG (`TILES/<folder>/<name>.png`;
-about 1.8x the PNG's bytes, 3 MB per 1024 px tile), stamped with the PNG's modification time; a copy whose stamp
-differs from its PNG's (the tile set was rebuilt) is decoded and written again. Delete `TILES/decoded/` to take the
-disk space back; nothing else reads it.
+first read of a tile writes `TILES/decoded/<folder>/<name>.npy` beside its PNG (`TILES/<folder>/<name>.png`; the
+pixels' own size, 3 MB per 1024 px tile: 1.8x the demo tiles' PNG bytes, more for tiles that compress better),
+stamped with the PNG's modification time; a copy whose stamp differs from its PNG's (the tile set was rebuilt) is
+decoded and written again. Delete `TILES/decoded/` to take the disk space back; nothing else reads it.
 """
 
 from __future__ import annotations
