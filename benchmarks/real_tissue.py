@@ -1,7 +1,7 @@
 """Real tissue decides: stain-robust techniques on real DAB -> PAS kidney and real H&E colon, beside the plain loop.
 
     python benchmarks/real_tissue.py [--track kidney|glas] [--work benchmarks_out/real_tissue] [--seeds 3]
-        [--minutes 14] [--entry LABEL=CONFIG[@ceiling] ...] [--predict LABEL[@mixed][:ENTRY,...]="FLAGS" ...]
+        [--minutes 14] [--entry LABEL=CONFIG[@ceiling|@pseudo:TEACHER] ...] [--predict LABEL[@mixed][:ENTRY,...]="FLAGS" ...]
         [--realdata DIR]
 
 Data (../shared/realdata, imported with data_prep.import_annotations; the benchmark stops with a reason where it is
@@ -19,11 +19,14 @@ absent):
 Entries (all of one seed train side by side, one thread each, for --minutes of wall time, so each gets the same
 share of the machine): LABEL=CONFIG is a fastai experiment (train/configs/fastai) trained on the track's train set
 (configs whose augmentation needs reference images get the target block), LABEL=CONFIG@ceiling the same on the
-labelled target block (in-domain), LABEL=plain the plain loop (benchmarks/plain_loop.py, at the first fastai
-entry's um/px, crop and encoder). Every model predicts the test set with inference.predict's defaults, and with each
---predict variant (the kernel's own code and settings; `:ENTRY,...` limits a variant to those entries, `@mixed`
-predicts the mixed test set); Dice per organ and source, mean +- std over seeds, the
-optimizer steps each made, the ratio to the ceiling and to the plain loop, and predicted / true FTU area. Writes
+labelled target block (in-domain), LABEL=CONFIG@pseudo:TEACHER the same on the train set plus the target block
+pseudo-labelled by the TEACHER entry's model of the same seed (train.pseudo_label with AdaBN; trained beside the others
+once the teacher is finished: its compute is the teacher's plus its own), LABEL=plain the plain loop
+(benchmarks/plain_loop.py, at the first fastai entry's um/px, crop and encoder). Every model predicts the test set as
+trained (inference.predict --adapt-bn off), and with each --predict variant (the kernel's own code and settings;
+`:ENTRY,...` limits a variant to those entries, `@mixed` predicts the mixed test set); Dice per organ and source,
+mean +- std over seeds, the optimizer steps each made, the ratio to the ceiling and to the plain loop, and
+predicted / true FTU area. Writes
 WORK/<track>/results.json, results.md and overlays of seed 0 (inference.overlay: predicted cyan, true yellow).
 Finished trainings and predictions are reused, so an interrupted run resumes.
 """
@@ -60,7 +63,8 @@ TARGET_BLOCK_MAX = 66  # PAS tiles numbered <= 66 are the target block, >= 75 th
 KIDNEY_ENTRIES = (
     "plain=plain", "ceiling=unet_mnv3_steps@ceiling", "flips=unet_mnv3_steps", "colour=unet_mnv3_steps_colour",
     "hema=unet_mnv3_steps_hema", "hema+colour=unet_mnv3_steps_hema_colour", "histmatch=unet_mnv3_steps_histmatch",
-    "fda=unet_mnv3_steps_fda", "copies=unet_mnv3_steps_copies",
+    "fda=unet_mnv3_steps_fda", "copies=unet_mnv3_steps_copies", "grey=unet_mnv3_steps_grey",
+    "stain=unet_mnv3_steps_stain", "pseudo=unet_mnv3_steps@pseudo:flips",
 )
 GLAS_ENTRIES = (
     "plain=plain", "flips=unet_mnv3_steps", "colour=unet_mnv3_steps_colour", "hema=unet_mnv3_steps_hema",
@@ -73,6 +77,9 @@ KIDNEY_PREDICT = (
     "adabn@mixed:flips=--adapt-bn", "adabn-pooled@mixed:flips=--adapt-bn --adapt-bn-groups source",
 )
 GLAS_PREDICT = ("adabn=--adapt-bn",)
+# the "entry" rows: each model as trained. inference.predict's default (--adapt-bn unseen) is the "+ adabn" row on the
+# kidney track (DAB-trained models meet Hubmap PAS) and the as-trained row on GlaS (trained on its own source)
+AS_TRAINED = ("--adapt-bn", "off")
 REFERENCE_AUGMENTS = ("+histmatch", "+fda")
 
 
@@ -83,6 +90,7 @@ class Entry:
     label: str
     config: str  # fastai experiment name, or "plain"
     ceiling: bool = False
+    teacher: str | None = None  # @pseudo:TEACHER: also trains on the target block pseudo-labelled by that entry
 
 
 def kidney_items(realdata: Path) -> tuple[list, list, list]:
@@ -146,9 +154,27 @@ def tile_set(folder: Path, work: Path, pixel_sizes: list[float], copies: bool) -
     return tiles
 
 
+def pseudo_tiles(entry: Entry, teacher: Path, seed: int, args: argparse.Namespace, data: dict[str, Path],
+                 sizes: list[float]) -> Path:
+    """The track's tile set plus the target block pseudo-labelled by the teacher's model (train.pseudo_label with
+    inference.predict's defaults and AdaBN), built once per entry and seed.
+
+    --adapt-bn all: every target is Hubmap PAS, which a DAB (HPA) teacher never saw, so it is the default `unseen`
+    here, and it also adapts teachers trained before config.json recorded data_sources."""
+    work = args.work / f"seed{seed}" / entry.label
+    labels = work / "pseudo_labels"
+    if not (labels / "train.csv").is_file():
+        targets = data["train"] / "targets"
+        subprocess.run([sys.executable, "-m", "train.pseudo_label", "--images", str(targets), "--table",
+                        str(targets / "targets.csv"), "--models", str(teacher), "--out", str(labels),
+                        "--adapt-bn", "all", "--device", "cpu"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    args = argparse.Namespace(data_dir=data["train"], work=work, extra_data=[labels])
+    return recipe.prepare(args, sizes)[1]
+
+
 def train_commands(entries: list[Entry], seed: int, args: argparse.Namespace, tiles: dict[str, Path],
                    data: dict[str, Path]) -> dict[str, tuple[list[str], Path]]:
-    """label -> (command, checkpoint folder) of every entry at one seed."""
+    """label -> (command, checkpoint folder) of every entry at one seed (a pseudo entry's tiles: pseudo_tiles)."""
     py, base = sys.executable, args.work / f"seed{seed}"
     first = next(load_config(e.config)[1] for e in entries if e.config != "plain")
     out = {}
@@ -159,12 +185,13 @@ def train_commands(entries: list[Entry], seed: int, args: argparse.Namespace, ti
             command = [py, str(REPO / "benchmarks/plain_loop.py"), "--data-dir", str(data[where]), "--out",
                        str(folder), "--minutes", f"{args.minutes:g}", "--seed", str(seed), "--pixel-size",
                        f"{first.pixel_size:g}", "--tile", str(first.tile_size), "--encoder", first.encoder,
-                       "--bs", str(first.bs)]
+                       "--batch-size", str(first.bs)]
         else:
             name, cfg = load_config(e.config)
             folder = base / e.label / name / "fold-1"
+            entry_tiles = base / e.label / "tiles" if e.teacher else tiles[where]
             command = [py, "-m", "train.fastai_unet", "--config", e.config, "--fold", "-1", "--tiles",
-                       str(tiles[where]), "--out", str(base / e.label), "--minutes", f"{args.minutes:g}", "--seed",
+                       str(entry_tiles), "--out", str(base / e.label), "--minutes", f"{args.minutes:g}", "--seed",
                        str(seed)]
             if cfg.augment.endswith(REFERENCE_AUGMENTS):
                 command += ["--histmatch-targets", str(data["train"] / "targets")]
@@ -192,8 +219,9 @@ class Variant:
 
 
 def variants_of(entry: Entry, variants: dict[str, Variant]) -> dict[str, Variant]:
-    """The default prediction ("") and every variant that applies to this entry."""
-    return {"": Variant([]), **{k: v for k, v in variants.items() if v.entries is None or entry.label in v.entries}}
+    """The as-trained prediction ("", saved as default.csv: AdaBN off, whatever inference.predict's default is) and
+    every variant that applies to this entry."""
+    return {"": Variant(list(AS_TRAINED)), **{k: v for k, v in variants.items() if v.entries is None or entry.label in v.entries}}
 
 
 def scored_rows(entry: Entry, seed: int, folder: Path, variants: dict[str, Variant],
@@ -218,16 +246,27 @@ def scored_rows(entry: Entry, seed: int, folder: Path, variants: dict[str, Varia
 
 def run_seed(seed: int, entries: list[Entry], args: argparse.Namespace, tiles: dict[str, Path],
              data: dict[str, Path], variants: dict[str, Variant]) -> list[dict]:
-    """Train every entry of one seed side by side, then predict each with every variant (--parallel at a time)."""
+    """Train every entry of one seed side by side, then predict each with every variant (--parallel at a time).
+
+    A pseudo entry trains beside the others when its teacher is finished, else in a second round after it."""
     commands = train_commands(entries, seed, args, tiles, data)
     base = args.work / f"seed{seed}"
-    procs = {e.label: (recipe.run(commands[e.label][0], base / f"{e.label}.log", threads=1), base / f"{e.label}.log")
-             for e in entries if not finished(e, commands[e.label][1])}
-    if procs:
+    todo = [e for e in entries if not finished(e, commands[e.label][1])]
+    while todo:
+        ready = [e for e in todo if e.teacher is None or finished(by_label(entries, e.teacher),
+                                                                   commands[e.teacher][1])]
+        if not ready:
+            raise SystemExit(f"seed {seed}: the teachers of {[e.label for e in todo]} cannot be trained")
+        for e in ready:
+            if e.teacher is not None:
+                pseudo_tiles(e, commands[e.teacher][1], seed, args, data, pixel_sizes(entries))
+        procs = {e.label: (recipe.run(commands[e.label][0], base / f"{e.label}.log", threads=1),
+                           base / f"{e.label}.log") for e in ready}
         began = time.perf_counter()
         print(f"seed {seed}: training {', '.join(procs)} side by side, {args.minutes:g} min each", flush=True)
         recipe.wait_all(procs)
         print(f"seed {seed}: trained in {time.perf_counter() - began:.0f} s", flush=True)
+        todo = [e for e in todo if e not in ready]
     jobs = []
     for e in entries:
         folder = commands[e.label][1]
@@ -245,6 +284,15 @@ def run_seed(seed: int, entries: list[Entry], args: argparse.Namespace, tiles: d
         rows += scored_rows(e, seed, commands[e.label][1], variants, data)
     print(f"seed {seed}: predicted and scored {len(jobs)} submissions", flush=True)
     return rows
+
+
+def by_label(entries: list[Entry], label: str) -> Entry:
+    return next(e for e in entries if e.label == label)
+
+
+def pixel_sizes(entries: list[Entry]) -> list[float]:
+    """The um/px every fastai entry trains at (the tile sets hold whole images scaled to each)."""
+    return sorted({float(load_config(e.config)[1].pixel_size) for e in entries if e.config != "plain"})
 
 
 def finished(entry: Entry, folder: Path) -> bool:
@@ -278,7 +326,7 @@ def overlays(entries: list[Entry], args: argparse.Namespace, tiles: dict[str, Pa
             continue
         subprocess.run([sys.executable, "-m", "inference.overlay", "--data-dir", str(data["train"]), "--submission",
                         str(submission), "--solution", str(data["train"] / "test_solution.csv"), "--out",
-                        str(args.work / "overlays" / label), "--max-side", "800"], cwd=REPO, check=True,
+                        str(args.work / "overlays" / label), "--png-max-side", "800"], cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -288,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--track", choices=("kidney", "glas"), default="kidney")
     ap.add_argument("--work", type=Path, default=Path("benchmarks_out/real_tissue"))
     ap.add_argument("--realdata", type=Path, default=REALDATA, help="the real tissue folder (../shared/realdata)")
-    ap.add_argument("--entry", action="append", help="LABEL=CONFIG, LABEL=CONFIG@ceiling or LABEL=plain "
+    ap.add_argument("--entry", action="append", help="LABEL=CONFIG, LABEL=CONFIG@ceiling, "
+                    "LABEL=CONFIG@pseudo:TEACHER or LABEL=plain "
                     "(default: the track's list in this file)")
     ap.add_argument("--predict", action="append", help="LABEL[@mixed][:ENTRY,...]=FLAGS: inference.predict variants "
                     "({stain_reference}: the train images' stain, python -m inference.stain)")
@@ -304,14 +353,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"skipped: the real tissue folder {args.realdata} is absent (../shared/realdata)")
         return
     args.work = (args.work / args.track).resolve()
-    entries = [Entry(label, *value.partition("@")[::2]) for label, value in parse_pairs(
-        args.entry or list(KIDNEY_ENTRIES if args.track == "kidney" else GLAS_ENTRIES), "--entry", ap).items()]
+    entries = []
+    for label, value in parse_pairs(args.entry or list(KIDNEY_ENTRIES if args.track == "kidney" else GLAS_ENTRIES),
+                                    "--entry", ap).items():
+        config, _, where = value.partition("@")
+        kind, _, teacher = where.partition(":")
+        if kind not in ("", "ceiling", "pseudo") or bool(teacher) != (kind == "pseudo"):
+            ap.error(f"--entry {label}={value}: only @ceiling or @pseudo:TEACHER may follow the config")
+        entries.append(Entry(label, config, kind == "ceiling", teacher or None))
+    labels = {e.label for e in entries}
     for e in entries:
-        if e.ceiling not in ("", "ceiling"):
-            ap.error(f"--entry {e.label}: only @ceiling may follow the config")
-        e.ceiling = e.ceiling == "ceiling"
         if e.ceiling and args.track != "kidney":
             ap.error("@ceiling entries belong to the kidney track (GlaS trains in its own domain)")
+        if e.teacher is not None and (args.track != "kidney" or e.teacher not in labels or e.config == "plain"
+                                      or by_label(entries, e.teacher).teacher is not None):
+            ap.error(f"--entry {e.label}: @pseudo:TEACHER needs the kidney track's target block, a fastai config "
+                     f"and a TEACHER among the other entries that is not itself a pseudo entry, got {e.teacher!r}")
         if e.config != "plain":
             load_config(e.config)
     data = build_data(args.track, args.realdata, args.work)
@@ -331,9 +388,8 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             ap.error(f"--predict {label}: no entry {unknown}")
         variants[label] = Variant(shlex.split(flags.format(stain_reference=reference)), testset, entries_only)
-    fastai = [load_config(e.config)[1] for e in entries if e.config != "plain"]
-    sizes = sorted({float(c.pixel_size) for c in fastai})
-    copies = any(c.stain_copy_share > 0 for c in fastai)
+    sizes = pixel_sizes(entries)
+    copies = any(load_config(e.config)[1].stain_copy_share > 0 for e in entries if e.config != "plain")
     if args.collect_only or args.reuse_tiles:  # the tile sets' paths only
         tiles = {"train": args.work / "train" / "tiles", "ceiling": args.work / "ceiling" / "tiles"}
     else:
