@@ -64,6 +64,12 @@ def test_export_refuses_a_trace_that_differs_from_eager(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="differs from the eager model"):
         export_torchscript(BatchDependent(), torch.randn(1, 3, 8, 8), tmp_path, _config(tile_size=8))
     assert not (tmp_path / "config.json").exists()  # no config.json: the kernel never loads a bad export
+    # traced at batch 2 (as export_segmentor does), the check runs at batch 1 and catches the same frozen branch
+    with pytest.raises(RuntimeError, match="differs from the eager model"):
+        export_torchscript(BatchDependent(), torch.randn(2, 3, 8, 8), tmp_path, _config(tile_size=8))
+    with pytest.raises(ValueError, match="another"):
+        export_torchscript(BatchDependent(), torch.randn(2, 3, 8, 8), tmp_path, _config(tile_size=8), check_batch=2)
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_smp_unet_contract(tmp_path: Path) -> None:
