@@ -1,7 +1,8 @@
 """Rehearse every GPU recipe on CPU, end to end, so no recipe reaches its first GPU user untried.
 
     python -m benchmarks.rehearse [--work rehearsal] [--configs NAME ...] [--steps 1] [--batch-size 1]
-        [--sizes 160 3000 4500] [--timeout-minutes 60] [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
+        [--sizes 160 3000 4500] [--timeout-minutes 60] [--max-memory-gib G] [--markdown rehearsal/rehearsal.md]
+        [--fresh] [--ci]
     make rehearse
 
 On demo data (data_prep.make_demo, folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
@@ -14,19 +15,33 @@ crop sampler, stain-copy share, low-res blur, channels-last, gradient accumulati
     predict    python -m inference.predict on one image of each size class (160, 3000 and 4500 px)
     kernel     python -m kernels.build --allow-smoke of the run; for the first fastai and the first mmseg config,
                a two-family ensemble run through the offline notebook (as tests/kernels/test_kernel.py does)
-It prints a table (config, steps, seconds, peak RSS, validated, exported, predicted, kernel) and writes it as
-markdown. A stage that fails or runs past --timeout-minutes is written in the table as such, never skipped.
+It prints a table (config, steps, seconds and CPU seconds of the trainer's command, peak RSS, validated, exported,
+predicted, kernel) and the wall and CPU seconds of every command together, and writes it as markdown. A stage that
+fails, runs past --timeout-minutes or uses more than --max-memory-gib (its processes' proportional set size
+together) is written in the table as such, with the memory it reached, never skipped.
 Each config's row is kept in WORK/rows/<config>.json: a re-run with the same settings reuses it (--fresh redoes it),
 so a long rehearsal can be run in parts (e.g. --configs of one family, then all). The ensemble's members are the
 CI configs when they passed, else the first config of each family that did.
---ci: the smallest GPU config of each family (unet_resnext50_512, segformer_mit-b3_1024), 1 step, the 160 px image
-(tests/train/test_rehearse.py runs it).
+--ci: the smallest GPU config of each family (unet_resnext50_512, segformer_mit-b3_1024), in WORK/ci, reduced to fit
+about 4 minutes of one CPU core inside the suite (tests/train/test_rehearse.py runs it); each family still trains
+through its own command line, real tile size and data pipeline, validates through the submission path, exports,
+predicts and goes through kernels.build and the notebook. The reductions, and why:
+    1 step at batch 1     as in the full rehearsal (both configs accumulate no gradients: one step is one batch)
+    one validation image  folds.csv with 10 folds of the 10 demo images (the full rehearsal: 5 folds, 2 images)
+    whole-image tiles     the 1024 px tile set is built with --splits 1 (the full rehearsal: 1,2); with split 2 the
+                          demo's 500 px images are quarters blown up 4x, so SegFormer validated a 2048 px image in 9
+                          windows of 11 CPU s each; whole images are one window
+    the trainer's export  mmseg's model.ts as the trainer wrote it (train.export.export_segmentor, traced and checked);
+                          the full rehearsal re-exports it with python -m train.export --run-dir (90 CPU s for
+                          SegFormer-b3), which tests/train/test_mmseg_train.py::test_reexport_from_run_folder covers
+    the 160 px image      the one size class (AdaBN runs as in any predict: a one-image group keeps its statistics)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -47,6 +62,7 @@ MMSEG_DIR = REPO / "train" / "configs" / "mmseg"
 # the `recipes` group of train/configs/fastai)
 CPU_MARKERS = ("_cpu", "-cpu", "_demo", "-demo")
 CI_CONFIGS = ("unet_resnext50_512", "segformer_mit-b3_1024")
+CI_FOLDS = 10  # one validation image per fold of the 10 demo images
 # size classes of the hidden test set (160 to 4500 px): id, organ, data source, side, um/px
 SIZE_CLASSES = ((9001, "spleen", "Hubmap", 160, 0.4945), (9002, "kidney", "HPA", 3000, 0.4),
                 (9003, "lung", "Hubmap", 4500, 0.4945))
@@ -65,27 +81,50 @@ def gpu_configs() -> list[tuple[str, str]]:
 
 @dataclass
 class Stage:
-    """One command's outcome: exit status (None: timed out), seconds, peak RSS of its largest process (MiB)."""
+    """One command's outcome: exit status (None: timed out), wall seconds, peak RSS of its largest process (MiB), and
+    CPU seconds (user + system of the command and its reaped children: on a loaded machine the wall time is not its
+    cost)."""
 
     status: int | None
     seconds: float
     rss_mib: float
     log: Path
+    cpu_s: float = 0.0
+    stopped: str = ""  # why the rehearsal killed it (status None): the time limit or the memory limit
 
     @property
     def ok(self) -> bool:
         return self.status == 0
 
     def failure(self) -> str:
-        """'timeout after M min' or 'exit N: last line of the log'."""
+        """'timeout after M min', 'memory: ...' or 'exit N: last line of the log'."""
         if self.status is None:
-            return f"timeout after {self.seconds / 60:.0f} min"
+            return self.stopped or f"timeout after {self.seconds / 60:.0f} min"
         tail = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()][-1:]
         return f"exit {self.status}: {tail[0][:120] if tail else ''}"
 
 
+MEMORY_LIMIT_GIB: float | None = None  # --max-memory-gib: a command whose processes use more is stopped
+
+
+def session_memory_gib(session: int) -> float:
+    """Proportional set size (GiB) of every process in a session: forked data workers' shared pages counted once."""
+    total_kib = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the fields after the command name (which may hold spaces) start with state, ppid, pgrp, session
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) != session:
+                continue
+            rollup = (stat.parent / "smaps_rollup").read_text()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended between the listing and the read
+        total_kib += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total_kib / 2**20
+
+
 def run(command: list[str], log: Path, timeout_s: float) -> Stage:
-    """Run one command line (its output to log); its wall time and the peak RSS of its largest process."""
+    """Run one command line (its output to log); its wall time and the peak RSS of its largest process. It is
+    stopped past timeout_s or when its processes together use more than MEMORY_LIMIT_GIB."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(command), flush=True)
     start = time.perf_counter()
@@ -95,14 +134,26 @@ def run(command: list[str], log: Path, timeout_s: float) -> Stage:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            stopped = ""
             if time.perf_counter() - start > timeout_s:
+                stopped = f"timeout after {timeout_s / 60:.0f} min"
+            elif MEMORY_LIMIT_GIB is not None:
+                used = session_memory_gib(proc.pid)  # its own session: the command and its data workers
+                if used > MEMORY_LIMIT_GIB:
+                    stopped = f"memory: stopped at {used:.1f} GiB (over the {MEMORY_LIMIT_GIB:g} GiB limit)"
+            if stopped:
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: the trainer and its data workers
                 pid, status, usage = os.wait4(proc.pid, 0)
                 proc.returncode = -9
-                return Stage(None, time.perf_counter() - start, usage.ru_maxrss / 1024, log)
+                print(f"  {stopped}", flush=True)
+                return Stage(None, time.perf_counter() - start, usage.ru_maxrss / 1024, log,
+                             usage.ru_utime + usage.ru_stime, stopped)
             time.sleep(0.5)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Stage(proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, log)
+    stage = Stage(proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, log,
+                  usage.ru_utime + usage.ru_stime)
+    print(f"  {stage.seconds:.0f} s wall, {stage.cpu_s:.0f} s CPU, {stage.rss_mib / 1024:.1f} GiB", flush=True)
+    return stage
 
 
 def python(module: str, *args: str) -> list[str]:
@@ -121,14 +172,16 @@ TILE_SETS = {  # data_prep.tiles options of each tile set a recipe trains on
     "tiles1024": ["--size", 1024, "--splits", "1,2"],
     "tiles256r4": ["--size", 256, "--splits", "", "--reduce", 4],
 }
+CI_TILE_SETS = {**TILE_SETS, "tiles1024": ["--size", 1024, "--splits", 1]}  # whole images: one validation window
 
 
 class DemoData:
     """Demo data, folds, the size-class images and (built when a config first needs one) the tile sets, each through
     its command line; anything already in the work folder is re-used."""
 
-    def __init__(self, work: Path, timeout_s: float) -> None:
+    def __init__(self, work: Path, timeout_s: float, n_folds: int = 5, tile_sets: dict | None = None) -> None:
         self.work, self.timeout_s = work, timeout_s
+        self.tile_sets = TILE_SETS if tile_sets is None else tile_sets
         self.data, self.logs = work / "data", work / "logs" / "data"
         if not (self.data / "train.csv").is_file():
             checked(run(python("data_prep.make_demo", "--out", self.data, "--seed", 0, "--n-train", 10, "--n-test", 5),
@@ -136,19 +189,19 @@ class DemoData:
         self.folds = work / "folds.csv"
         if not self.folds.is_file():
             checked(run(python("data_prep.make_folds", "--train-csv", self.data / "train.csv", "--out", self.folds,
-                               "--n-folds", 5, "--seed", 42), self.logs / "folds.log", timeout_s), "make_folds")
+                               "--n-folds", n_folds, "--seed", 42), self.logs / "folds.log", timeout_s), "make_folds")
         self.sizes = work / "sizes"
         if not (self.sizes / "test.csv").is_file():
             write_size_classes(self.data, self.sizes)
 
     def tiles(self, name: str) -> Path:
-        """The tile set `name` of TILE_SETS; tiles768 also gets one stain copy per whole image (data_prep.stain_copies)."""
+        """The tile set `name` of the tile sets (TILE_SETS, CI_TILE_SETS); tiles768 also gets one stain copy per whole image (data_prep.stain_copies)."""
         out = self.work / name
         if not (out / "index.csv").is_file():
             checked(run(python("data_prep.tiles", "--data-dir", self.data, "--folds", self.folds, "--out", out,
-                               "--workers", 1, *TILE_SETS[name]), self.logs / f"{name}.log", self.timeout_s),
+                               "--workers", 1, *self.tile_sets[name]), self.logs / f"{name}.log", self.timeout_s),
                     f"tiles {name}")
-            if "--scaled" in TILE_SETS[name]:
+            if "--scaled" in self.tile_sets[name]:
                 checked(run(python("data_prep.stain_copies", "--tiles", out, "--targets", self.data / "targets",
                                    "--copies", 1), self.logs / "stain_copies.log", self.timeout_s), "stain_copies")
         return out
@@ -206,6 +259,7 @@ class Row:
     family: str
     steps: int = 0
     seconds: float | None = None
+    cpu_s: float | None = None
     rss_mib: float | None = None
     validated: str = "-"
     exported: str = "-"
@@ -233,24 +287,26 @@ class Row:
 
     def cells(self) -> list[str]:
         seconds = "-" if self.seconds is None else f"{self.seconds:.0f}"
+        cpu = "-" if self.cpu_s is None else f"{self.cpu_s:.0f}"
         rss = "-" if self.rss_mib is None else f"{self.rss_mib / 1024:.1f} GiB"
-        return [f"{self.family}/{self.config}", str(self.steps), seconds, rss, self.validated, self.exported,
+        return [f"{self.family}/{self.config}", str(self.steps), seconds, cpu, rss, self.validated, self.exported,
                 self.predicted, self.kernel]
 
 
-HEADER = ["config", "steps", "seconds", "peak RSS", "validated", "exported", "predicted", "kernel"]
+HEADER = ["config", "steps", "seconds", "CPU s", "peak RSS", "validated", "exported", "predicted", "kernel"]
 
 
 def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: int, batch_size: int,
-                    sizes: tuple[int, ...], timeout_s: float) -> Row:
-    """Train -> validate -> export -> predict -> kernels.build for one config; every stage recorded in its Row."""
+                    sizes: tuple[int, ...], timeout_s: float, reexport: bool = True) -> Row:
+    """Train -> validate -> export -> predict -> kernels.build for one config; every stage recorded in its Row.
+    reexport: mmseg runs are exported again by python -m train.export --run-dir (else the trainer's model.ts)."""
     from train.run_folder import is_smoke, run_dir
 
     row = Row(stem, family)
     logs, out = work / "logs" / stem, work / "outputs"
     trained = run(train_command(family, stem, tile_set(family, stem, data), out, steps, batch_size),
                   logs / "train.log", timeout_s)
-    row.seconds, row.rss_mib = trained.seconds, trained.rss_mib
+    row.seconds, row.cpu_s, row.rss_mib = trained.seconds, trained.cpu_s, trained.rss_mib
     folder = run_dir(out, stem, 0)
     if not trained.ok:
         row.validated = f"train failed: {trained.failure()}"
@@ -263,7 +319,7 @@ def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: i
     row.validated = f"Dice {metrics['dice']:.3f} on {metrics['n']}" if metrics.get("dice") is not None else "no Dice"
 
     config = json.loads((folder / "config.json").read_text())
-    if family == "mmseg":
+    if family == "mmseg" and reexport:
         exported = run(python("train.export", "--run-dir", folder), logs / "export.log", timeout_s)
         row.exported = "model.ts" if exported.ok else f"failed: {exported.failure()}"
     else:
@@ -352,9 +408,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-minutes", type=float, default=60.0, help="per command")
     parser.add_argument("--markdown", type=Path, help="write the table here (default WORK/rehearsal.md)")
     parser.add_argument("--fresh", action="store_true", help="rehearse every config again (no kept rows)")
+    parser.add_argument("--max-memory-gib", type=float,
+                        help="stop a command whose processes together use more memory (PSS) than this, as a failure "
+                        "that names the memory it reached (default: no limit)")
     parser.add_argument("--ci", action="store_true",
-                        help=f"the CI form: {', '.join(CI_CONFIGS)}, 1 step, sizes {', '.join(map(str, CI_SIZES))}")
+                        help=f"the CI form in WORK/ci: {', '.join(CI_CONFIGS)}, 1 step, sizes "
+                        f"{', '.join(map(str, CI_SIZES))}, one validation image, whole-image 1024 px tiles, the "
+                        "trainer's mmseg export")
     args = parser.parse_args(argv)
+    global MEMORY_LIMIT_GIB
+    MEMORY_LIMIT_GIB = args.max_memory_gib
+    start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     configs = gpu_configs()
     if args.ci:
         args.configs, args.steps, args.sizes = list(CI_CONFIGS), 1, list(CI_SIZES)
@@ -364,18 +428,19 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"not GPU configs: {unknown}; choose from {sorted(known)}")
         configs = [(known[c], c) for c in args.configs]
-    work = args.work.resolve()
+    work = args.work.resolve() / ("ci" if args.ci else "")
     timeout_s = args.timeout_minutes * 60
-    data = DemoData(work, timeout_s)
+    data = (DemoData(work, timeout_s, n_folds=CI_FOLDS, tile_sets=CI_TILE_SETS) if args.ci
+            else DemoData(work, timeout_s))
     rows = []
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes)}
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes), "ci": args.ci}
     for family, stem in configs:
         print(f"== {family}/{stem}", flush=True)
         kept = work / "rows" / f"{stem}.json"
         row = None if args.fresh else Row.load(kept, settings)
         if row is None:
             row = rehearse_config(family, stem, data, work, args.steps, args.batch_size, tuple(sorted(args.sizes)),
-                                  timeout_s)
+                                  timeout_s, reexport=not args.ci)
             row.save(kept, settings)
         else:
             print(f"kept from an earlier run with the same settings ({kept})")
@@ -392,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
             member.kernel = f"built; ensemble {verdict}"
     else:
         verdict = "not run: it needs one finished config of each family"
-    line = (f"{len(rows)} GPU configs, {args.steps} optimizer step(s) at batch {args.batch_size}, encoders random, "
-            f"CPU ({os.cpu_count()} cores), predict on {', '.join(map(str, sorted(args.sizes)))} px")
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
+    line = (f"{len(rows)} GPU configs{' (the CI form)' if args.ci else ''}, {args.steps} optimizer step(s) at batch "
+            f"{args.batch_size}, encoders random, CPU ({os.cpu_count()} cores), predict on "
+            f"{', '.join(map(str, sorted(args.sizes)))} px; every command of this run together: "
+            f"{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU")
     text = markdown(rows, verdict, [m.config for m in chosen], line)
     print("\n" + text)
     out = args.markdown or work / "rehearsal.md"
