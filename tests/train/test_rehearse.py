@@ -46,6 +46,8 @@ def test_ci_rehearsal_of_one_config_per_family(tmp_path: Path) -> None:
         assert metrics["smoke"] is True and metrics["n"] == 1 and 0.0 <= metrics["dice"] <= 1.0
     # the SegFormer validated one window: whole-image 1024 px tiles (split 1), so config.json's reduce_k is 1
     assert CheckpointConfig.load(work / "outputs" / "segformer_mit-b3_1024" / "fold0").reduce_k == 1.0
+    # and validated once: the runner's validation is the fold's metrics (not predicted again at the end)
+    assert "kept from training (not predicted again)" in (work / "logs" / "segformer_mit-b3_1024" / "train.log").read_text()
 
 
 def test_a_command_over_the_memory_limit_is_stopped_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
