@@ -1,8 +1,8 @@
 """Rehearse every GPU recipe on CPU, end to end, so no recipe reaches its first GPU user untried.
 
     python -m benchmarks.rehearse [--work rehearsal] [--configs NAME ...] [--steps 1] [--batch-size 1]
-        [--sizes 160 3000 4500] [--timeout-minutes 60] [--max-memory-gib G] [--markdown rehearsal/rehearsal.md]
-        [--fresh] [--ci]
+        [--sizes 160 3000 4500] [--whole-image-tiles] [--timeout-minutes 60] [--max-memory-gib G]
+        [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
     make rehearse
 
 On demo data (data_prep.make_demo, folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
@@ -28,9 +28,9 @@ through its own command line, real tile size and data pipeline, validates throug
 predicts and goes through kernels.build and the notebook. The reductions, and why:
     1 step at batch 1     as in the full rehearsal (both configs accumulate no gradients: one step is one batch)
     one validation image  folds.csv with 10 folds of the 10 demo images (the full rehearsal: 5 folds, 2 images)
-    whole-image tiles     the 1024 px tile set is built with --splits 1 (the full rehearsal: 1,2); with split 2 the
-                          demo's 500 px images are quarters blown up 4x, so SegFormer validated a 2048 px image in 9
-                          windows of 11 CPU s each; whole images are one window
+    whole-image tiles     --whole-image-tiles: the mmseg tile set is built with --splits 1 (default 1,2); with split
+                          2 the demo's 500 px images are quarters blown up 4x, so SegFormer validated a 2048 px image
+                          in 9 windows of 11 CPU s each; whole images are one window
     the trainer's export  mmseg's model.ts as the trainer wrote it (train.export.export_segmentor, traced and checked);
                           the full rehearsal re-exports it with python -m train.export --run-dir (90 CPU s for
                           SegFormer-b3), which tests/train/test_mmseg_train.py::test_reexport_from_run_folder covers
@@ -171,17 +171,17 @@ TILE_SETS = {  # data_prep.tiles options of each tile set a recipe trains on
     "tiles960": ["--size", 960, "--splits", "1,2"],
     "tiles1024": ["--size", 1024, "--splits", "1,2"],
     "tiles256r4": ["--size", 256, "--splits", "", "--reduce", 4],
+    # --whole-image-tiles: mmseg configs train on whole images at their size (see the module docstring)
+    **{f"tiles{size}w": ["--size", size, "--splits", 1] for size in (768, 960, 1024)},
 }
-CI_TILE_SETS = {**TILE_SETS, "tiles1024": ["--size", 1024, "--splits", 1]}  # whole images: one validation window
 
 
 class DemoData:
     """Demo data, folds, the size-class images and (built when a config first needs one) the tile sets, each through
     its command line; anything already in the work folder is re-used."""
 
-    def __init__(self, work: Path, timeout_s: float, n_folds: int = 5, tile_sets: dict | None = None) -> None:
+    def __init__(self, work: Path, timeout_s: float, n_folds: int = 5) -> None:
         self.work, self.timeout_s = work, timeout_s
-        self.tile_sets = TILE_SETS if tile_sets is None else tile_sets
         self.data, self.logs = work / "data", work / "logs" / "data"
         if not (self.data / "train.csv").is_file():
             checked(run(python("data_prep.make_demo", "--out", self.data, "--seed", 0, "--n-train", 10, "--n-test", 5),
@@ -195,13 +195,13 @@ class DemoData:
             write_size_classes(self.data, self.sizes)
 
     def tiles(self, name: str) -> Path:
-        """The tile set `name` of the tile sets (TILE_SETS, CI_TILE_SETS); tiles768 also gets one stain copy per whole image (data_prep.stain_copies)."""
+        """The tile set `name` of TILE_SETS; tiles768 also gets one stain copy per whole image (data_prep.stain_copies)."""
         out = self.work / name
         if not (out / "index.csv").is_file():
             checked(run(python("data_prep.tiles", "--data-dir", self.data, "--folds", self.folds, "--out", out,
-                               "--workers", 1, *self.tile_sets[name]), self.logs / f"{name}.log", self.timeout_s),
+                               "--workers", 1, *TILE_SETS[name]), self.logs / f"{name}.log", self.timeout_s),
                     f"tiles {name}")
-            if "--scaled" in self.tile_sets[name]:
+            if "--scaled" in TILE_SETS[name]:
                 checked(run(python("data_prep.stain_copies", "--tiles", out, "--targets", self.data / "targets",
                                    "--copies", 1), self.logs / "stain_copies.log", self.timeout_s), "stain_copies")
         return out
@@ -229,8 +229,9 @@ def write_size_classes(data: Path, out: Path) -> Path:
     return out
 
 
-def tile_set(family: str, stem: str, data: DemoData) -> Path:
-    """The tile set a config trains on: fastai crop configs the --scaled one, mmseg configs the one at their size."""
+def tile_set(family: str, stem: str, data: DemoData, whole_images: bool = False) -> Path:
+    """The tile set a config trains on: fastai crop configs the --scaled one, mmseg configs the one at their size
+    (whole_images: the one of whole images at their size)."""
     if family == "fastai":
         from train.configs.fastai.base import load_config
 
@@ -238,7 +239,8 @@ def tile_set(family: str, stem: str, data: DemoData) -> Path:
         return data.tiles("tiles768" if cfg.sampler == "crops" else "tiles256r4")
     from mmengine.config import Config
 
-    return data.tiles(f"tiles{int(Config.fromfile(str(MMSEG_DIR / f'{stem}.py')).tile_size)}")
+    size = int(Config.fromfile(str(MMSEG_DIR / f"{stem}.py")).tile_size)
+    return data.tiles(f"tiles{size}{'w' if whole_images else ''}")
 
 
 def train_command(family: str, stem: str, tiles: Path, out: Path, steps: int, batch_size: int) -> list[str]:
@@ -297,14 +299,15 @@ HEADER = ["config", "steps", "seconds", "CPU s", "peak RSS", "validated", "expor
 
 
 def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: int, batch_size: int,
-                    sizes: tuple[int, ...], timeout_s: float, reexport: bool = True) -> Row:
+                    sizes: tuple[int, ...], timeout_s: float, reexport: bool = True, whole_images: bool = False) -> Row:
     """Train -> validate -> export -> predict -> kernels.build for one config; every stage recorded in its Row.
-    reexport: mmseg runs are exported again by python -m train.export --run-dir (else the trainer's model.ts)."""
+    reexport: mmseg runs are exported again by python -m train.export --run-dir (else the trainer's model.ts);
+    whole_images: mmseg configs train on whole-image tiles."""
     from train.run_folder import is_smoke, run_dir
 
     row = Row(stem, family)
     logs, out = work / "logs" / stem, work / "outputs"
-    trained = run(train_command(family, stem, tile_set(family, stem, data), out, steps, batch_size),
+    trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch_size),
                   logs / "train.log", timeout_s)
     row.seconds, row.cpu_s, row.rss_mib = trained.seconds, trained.cpu_s, trained.rss_mib
     folder = run_dir(out, stem, 0)
@@ -408,9 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-minutes", type=float, default=60.0, help="per command")
     parser.add_argument("--markdown", type=Path, help="write the table here (default WORK/rehearsal.md)")
     parser.add_argument("--fresh", action="store_true", help="rehearse every config again (no kept rows)")
+    parser.add_argument("--whole-image-tiles", action="store_true",
+                        help="mmseg configs train on tiles of whole images (--splits 1; default 1,2), so their scale "
+                        "is one demo image per window (validation and prediction cost 4-9x less)")
     parser.add_argument("--max-memory-gib", type=float,
                         help="stop a command whose processes together use more memory (PSS) than this, as a failure "
-                        "that names the memory it reached (default: no limit)")
+                        "that names the memory it reached")
     parser.add_argument("--ci", action="store_true",
                         help=f"the CI form in WORK/ci: {', '.join(CI_CONFIGS)}, 1 step, sizes "
                         f"{', '.join(map(str, CI_SIZES))}, one validation image, whole-image 1024 px tiles, the "
@@ -421,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     start, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     configs = gpu_configs()
     if args.ci:
-        args.configs, args.steps, args.sizes = list(CI_CONFIGS), 1, list(CI_SIZES)
+        args.configs, args.steps, args.sizes, args.whole_image_tiles = list(CI_CONFIGS), 1, list(CI_SIZES), True
     if args.configs:
         known = dict((stem, family) for family, stem in configs)
         unknown = [c for c in args.configs if c not in known]
@@ -430,17 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         configs = [(known[c], c) for c in args.configs]
     work = args.work.resolve() / ("ci" if args.ci else "")
     timeout_s = args.timeout_minutes * 60
-    data = (DemoData(work, timeout_s, n_folds=CI_FOLDS, tile_sets=CI_TILE_SETS) if args.ci
-            else DemoData(work, timeout_s))
+    data = DemoData(work, timeout_s, n_folds=CI_FOLDS if args.ci else 5)
     rows = []
-    settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes), "ci": args.ci}
+    settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes), "ci": args.ci,
+                "whole_image_tiles": args.whole_image_tiles}
     for family, stem in configs:
         print(f"== {family}/{stem}", flush=True)
         kept = work / "rows" / f"{stem}.json"
         row = None if args.fresh else Row.load(kept, settings)
         if row is None:
             row = rehearse_config(family, stem, data, work, args.steps, args.batch_size, tuple(sorted(args.sizes)),
-                                  timeout_s, reexport=not args.ci)
+                                  timeout_s, reexport=not args.ci, whole_images=args.whole_image_tiles)
             row.save(kept, settings)
         else:
             print(f"kept from an earlier run with the same settings ({kept})")
@@ -460,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
     line = (f"{len(rows)} GPU configs{' (the CI form)' if args.ci else ''}, {args.steps} optimizer step(s) at batch "
-            f"{args.batch_size}, encoders random, CPU ({os.cpu_count()} cores), predict on "
+            f"{args.batch_size}, encoders random, {'whole-image' if args.whole_image_tiles else 'split 1,2'} mmseg "
+            f"tiles, CPU ({os.cpu_count()} cores), predict on "
             f"{', '.join(map(str, sorted(args.sizes)))} px; every command of this run together: "
             f"{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU")
     text = markdown(rows, verdict, [m.config for m in chosen], line)
