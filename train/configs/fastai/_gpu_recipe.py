@@ -25,7 +25,7 @@ GPU_RECIPE = FastaiConfig(
 # same benchmark scored level with copies alone on HuBMAP rows (0.55, 2 seeds). A tile set without copies trains as
 # before, with a warning.
 # Real tissue (benchmarks/real_tissue.py: DAB kidney -> HuBMAP PAS kidney, CPU length) did not confirm the render
-# ranking: copies alone 0.14, with AdaBN 0.35, below flips + AdaBN (0.40, 3 seeds); online transfer was not run there.
+# ranking: with AdaBN, copies 0.31 and online stain transfer 0.34, both below flips 0.40 (3 seeds each, ~100 steps).
 # What carries these models to HuBMAP at inference is AdaBN, on by default for the sources a model never trained on
 # (the EfficientNet / ResNeSt / ResNeXt encoders have BatchNorm; ConvNeXt, CoaT and MiT use LayerNorm and are left
 # as trained). The stain recipe stays until a GPU-length real-tissue run can rank it (45k steps, not ~100).
