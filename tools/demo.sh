@@ -21,8 +21,12 @@ run() {
     exit 1
   fi
 }
-# the trainers' closing report: the validation Dice table of the submission path
-report() { tr '\r' '\n' < "$LOGS/$1" | sed -n '/validation Dice of the submission path/,$p' | grep -v '^\s*$' | head -n 12; }
+# the trainers' closing report: the validation Dice table of the submission path, or the line saying the run was
+# already trained (a re-run of make demo: the log then has no table, which must not fail the stage)
+report() {
+  tr '\r' '\n' < "$LOGS/$1" | sed -n '/validation Dice of the submission path/,$p' | grep -v '^\s*$' | head -n 12 || true
+  grep -h "already trained" "$LOGS/$1" | sed "s/^/   /" || true
+}
 
 stage "1/7 demo dataset -> $DEMO/data"
 if [ -f "$DEMO/data/test_solution.csv" ]; then echo "   already there"; else
