@@ -1,8 +1,8 @@
 """Rehearse every GPU recipe on CPU, end to end, so no recipe reaches its first GPU user untried.
 
     python -m benchmarks.rehearse [--work rehearsal] [--configs NAME ...] [--steps 1] [--batch-size 1]
-        [--sizes 160 3000 4500] [--whole-image-tiles] [--timeout-minutes 60] [--max-memory-gib G]
-        [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
+        [--sizes 160 3000 4500] [--whole-image-tiles] [--mmseg-options KEY=VALUE ...] [--timeout-minutes 60]
+        [--max-memory-gib G] [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
     make rehearse
 
 On demo data (data_prep.make_demo, folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
@@ -243,13 +243,15 @@ def tile_set(family: str, stem: str, data: DemoData, whole_images: bool = False)
     return data.tiles(f"tiles{size}{'w' if whole_images else ''}")
 
 
-def train_command(family: str, stem: str, tiles: Path, out: Path, steps: int, batch_size: int) -> list[str]:
-    """The trainer's own command line: fold 0, --max-steps, random encoder weights, a smaller batch."""
+def train_command(family: str, stem: str, tiles: Path, out: Path, steps: int, batch_size: int,
+                  mmseg_options: tuple[str, ...] = ()) -> list[str]:
+    """The trainer's own command line: fold 0, --max-steps, random encoder weights, a smaller batch (and, for mmseg,
+    any further --cfg-options)."""
     common = ["--fold", 0, "--tiles", tiles, "--out", out, "--max-steps", steps, "--encoder-weights", "none",
               "--overwrite"]
     if family == "fastai":
         return python("train.fastai_unet", "--config", stem, *common, "--batch-size", batch_size)
-    options = [f"train_dataloader.batch_size={batch_size}"]
+    options = [f"train_dataloader.batch_size={batch_size}", *mmseg_options]
     return python("train.mmseg_train", "--config", MMSEG_DIR / f"{stem}.py", *common, "--cfg-options", *options)
 
 
@@ -299,7 +301,8 @@ HEADER = ["config", "steps", "seconds", "CPU s", "peak RSS", "validated", "expor
 
 
 def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: int, batch_size: int,
-                    sizes: tuple[int, ...], timeout_s: float, reexport: bool = True, whole_images: bool = False) -> Row:
+                    sizes: tuple[int, ...], timeout_s: float, reexport: bool = True, whole_images: bool = False,
+                    mmseg_options: tuple[str, ...] = ()) -> Row:
     """Train -> validate -> export -> predict -> kernels.build for one config; every stage recorded in its Row.
     reexport: mmseg runs are exported again by python -m train.export --run-dir (else the trainer's model.ts);
     whole_images: mmseg configs train on whole-image tiles."""
@@ -307,7 +310,8 @@ def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: i
 
     row = Row(stem, family)
     logs, out = work / "logs" / stem, work / "outputs"
-    trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch_size),
+    trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch_size,
+                                mmseg_options),
                   logs / "train.log", timeout_s)
     row.seconds, row.cpu_s, row.rss_mib = trained.seconds, trained.cpu_s, trained.rss_mib
     folder = run_dir(out, stem, 0)
@@ -414,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole-image-tiles", action="store_true",
                         help="mmseg configs train on tiles of whole images (--splits 1; default 1,2), so their scale "
                         "is one demo image per window (validation and prediction cost 4-9x less)")
+    parser.add_argument("--mmseg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="more --cfg-options for the mmseg trainer, e.g. model.backbone.with_cp=True (gradient "
+                        "checkpointing: the same model in less memory)")
     parser.add_argument("--max-memory-gib", type=float,
                         help="stop a command whose processes together use more memory (PSS) than this, as a failure "
                         "that names the memory it reached")
@@ -439,14 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     data = DemoData(work, timeout_s, n_folds=CI_FOLDS if args.ci else 5)
     rows = []
     settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes), "ci": args.ci,
-                "whole_image_tiles": args.whole_image_tiles}
+                "whole_image_tiles": args.whole_image_tiles,
+                **({"mmseg_options": args.mmseg_options} if args.mmseg_options else {})}
     for family, stem in configs:
         print(f"== {family}/{stem}", flush=True)
         kept = work / "rows" / f"{stem}.json"
         row = None if args.fresh else Row.load(kept, settings)
         if row is None:
             row = rehearse_config(family, stem, data, work, args.steps, args.batch_size, tuple(sorted(args.sizes)),
-                                  timeout_s, reexport=not args.ci, whole_images=args.whole_image_tiles)
+                                  timeout_s, reexport=not args.ci, whole_images=args.whole_image_tiles,
+                                  mmseg_options=tuple(args.mmseg_options))
             row.save(kept, settings)
         else:
             print(f"kept from an earlier run with the same settings ({kept})")
@@ -467,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
     line = (f"{len(rows)} GPU configs{' (the CI form)' if args.ci else ''}, {args.steps} optimizer step(s) at batch "
             f"{args.batch_size}, encoders random, {'whole-image' if args.whole_image_tiles else 'split 1,2'} mmseg "
-            f"tiles, CPU ({os.cpu_count()} cores), predict on "
+            f"tiles{', mmseg options ' + ' '.join(args.mmseg_options) if args.mmseg_options else ''}, "
+            f"CPU ({os.cpu_count()} cores), predict on "
             f"{', '.join(map(str, sorted(args.sizes)))} px; every command of this run together: "
             f"{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU")
     text = markdown(rows, verdict, [m.config for m in chosen], line)
