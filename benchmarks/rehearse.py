@@ -243,6 +243,18 @@ def tile_set(family: str, stem: str, data: DemoData, whole_images: bool = False)
     return data.tiles(f"tiles{size}{'w' if whole_images else ''}")
 
 
+def rehearsal_batch(family: str, stem: str, batch_size: int) -> int:
+    """The batch a config is rehearsed at: batch_size, but at least 2 for a fastai ResNeSt encoder whose BatchNorm
+    trains (its split attention normalises pooled 1x1 features: BatchNorm cannot train on one value per channel,
+    found by the rehearsal of unet_resnest101_256x4; the recipe's own batch is 32)."""
+    if family != "fastai":
+        return batch_size
+    from train.configs.fastai.base import load_config
+
+    cfg = load_config(stem)[1]
+    return max(batch_size, 2) if "resnest" in cfg.encoder and not cfg.freeze_encoder_bn else batch_size
+
+
 def train_command(family: str, stem: str, tiles: Path, out: Path, steps: int, batch_size: int,
                   mmseg_options: tuple[str, ...] = ()) -> list[str]:
     """The trainer's own command line: fold 0, --max-steps, random encoder weights, a smaller batch (and, for mmseg,
@@ -262,6 +274,7 @@ class Row:
     config: str
     family: str
     steps: int = 0
+    batch: int | None = None  # when it differs from --batch-size (rehearsal_batch)
     seconds: float | None = None
     cpu_s: float | None = None
     rss_mib: float | None = None
@@ -293,7 +306,8 @@ class Row:
         seconds = "-" if self.seconds is None else f"{self.seconds:.0f}"
         cpu = "-" if self.cpu_s is None else f"{self.cpu_s:.0f}"
         rss = "-" if self.rss_mib is None else f"{self.rss_mib / 1024:.1f} GiB"
-        return [f"{self.family}/{self.config}", str(self.steps), seconds, cpu, rss, self.validated, self.exported,
+        steps = f"{self.steps} at batch {self.batch}" if self.batch else str(self.steps)
+        return [f"{self.family}/{self.config}", steps, seconds, cpu, rss, self.validated, self.exported,
                 self.predicted, self.kernel]
 
 
@@ -309,8 +323,11 @@ def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: i
     from train.run_folder import is_smoke, run_dir
 
     row = Row(stem, family)
+    batch = rehearsal_batch(family, stem, batch_size)
+    if batch != batch_size:
+        row.batch = batch
     logs, out = work / "logs" / stem, work / "outputs"
-    trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch_size,
+    trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch,
                                 mmseg_options),
                   logs / "train.log", timeout_s)
     row.seconds, row.cpu_s, row.rss_mib = trained.seconds, trained.cpu_s, trained.rss_mib

@@ -60,3 +60,12 @@ def test_a_command_over_the_memory_limit_is_stopped_and_named(tmp_path: Path, mo
     assert stage.failure().startswith("memory: stopped at ") and "over the 0.2 GiB limit" in stage.failure()
     monkeypatch.setattr(rehearse, "MEMORY_LIMIT_GIB", None)
     assert rehearse.run([sys.executable, "-c", "pass"], tmp_path / "ok.log", timeout_s=60).ok
+
+
+def test_a_resnest_whose_batchnorm_trains_is_rehearsed_at_batch_two() -> None:
+    """timm's ResNeSt normalises pooled 1x1 features: BatchNorm in training mode fails on a batch of 1."""
+    assert rehearse.rehearsal_batch("fastai", "unet_resnest101_256x4", 1) == 2
+    assert rehearse.rehearsal_batch("fastai", "unet_resnest269_768", 1) == 1  # its encoder BN is frozen
+    assert rehearse.rehearsal_batch("fastai", "unet_resnext50_512", 1) == 1
+    assert rehearse.rehearsal_batch("mmseg", "segformer_mit-b3_1024", 1) == 1
+    assert rehearse.rehearsal_batch("fastai", "unet_resnest101_256x4", 4) == 4
