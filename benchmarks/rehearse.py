@@ -230,13 +230,15 @@ def write_size_classes(data: Path, out: Path) -> Path:
 
 
 def tile_set(family: str, stem: str, data: DemoData, whole_images: bool = False) -> Path:
-    """The tile set a config trains on: fastai crop configs the --scaled one, mmseg configs the one at their size
-    (whole_images: the one of whole images at their size)."""
+    """The tile set a config trains on: fastai configs the 768 px one with --scaled whole images (crops, split tiles)
+    or the reduce-4 one (reduce tiles), mmseg configs the one at their size (whole_images: of whole images)."""
     if family == "fastai":
         from train.configs.fastai.base import load_config
 
         cfg = load_config(stem)[1]
-        return data.tiles("tiles768" if cfg.sampler == "crops" else "tiles256r4")
+        # the crop sampler and split-tile configs (unet_resnest269_768) the 768 px split / scaled set; the configs
+        # that train on reduce tiles (unet_resnest101_256x4) the reduce-4 set
+        return data.tiles("tiles256r4" if cfg.sampler == "tiles" and cfg.train_reduces else "tiles768")
     from mmengine.config import Config
 
     size = int(Config.fromfile(str(MMSEG_DIR / f"{stem}.py")).tile_size)

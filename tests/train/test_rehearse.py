@@ -69,3 +69,16 @@ def test_a_resnest_whose_batchnorm_trains_is_rehearsed_at_batch_two() -> None:
     assert rehearse.rehearsal_batch("fastai", "unet_resnext50_512", 1) == 1
     assert rehearse.rehearsal_batch("mmseg", "segformer_mit-b3_1024", 1) == 1
     assert rehearse.rehearsal_batch("fastai", "unet_resnest101_256x4", 4) == 4
+
+
+def test_each_fastai_recipe_trains_on_the_tile_set_of_its_sampler() -> None:
+    """Split-tile configs on the 768 px split set (unet_resnest269_768 was rehearsed on the reduce-4 set), reduce-tile
+    configs on the reduce-4 set, crop configs on the set with --scaled whole images."""
+    class Named:
+        def tiles(self, name: str) -> str:
+            return name
+
+    chosen = {stem: rehearse.tile_set(family, stem, Named()) for family, stem in rehearse.gpu_configs()
+              if family == "fastai"}
+    assert chosen["unet_resnest269_768"] == "tiles768" and chosen["unet_resnest101_256x4"] == "tiles256r4"
+    assert chosen["unet_effb7_768"] == chosen["unet_mit_b5_1024"] == "tiles768"
