@@ -151,3 +151,26 @@ def test_last_checkpoint_is_written_atomically_before_the_old_checkpoint_goes(
     from mmengine.hooks import checkpoint_hook
 
     assert "open" not in vars(checkpoint_hook)
+
+
+def test_checkpoints_to_the_atomic_backend_stream_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runner.save_checkpoint's mmengine function serialises into a BytesIO and copies it (the checkpoint twice in
+    memory); inside the hook's saves it is replaced for our backend by torch.save into the atomic writer."""
+    from mmengine.runner import runner as mmengine_runner
+
+    from train.mmseg_ext.checkpoint import _streamed_checkpoints
+
+    buffered = []
+
+    def mmengine_save(checkpoint, filename, file_client_args=None, backend_args=None) -> None:
+        buffered.append(filename)
+
+    monkeypatch.setattr(mmengine_runner, "save_checkpoint", mmengine_save)
+    with _streamed_checkpoints():
+        mmengine_runner.save_checkpoint({"w": torch.ones(3)}, str(tmp_path / "ours.pth"),
+                                        backend_args=dict(backend=ATOMIC_BACKEND))
+        mmengine_runner.save_checkpoint({"w": torch.ones(3)}, str(tmp_path / "other.pth"), backend_args=None)
+    assert torch.load(tmp_path / "ours.pth", weights_only=True)["w"].sum() == 3
+    assert buffered == [str(tmp_path / "other.pth")]  # another backend keeps mmengine's function
+    assert mmengine_runner.save_checkpoint is mmengine_save  # restored after the save
+    assert not list(tmp_path.glob(".*tmp*"))

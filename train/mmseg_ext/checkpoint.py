@@ -29,6 +29,7 @@ from mmengine.hooks import CheckpointHook
 from mmengine.hooks import checkpoint_hook as mmengine_checkpoint_hook
 from mmengine.registry import HOOKS, init_default_scope
 from mmengine.runner import CheckpointLoader, load_checkpoint
+from mmengine.runner import runner as mmengine_runner
 from torch import nn
 
 from inference.atomic import atomic_write, write_bytes, write_text
@@ -70,6 +71,27 @@ def _atomic_last_checkpoint() -> Iterator[None]:
         yield
     finally:
         del mmengine_checkpoint_hook.open
+
+
+@contextlib.contextmanager
+def _streamed_checkpoints() -> Iterator[None]:
+    """While it is open, Runner.save_checkpoint to our atomic backend streams torch.save into the atomic writer's
+    temporary file. mmengine's save_checkpoint serialises into a BytesIO and copies it out with getvalue(), so the
+    checkpoint is held twice in memory: for UperNet-ConvNeXt-XL (350M weights and their AdamW state, 4.2 GB) that
+    pushed the CPU rehearsal past 12 GiB. Other backends keep mmengine's function."""
+    original = mmengine_runner.save_checkpoint
+
+    def save(checkpoint, filename, file_client_args=None, backend_args=None) -> None:
+        if file_client_args is not None or (backend_args or {}).get("backend") != ATOMIC_BACKEND:
+            return original(checkpoint, filename, file_client_args=file_client_args, backend_args=backend_args)
+        with atomic_write(filename, "wb", suffix=".pth") as handle:
+            torch.save(checkpoint, handle)
+
+    mmengine_runner.save_checkpoint = save
+    try:
+        yield
+    finally:
+        mmengine_runner.save_checkpoint = original
 
 
 class _DeferredRemoval:
@@ -123,7 +145,7 @@ class AtomicCheckpointHook(CheckpointHook):
         deferred = _DeferredRemoval(backend)
         self.file_backend = deferred
         try:
-            with _atomic_last_checkpoint():
+            with _atomic_last_checkpoint(), _streamed_checkpoints():
                 super()._save_checkpoint_with_step(runner, step, meta)
         finally:
             self.file_backend = backend
@@ -138,7 +160,8 @@ class AtomicCheckpointHook(CheckpointHook):
         deferred = _DeferredRemoval(backend)
         self.file_backend = deferred
         try:
-            super()._save_best_checkpoint(runner, metrics)
+            with _streamed_checkpoints():
+                super()._save_best_checkpoint(runner, metrics)
         finally:
             self.file_backend = backend
         current = {str(self.best_ckpt_path)} | {str(p) for p in getattr(self, "best_ckpt_path_dict", {}).values()}
