@@ -7,7 +7,8 @@ and past max_keep_ckpts it removes the oldest checkpoint before writing the next
 it: a kill in between, and every resume ends in FileNotFoundError. It writes work/last_checkpoint (the name of the
 checkpoint a resume loads) with a plain open(..., "w"): a kill between the truncation and the write leaves it empty,
 and the resume fails on the path ''. AtomicCheckpointHook (configs get it through train.mmseg_train.prepare_config)
-writes checkpoints through AtomicLocalBackend and last_checkpoint through inference.atomic, removes an old checkpoint
+writes checkpoints through inference.atomic (torch.save streamed into the temporary file: mmengine's own
+save_checkpoint holds each checkpoint twice in memory) and last_checkpoint too, removes an old checkpoint
 (best or kept) only after its successor and the files naming it are on disk, and on resume adopts the newest best
 file on disk when the one the checkpoint names is gone.
 """
