@@ -56,7 +56,6 @@ import pandas as pd
 from inference.cli import parser as cli_parser
 
 REPO = Path(__file__).resolve().parents[1]
-FASTAI_DIR = REPO / "train" / "configs" / "fastai"
 MMSEG_DIR = REPO / "train" / "configs" / "mmseg"
 # mmseg's CPU and demo configs: every other file in its config folder is a GPU recipe (the fastai GPU recipes are
 # the `recipes` group of train/configs/fastai)
