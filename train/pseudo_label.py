@@ -194,10 +194,8 @@ def run_pseudo_labels(
         members = load_members([Path(m) for m in models], weights, device, batch_size, blend)
         adaptation = None
         if options.adapt_bn != "off":
-            adaptation = adapt_batchnorm(
-                rows, images, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
-                scale_mode=options.scale_mode, max_side=options.max_side, stain_reference=options.image_reference,
-                grouping=options.adapt_bn_groups, mode=options.adapt_bn, min_images=options.adapt_bn_min_images)
+            adaptation = adapt_batchnorm(rows, images, members, stain_reference=options.image_reference,
+                                         **options.adapt_bn_arguments())
         try:
             _label_images(todo, images, out, members, options, adaptation, low, high)
         finally:

@@ -167,10 +167,7 @@ def _adapt(table: pd.DataFrame, image_dir: Path, members: list[Member], options:
         return loaded.seen
 
     try:
-        return adapt_batchnorm(
-            table, image_dir, members, windows=options.adapt_bn_windows, max_images=options.adapt_bn_images,
-            scale_mode=options.scale_mode, max_side=options.max_side, read=read, grouping=options.adapt_bn_groups,
-            mode=options.adapt_bn, min_images=options.adapt_bn_min_images)
+        return adapt_batchnorm(table, image_dir, members, read=read, **options.adapt_bn_arguments())
     except Exception as exc:  # per member and group it fails soft itself; this is the last resort
         log.warning("--adapt-bn failed (%s: %s): every member predicts as trained", type(exc).__name__, exc)
         return None

@@ -96,6 +96,12 @@ class Options(EnsembleOptions):
         """A copy at a time-budget level: EnsembleOptions' knobs plus the stain views kept."""
         return dataclasses.replace(super().with_level(level), stain_tta=level.stain)
 
+    def adapt_bn_arguments(self) -> dict:
+        """adapt_batchnorm's keyword arguments under these options (the loop and train.pseudo_label's teacher)."""
+        return dict(windows=self.adapt_bn_windows, max_images=self.adapt_bn_images, scale_mode=self.scale_mode,
+                    max_side=self.max_side, grouping=self.adapt_bn_groups, mode=self.adapt_bn,
+                    min_images=self.adapt_bn_min_images)
+
     @property
     def image_reference(self) -> str | None:
         """The reference the image itself is normalised to: none under stain TTA, which keeps it as it is too."""
