@@ -85,7 +85,7 @@ from train.fastai_callbacks import (
 )
 from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
 from train.losses import SegmentationLoss
-from train.models import build_model, exported_as_torchscript
+from train.models import build_model, enable_gradient_checkpointing, exported_as_torchscript
 from train.validation import write_oof
 
 CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
@@ -236,6 +236,8 @@ def train(
     if distributed and device.type != "cuda":
         dls.loaders = [CPUDistributedDL(dl) for dl in dls.loaders]
     model = build_model(cfg, weights=start == 0).to(device)
+    if cfg.grad_checkpointing:
+        print(f"gradient checkpointing: {enable_gradient_checkpointing(model)} blocks recompute their activations")
     learn = Learner(
         dls,
         model,
@@ -414,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ImportError, TypeError) as exc:
         parser.error(str(exc))
     cfg = cfg.override(epochs=args.epochs, bs=args.bs, lr=args.lr, seed=args.seed, minutes=args.minutes,
+                       grad_checkpointing=args.grad_checkpointing,
                        average_k=args.average_k, average_by=args.average_by,
                        histmatch_targets=tuple(args.histmatch_targets) if args.histmatch_targets else None)
     if cfg.augment.endswith(REFERENCE_PRESETS) and not cfg.histmatch_targets:

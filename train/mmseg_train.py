@@ -383,13 +383,15 @@ def train(
     resume: bool = True,
     overwrite: bool = False,
     max_steps: int | None = None,
+    grad_checkpointing: bool | None = None,
     launcher: str = "none",
     cfg_options: dict | None = None,
 ) -> dict:
     """Train one fold of an mmseg config and write its checkpoint folder OUT/<config-stem>/fold<k>; return its metrics.
 
     The run folder's policy is train.run_folder.prepare's (finished kept, unfinished resumed unless resume=False,
-    overwrite retrains); encoder_weights 'imagenet' | 'none' | FILE (None: the config's); max_steps: a smoke run.
+    overwrite retrains); encoder_weights 'imagenet' | 'none' | FILE (None: the config's); max_steps: a smoke run;
+    grad_checkpointing: the backbone's own activation checkpointing (model.backbone.with_cp; None: the config's).
     """
     config, tiles = Path(config), Path(tiles)
     name = config.stem
@@ -406,6 +408,8 @@ def train(
         set_backbone_weights(cfg, encoder_weights)
     if max_steps is not None:
         smoke_settings(cfg, max_steps)
+    if grad_checkpointing:
+        cfg.model.backbone.with_cp = True  # mmseg's MiT and mmpretrain's ConvNeXt take it
     check_config(cfg, config)
     index = load_index(tiles)
     train_rows = fold_rows(index, fold, "train")

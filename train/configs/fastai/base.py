@@ -74,6 +74,9 @@ class FastaiConfig:
     minutes: float | None = None  # training time budget: epochs end by the clock, the LR schedule follows the clock
     mixed_precision: bool = True  # CUDA only; ignored on CPU
     channels_last: bool = False
+    # recompute each block's activations in the backward pass (train.models.checkpointing): far less memory for
+    # one more forward pass per step; the model and its files are unchanged
+    grad_checkpointing: bool = False
     num_workers: int = 4
     seed: int = 42
     # weight averaging (3rd place): the fold's model is the mean of the weights of the average_k best epochs by
