@@ -1,11 +1,13 @@
 """Rehearse every GPU recipe on CPU, end to end, so no recipe reaches its first GPU user untried.
 
     python -m benchmarks.rehearse [--work rehearsal] [--configs NAME ...] [--steps 1] [--batch-size 1]
-        [--sizes 160 3000 4500] [--whole-image-tiles] [--mmseg-options KEY=VALUE ...] [--timeout-minutes 60]
-        [--max-memory-gib G] [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
+        [--sizes 160 3000 4500] [--demo-scale 1] [--whole-image-tiles] [--grad-checkpointing]
+        [--mmseg-options KEY=VALUE ...] [--timeout-minutes 60] [--max-memory-gib G]
+        [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
     make rehearse
 
-On demo data (data_prep.make_demo, folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
+On demo data at the competition's scale (data_prep.make_demo --scale 1: 3000 px images at their nominal pixel
+size, so each tile set's pixel size, and the windows of the 3000 and 4500 px predictions, are a real run's), folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
 stain copy per image, all through their command lines), each GPU config of both trainers runs through its own
 command line for --steps optimizer steps at its real tile size and with its real data pipeline (augmentation preset,
 crop sampler, stain-copy share, low-res blur, channels-last, gradient accumulation), encoders with random weights
@@ -19,14 +21,17 @@ It prints a table (config, steps, seconds and CPU seconds of the trainer's comma
 predicted, kernel) and the wall and CPU seconds of every command together, and writes it as markdown. A stage that
 fails, runs past --timeout-minutes or uses more than --max-memory-gib (its processes' proportional set size
 together) is written in the table as such, with the memory it reached, never skipped.
-Each config's row is kept in WORK/rows/<config>.json: a re-run with the same settings reuses it (--fresh redoes it),
-so a long rehearsal can be run in parts (e.g. --configs of one family, then all). The ensemble's members are the
-CI configs when they passed, else the first config of each family that did.
+Data, runs and logs go to WORK/scale<S> (WORK/ci for --ci); each config's row is kept in its rows/<config>.json:
+a re-run with the same settings reuses it (--fresh redoes it), so a long rehearsal can be run in parts (e.g.
+--configs of one family, then all). --grad-checkpointing passes the trainers' own flag (activations recomputed in
+the backward pass), for the 1024 px configs whose step at batch 1 needs more memory than a CPU box has. The
+ensemble's members are the CI configs when they passed, else the first config of each family that did.
 --ci: the smallest GPU config of each family (unet_resnext50_512, segformer_mit-b3_1024), in WORK/ci, reduced to fit
 about 4 minutes of one CPU core inside the suite (tests/train/test_rehearse.py runs it); each family still trains
 through its own command line, real tile size and data pipeline, validates through the submission path, exports,
 predicts and goes through kernels.build and the notebook. The reductions, and why:
     1 step at batch 1     as in the full rehearsal (both configs accumulate no gradients: one step is one batch)
+    demo scale 1/6        make_demo's default 500 px images (the 160 px size class alone needs no real scale)
     one validation image  folds.csv with 10 folds of the 10 demo images (the full rehearsal: 5 folds, 2 images)
     whole-image tiles     --whole-image-tiles: the mmseg tile set is built with --splits 1 (default 1,2); with split
                           2 the demo's 500 px images are quarters blown up 4x, so SegFormer validated a 2048 px image
@@ -179,12 +184,13 @@ class DemoData:
     """Demo data, folds, the size-class images and (built when a config first needs one) the tile sets, each through
     its command line; anything already in the work folder is re-used."""
 
-    def __init__(self, work: Path, timeout_s: float, n_folds: int = 5) -> None:
+    def __init__(self, work: Path, timeout_s: float, n_folds: int = 5, scale: float | None = None) -> None:
         self.work, self.timeout_s = work, timeout_s
         self.data, self.logs = work / "data", work / "logs" / "data"
         if not (self.data / "train.csv").is_file():
-            checked(run(python("data_prep.make_demo", "--out", self.data, "--seed", 0, "--n-train", 10, "--n-test", 5),
-                        self.logs / "make_demo.log", timeout_s), "make_demo")
+            scaled = [] if scale is None else ["--scale", scale]
+            checked(run(python("data_prep.make_demo", "--out", self.data, "--seed", 0, "--n-train", 10, "--n-test", 5,
+                               *scaled), self.logs / "make_demo.log", timeout_s), "make_demo")
         self.folds = work / "folds.csv"
         if not self.folds.is_file():
             checked(run(python("data_prep.make_folds", "--train-csv", self.data / "train.csv", "--out", self.folds,
@@ -257,11 +263,11 @@ def rehearsal_batch(family: str, stem: str, batch_size: int) -> int:
 
 
 def train_command(family: str, stem: str, tiles: Path, out: Path, steps: int, batch_size: int,
-                  mmseg_options: tuple[str, ...] = ()) -> list[str]:
+                  mmseg_options: tuple[str, ...] = (), grad_checkpointing: bool = False) -> list[str]:
     """The trainer's own command line: fold 0, --max-steps, random encoder weights, a smaller batch (and, for mmseg,
     any further --cfg-options)."""
     common = ["--fold", 0, "--tiles", tiles, "--out", out, "--max-steps", steps, "--encoder-weights", "none",
-              "--overwrite"]
+              "--overwrite", *(["--grad-checkpointing"] if grad_checkpointing else [])]
     if family == "fastai":
         return python("train.fastai_unet", "--config", stem, *common, "--batch-size", batch_size)
     options = [f"train_dataloader.batch_size={batch_size}", *mmseg_options]
@@ -317,7 +323,7 @@ HEADER = ["config", "steps", "seconds", "CPU s", "peak RSS", "validated", "expor
 
 def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: int, batch_size: int,
                     sizes: tuple[int, ...], timeout_s: float, reexport: bool = True, whole_images: bool = False,
-                    mmseg_options: tuple[str, ...] = ()) -> Row:
+                    mmseg_options: tuple[str, ...] = (), grad_checkpointing: bool = False) -> Row:
     """Train -> validate -> export -> predict -> kernels.build for one config; every stage recorded in its Row.
     reexport: mmseg runs are exported again by python -m train.export --run-dir (else the trainer's model.ts);
     whole_images: mmseg configs train on whole-image tiles."""
@@ -329,7 +335,7 @@ def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: i
         row.batch = batch
     logs, out = work / "logs" / stem, work / "outputs"
     trained = run(train_command(family, stem, tile_set(family, stem, data, whole_images), out, steps, batch,
-                                mmseg_options),
+                                mmseg_options, grad_checkpointing),
                   logs / "train.log", timeout_s)
     row.seconds, row.cpu_s, row.rss_mib = trained.seconds, trained.cpu_s, trained.rss_mib
     folder = run_dir(out, stem, 0)
@@ -431,8 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", choices=[s[3] for s in SIZE_CLASSES],
                         default=[s[3] for s in SIZE_CLASSES], help="size classes inference.predict runs on")
     parser.add_argument("--timeout-minutes", type=float, default=60.0, help="per command")
-    parser.add_argument("--markdown", type=Path, help="write the table here (default WORK/rehearsal.md)")
+    parser.add_argument("--markdown", type=Path, help="write the table here (default WORK/scale<S>/rehearsal.md)")
     parser.add_argument("--fresh", action="store_true", help="rehearse every config again (no kept rows)")
+    parser.add_argument("--demo-scale", type=float, default=1.0,
+                        help="make_demo --scale of the demo data: 1 = 3000 px images at their nominal pixel size, so "
+                        "tile sets and predictions run at a real run's scale (the CI form: make_demo's 1/6)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="train with the trainers' --grad-checkpointing (the 1024 px configs on a CPU box)")
     parser.add_argument("--whole-image-tiles", action="store_true",
                         help="mmseg configs train on tiles of whole images (--splits 1; default 1,2), so their scale "
                         "is one demo image per window (validation and prediction cost 4-9x less)")
@@ -459,12 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"not GPU configs: {unknown}; choose from {sorted(known)}")
         configs = [(known[c], c) for c in args.configs]
-    work = args.work.resolve() / ("ci" if args.ci else "")
+    scale = None if args.ci else args.demo_scale
+    work = args.work.resolve() / ("ci" if args.ci else f"scale{args.demo_scale:g}")
     timeout_s = args.timeout_minutes * 60
-    data = DemoData(work, timeout_s, n_folds=CI_FOLDS if args.ci else 5)
+    data = DemoData(work, timeout_s, n_folds=CI_FOLDS if args.ci else 5, scale=scale)
     rows = []
     settings = {"steps": args.steps, "batch_size": args.batch_size, "sizes": sorted(args.sizes), "ci": args.ci,
-                "whole_image_tiles": args.whole_image_tiles,
+                "whole_image_tiles": args.whole_image_tiles, "demo_scale": scale,
+                **({"grad_checkpointing": True} if args.grad_checkpointing else {}),
                 **({"mmseg_options": args.mmseg_options} if args.mmseg_options else {})}
     for family, stem in configs:
         print(f"== {family}/{stem}", flush=True)
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         if row is None:
             row = rehearse_config(family, stem, data, work, args.steps, args.batch_size, tuple(sorted(args.sizes)),
                                   timeout_s, reexport=not args.ci, whole_images=args.whole_image_tiles,
-                                  mmseg_options=tuple(args.mmseg_options))
+                                  mmseg_options=tuple(args.mmseg_options), grad_checkpointing=args.grad_checkpointing)
             row.save(kept, settings)
         else:
             print(f"kept from an earlier run with the same settings ({kept})")
@@ -495,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     line = (f"{len(rows)} GPU configs{' (the CI form)' if args.ci else ''}, {args.steps} optimizer step(s) at batch "
             f"{args.batch_size}, encoders random, {'whole-image' if args.whole_image_tiles else 'split 1,2'} mmseg "
             f"tiles{', mmseg options ' + ' '.join(args.mmseg_options) if args.mmseg_options else ''}, "
+            f"{'gradient checkpointing, ' if args.grad_checkpointing else ''}"
+            f"demo scale {'1/6 (make_demo default)' if scale is None else f'{scale:g}'}, "
             f"CPU ({os.cpu_count()} cores), predict on "
             f"{', '.join(map(str, sorted(args.sizes)))} px; every command of this run together: "
             f"{time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU")
