@@ -394,11 +394,25 @@ def test_mrn_trains_on_context_crops_and_exports_torchscript(demo_data: Path, de
 
 
 @pytest.mark.slow
-def test_max_steps_is_a_smoke_run_marked_in_the_folder(demo_tiles: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(grad_accum=2, epochs=5)
+def test_max_steps_is_a_smoke_run_marked_in_the_folder(demo_tiles: Path, tmp_path: Path, capsys) -> None:
+    """Also trains with gradient checkpointing (the rehearsal's setting for the 1024 px recipes), recorded."""
+    cfg = tiny_config(grad_accum=2, epochs=5, grad_checkpointing=True)
     metrics = train(cfg, "smoke", 0, demo_tiles, tmp_path, max_steps=2)
     folder = tmp_path / "smoke" / "fold0"
+    assert "blocks recompute their activations" in capsys.readouterr().out
+    assert CheckpointConfig.load(folder).train["grad_checkpointing"] is True
     assert metrics["smoke"] is True and metrics["max_steps"] == 2 and metrics["epochs"] == 1
     assert metrics["steps"] == 4  # 2 optimizer steps of 2 accumulated batches, then one validation
     assert metrics["dice"] is not None and json.loads((folder / "metrics.json").read_text())["smoke"] is True
     assert CheckpointConfig.load(folder).train["smoke"] is True
+
+
+def test_grad_checkpointing_flag_overrides_the_config(demo_tiles: Path, tmp_path: Path, monkeypatch) -> None:
+    from train import fastai_unet
+
+    seen = []
+    monkeypatch.setattr(fastai_unet, "train", lambda cfg, *args, **kwargs: seen.append(cfg.grad_checkpointing))
+    common = ["--config", "unet_mit_b5_1024", "--fold", "0", "--tiles", str(demo_tiles), "--out", str(tmp_path)]
+    fastai_unet.main(common)
+    fastai_unet.main([*common, "--grad-checkpointing"])
+    assert seen == [False, True]

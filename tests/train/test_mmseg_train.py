@@ -4,6 +4,7 @@ resumes and fits a time budget; the CPU SegFormer trains as a binary model, aver
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import pickle
 import shutil
@@ -22,6 +23,7 @@ from mmseg.registry import (  # noqa: E402
     DATASETS,
     HOOKS,
     LOOPS,
+    MODELS,
     OPTIM_WRAPPER_CONSTRUCTORS,
     OPTIM_WRAPPERS,
     OPTIMIZERS,
@@ -93,6 +95,8 @@ def test_config_builds(config: Path) -> None:
     assert model.decode_head.num_classes == (2 if binary else len(CLASSES))
     assert tuple(logits.shape) == (1, 1 if binary else len(CLASSES), 64, 96)
     check_config(replace_init(cfg), config)  # class count, FTU masks for 2 classes, averaging settings
+    backbone = MODELS.get(cfg.model.backbone.type)  # --grad-checkpointing sets model.backbone.with_cp
+    assert "with_cp" in inspect.signature(backbone).parameters, cfg.model.backbone.type
     # every other registry name the Runner will look up
     for step in cfg.train_dataloader.dataset.pipeline:
         assert registered(TRANSFORMS, step.type), step.type
@@ -352,8 +356,9 @@ def test_max_steps_marks_a_smoke_run_that_kernels_build_refuses(
     monkeypatch.setattr(dice, "kernel_dice", counted)
     monkeypatch.setattr(mmseg_train, "kernel_dice", counted)
     args = ["--config", str(DEMO), "--fold", "0", "--tiles", str(demo_tiles), "--out", str(tmp_path)]
-    main([*args, "--max-steps", "2", "--cfg-options", *FAST])
+    main([*args, "--max-steps", "2", "--grad-checkpointing", "--cfg-options", *FAST])
     run = tmp_path / DEMO.stem / "fold0"
+    assert Config.fromfile(str(run / "mmseg_config.py")).model.backbone.with_cp is True  # trained with it
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["smoke"] is True and metrics["trained_iters"] == 2 and metrics["iter"] == 2
     assert len(validations) == 1
