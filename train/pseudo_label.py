@@ -36,7 +36,7 @@ import argparse
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,14 @@ class PseudoSettings:
     adapt_bn_windows: int = 0
     adapt_bn_images: int = 0
     adapt_bn_min_images: int = 0
+
+
+def _adapt_bn_record(options: Options) -> dict:
+    """PseudoSettings' adapt_bn* fields as the teacher used them (Options has the same names); none when AdaBN is
+    off, so the record of a run without it keeps the fields' defaults."""
+    if options.adapt_bn == "off":
+        return {}
+    return {f.name: getattr(options, f.name) for f in fields(PseudoSettings) if f.name.startswith("adapt_bn")}
 
 
 def pseudo_label(probability: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
@@ -180,13 +188,12 @@ def run_pseudo_labels(
     options.use_organ = True  # the organ is known: multiclass members take its class, not the majority's
     pseudo_label(np.zeros((1, 1), np.float32), low, high)  # validates the thresholds before any work
     rows = image_table(images, table, organ, data_source)
-    settings = asdict(PseudoSettings(tuple(str(Path(m).resolve()) for m in models), float(low), float(high),
-                                     options.tta, options.scale_mode, options.ensemble,
-                                     options.stain_reference, options.stain_tta,
-                                     tuple(float(w) for w in weights) if weights else None, blend,
-                                     *((options.adapt_bn, options.adapt_bn_groups, options.adapt_bn_windows,
-                                        options.adapt_bn_images, options.adapt_bn_min_images)
-                                       if options.adapt_bn != "off" else ())))
+    settings = asdict(PseudoSettings(
+        models=tuple(str(Path(m).resolve()) for m in models), low=float(low), high=float(high), tta=options.tta,
+        scale_mode=options.scale_mode, ensemble=options.ensemble, stain_reference=options.stain_reference,
+        stain_tta=options.stain_tta, weights=tuple(float(w) for w in weights) if weights else None, blend=blend,
+        **_adapt_bn_record(options),
+    ))
     _check_settings(out, json.loads(json.dumps(settings)), overwrite)
     todo = rows[[not (out / "parts" / f"{i}.json").is_file() for i in rows["id"]]]
     print(f"pseudo_label: {len(rows)} images, {len(rows) - len(todo)} already done, {len(todo)} to label into {out}")
