@@ -4,8 +4,10 @@ checkpoints (best.pth, last.pth), weight snapshots for averaging, encoder BatchN
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +27,11 @@ from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
 from train.averaging import SnapshotPool
 from train.run_folder import inside
-from train.validation import ValidationImage, kernel_validation
+from train.validation import ValidationImage, kernel_validation, saved_validation, validate_into
 
 STATE = "state.json"
 CHECKPOINTS = "checkpoints"
+VALIDATIONS = "validations"  # under CHECKPOINTS: KernelDice's kept validations
 
 
 def save_learner(learn: Learner, path: Path, with_opt: bool) -> Path:
@@ -70,10 +73,15 @@ class Validation:
 
 
 class KernelDice(Metric):
-    """The monitored metric: Dice of the submission path on fold k's whole images, once per validation."""
+    """The monitored metric: Dice of the submission path on fold k's whole images, once per validation.
 
-    def __init__(self, validation: Validation) -> None:
-        self.validation = validation
+    keep: a folder where rank 0 keeps each validation's result and out-of-fold maps (train.validation.validate_into,
+    KEEP/epoch_<e>/) and then only the best one's (highest Dice, the earliest epoch on a tie, as BestCheckpoint
+    ranks them), so the trainer writes the fold's metrics.json and oof/ from it instead of validating again.
+    """
+
+    def __init__(self, validation: Validation, keep: Path | None = None, max_side: int = 512) -> None:
+        self.validation, self.keep, self.max_side = validation, keep, max_side
         self.learn: Learner | None = None
         self.result: dict | None = None
 
@@ -86,12 +94,36 @@ class KernelDice(Metric):
     @property
     def value(self) -> float | None:
         if self.result is None and self.learn is not None:
-            self.result = self.validation(get_model(self.learn.model))
+            model = get_model(self.learn.model)
+            if self.keep is None or rank_distrib() != 0:
+                self.result = self.validation(model)
+            else:  # the epoch as history.csv numbers it (EpochOffset)
+                folder = kept_validation(self.keep, int(self.learn.recorder.log[0]))
+                self.result = validate_into(folder, partial(self.validation, model), self.max_side)
+                keep_best_validation(self.keep)
         return None if self.result is None else self.result["dice"]
 
     @property
     def name(self) -> str:
         return "dice"
+
+
+def kept_validation(keep: Path, epoch: int) -> Path:
+    """The folder KernelDice keeps epoch `epoch`'s validation in."""
+    return Path(keep) / f"epoch_{int(epoch)}"
+
+
+def keep_best_validation(keep: Path) -> None:
+    """Remove every kept validation but the best finished one (highest Dice, earliest epoch on a tie)."""
+    finished = []
+    for folder in Path(keep).glob("epoch_*"):
+        saved = saved_validation(folder)
+        if saved is not None:
+            finished.append((-float(saved[0]["dice"]), int(folder.name.split("_")[1]), folder))
+    best = min(finished)[2] if finished else None
+    for folder in Path(keep).glob("epoch_*"):
+        if folder != best:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class TrainingClock(Callback):

@@ -31,11 +31,13 @@ train(cfg, name, fold, tiles) with cfg a FastaiConfig (load_config(name)[1]).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,7 @@ from train.export import export_torchscript
 from train.fastai_callbacks import (
     CHECKPOINTS,
     STATE,
+    VALIDATIONS,
     AppendingCSVLogger,
     BestCheckpoint,
     ClockScheduler,
@@ -81,12 +84,13 @@ from train.fastai_callbacks import (
     TrainingClock,
     Validation,
     WeightSnapshots,
+    kept_validation,
     load_learner_state,
 )
 from train.fastai_data import CPUDistributedDL, make_dataloaders, split_rows
 from train.losses import SegmentationLoss
 from train.models import build_model, enable_gradient_checkpointing, exported_as_torchscript
-from train.validation import write_oof
+from train.validation import fold_validation, saved_validation
 
 CLOCK_ITEMS = 10**7  # epoch length under a time budget: the clock ends the epoch long before the loader does
 
@@ -245,7 +249,7 @@ def train(
         opt_func=Adam,
         lr=cfg.lr,
         wd=cfg.wd,
-        metrics=[KernelDice(validation)] if validation else [],
+        metrics=[KernelDice(validation, folder / CHECKPOINTS / VALIDATIONS, cfg.oof_max_side)] if validation else [],
         path=folder,
         model_dir=CHECKPOINTS,
     )
@@ -353,13 +357,12 @@ def _write_outputs(
         metrics["note"] = "fold -1 trains on every fold: no validation images, no Dice"
         print(f"{config.name} fold -1: trained on all folds, saved {folder}")
     else:
-        oof = folder / "oof"
-        oof.mkdir(exist_ok=True)
-        rows: list[dict] = []
         start = time.time()
-        result = validation(model, on_image=lambda image: rows.append(write_oof(image, oof, cfg.oof_max_side)), progress=True)
-        pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
         best_epoch = int(history.loc[history["dice"].idxmax(), "epoch"]) if "dice" in history and len(history) else None
+        saved = _kept_best_validation(folder, history, best_epoch, averaged)
+        if saved is not None:
+            print(f"validation of epoch {best_epoch} kept from training (not predicted again)")
+        result = fold_validation(folder / "oof", saved, partial(validation, model, progress=True), cfg.oof_max_side)
         metrics.update(result, best_epoch=best_epoch, valid_seconds=round(time.time() - start, 1))
         chosen = f"best epoch {best_epoch}"
         if averaged is not None:
@@ -374,6 +377,19 @@ def _write_outputs(
     metrics = run_folder.write_metrics(folder, metrics)  # as a re-run reads it back (image ids become strings)
     shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
     return metrics
+
+
+def _kept_best_validation(folder: Path, history: pd.DataFrame, best_epoch: int | None,
+                          averaged: dict | None) -> tuple[dict, Path] | None:
+    """KernelDice's kept validation of the final weights, when they are the best epoch's (not an average of other
+    epochs) and the kept result is that epoch's as history.csv recorded it; else None (validate again)."""
+    if best_epoch is None or (averaged is not None and list(averaged["steps"]) != [best_epoch]):
+        return None
+    saved = saved_validation(kept_validation(folder / CHECKPOINTS / VALIDATIONS, best_epoch))
+    recorded = float(history.loc[history["epoch"] == best_epoch, "dice"].iloc[0])
+    if saved is None or not math.isclose(float(saved[0]["dice"]), recorded, abs_tol=1e-6):
+        return None
+    return saved
 
 
 def list_experiments() -> str:

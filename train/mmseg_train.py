@@ -36,7 +36,6 @@ validation, config.json and metrics.json marked "smoke": true, which kernels.bui
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -60,9 +59,9 @@ from train.averaging import SnapshotPool, check_rule
 from train.export import export_segmentor
 from train.mmseg_ext.checkpoint import ATOMIC_BACKEND, trust_checkpoints_in
 from train.mmseg_ext.dataset import check_ignore_index, fold_rows
-from train.mmseg_ext.dice import OOF_MAX_SIDE, iteration_of, kernel_dice, saved_validation
+from train.mmseg_ext.dice import OOF_MAX_SIDE, iteration_of, kernel_dice, validation_folder
 from train.mmseg_ext.time_budget import scaled_schedulers
-from train.validation import write_oof
+from train.validation import fold_validation, saved_validation
 
 ARTIFACTS = ("model.ts", "config.json", "mmseg_config.py", "best.pth", "metrics.json")
 
@@ -316,27 +315,17 @@ def finish(
         print(f"the fold's model is the mean of the weights at iterations {pool.steps} (by {pool.rule})")
     if is_main_process():
         if fold != -1:
-            oof = run_dir / "oof"
-            shutil.rmtree(oof, ignore_errors=True)
             # the runner's validation of the best checkpoint already ran the submission path: its kept result and
             # OOF maps are the fold's; only weights it never validated (an average, a stand-in latest) are validated
-            saved = None if metrics["averaged"] else saved_validation(cfg.work_dir, iteration_of(best))
+            saved = None if metrics["averaged"] else saved_validation(validation_folder(cfg.work_dir, iteration_of(best)))
             if saved is not None:
-                result, saved_oof = saved
-                shutil.copytree(saved_oof, oof)
                 print(f"validation of {Path(best).name} kept from training (not predicted again)")
-            else:
-                rows = []
-                oof.mkdir()
-                loop = runner.val_loop
-                result = kernel_dice(
-                    segmentor,
-                    checkpoint,
-                    loop.rows,
-                    loop.image_dir,
-                    on_image=lambda image: rows.append(write_oof(image, oof, OOF_MAX_SIDE)),
-                )
-                pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+            loop = runner.val_loop
+            result = fold_validation(
+                run_dir / "oof", saved,
+                lambda on_image: kernel_dice(segmentor, checkpoint, loop.rows, loop.image_dir, on_image=on_image),
+                OOF_MAX_SIDE,
+            )
             metrics.update(result)
         metrics.update(
             iter=iteration_of(best),

@@ -8,6 +8,8 @@ the original validation images, read and stain-normalised by the kernel's own re
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +19,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from inference.atomic import write_json
 from inference.engine.ensemble import Member
 from inference.metric import dice
 from inference.predict import Options, predict_one, save_probability, table_images
 from inference.rle import decode
 from inference.score import summarise
 from inference.tiling import resize_image
+from train.run_folder import json_safe
 
 
 def _level_rows(rows: pd.DataFrame, split: int | None) -> pd.DataFrame:
@@ -52,6 +56,9 @@ def validation_tiles(valid_index: pd.DataFrame, split: int | None = None) -> pd.
     rows = _original(valid_index)
     parts = [_level_rows(group, split) for _, group in rows.groupby("image_id", sort=False)]
     return pd.concat(parts).reset_index(drop=True)
+
+
+RESULT = "result.json"  # written last into a kept validation's folder (validate_into)
 
 
 @dataclass
@@ -105,6 +112,44 @@ def kernel_validation(
         raise ValueError("kernel_validation: no validation rows")
     result = summarise(pd.DataFrame(scores))
     result["threshold"] = options.threshold
+    return result
+
+
+def _validate_with_oof(oof: Path, validate: Callable[..., dict], max_side: int) -> dict:
+    oof.mkdir(parents=True)
+    rows: list[dict] = []
+    result = validate(on_image=lambda image: rows.append(write_oof(image, oof, max_side)))
+    pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
+    return result
+
+
+def validate_into(folder: Path, validate: Callable[..., dict], max_side: int) -> dict:
+    """Run validate(on_image=...) keeping its result and out-of-fold maps: FOLDER/oof/ (index.csv, maps, masks) and
+    FOLDER/result.json, written last so that a folder without it is unfinished. Both trainers keep each validation
+    this way and write the fold's metrics.json and oof/ from the best one's folder instead of validating again."""
+    folder = Path(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    result = _validate_with_oof(folder / "oof", validate, max_side)
+    write_json(folder / RESULT, json_safe(result))
+    return result
+
+
+def saved_validation(folder: Path) -> tuple[dict, Path] | None:
+    """(result, oof folder) of a validation validate_into finished in `folder`, else None."""
+    path = Path(folder) / RESULT
+    return (json.loads(path.read_text()), Path(folder) / "oof") if path.is_file() else None
+
+
+def fold_validation(oof: Path, saved: tuple[dict, Path] | None, validate: Callable[..., dict],
+                    max_side: int) -> dict:
+    """The fold's oof/ and validation result: copied from a kept validation of the same weights (saved_validation's
+    answer), else validate(on_image=...) now (weights no validation saw: an average, a stand-in checkpoint)."""
+    oof = Path(oof)
+    shutil.rmtree(oof, ignore_errors=True)
+    if saved is None:
+        return _validate_with_oof(oof, validate, max_side)
+    result, kept = saved
+    shutil.copytree(kept, oof)
     return result
 
 

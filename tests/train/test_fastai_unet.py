@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from counting import count_calls
 from fastai.callback.schedule import ParamScheduler
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
@@ -229,13 +230,19 @@ def _assert_validation_is_the_submission_path(
 
 @pytest.mark.slow
 def test_short_training_writes_a_complete_checkpoint_that_reloads(
-    demo_data: Path, demo_tiles: Path, tmp_path: Path, capsys
+    demo_data: Path, demo_tiles: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also: the fold is validated once per epoch and not again at the end (the best epoch's kept validation is the
+    fold's metrics.json and oof/; the submission-path check below compares them with inference.predict)."""
+    from train import fastai_callbacks
+
+    validations = count_calls(monkeypatch, "kernel_validation", fastai_callbacks)
     cfg = tiny_config(augment="flips", batches_per_epoch=8)  # 16 steps: enough for the loss to fall
     metrics = train(cfg, "tiny", 0, demo_tiles, tmp_path)
     folder = tmp_path / "tiny" / "fold0"
     out = capsys.readouterr().out
     assert "validation Dice of the submission path" in out and "kidney" in out and "HPA" in out
+    assert len(validations) == cfg.epochs and "kept from training (not predicted again)" in out
     _, valid_rows = split_rows(load_index(demo_tiles), 0, cfg)
     n_valid = valid_rows["image_id"].nunique()
     assert _assert_complete(folder, cfg, n_valid)["dice"] == metrics["dice"]
@@ -416,3 +423,27 @@ def test_grad_checkpointing_flag_overrides_the_config(demo_tiles: Path, tmp_path
     fastai_unet.main(common)
     fastai_unet.main([*common, "--grad-checkpointing"])
     assert seen == [False, True]
+
+
+def test_only_the_best_finished_validation_is_kept_and_reused_when_it_is_the_final_weights(tmp_path: Path) -> None:
+    """KernelDice's kept validations: the highest Dice (earliest epoch on a tie) stays; the trainer reuses it only for
+    the best epoch's own weights whose Dice history.csv recorded, else validates again."""
+    from train.fastai_callbacks import CHECKPOINTS, VALIDATIONS, keep_best_validation, kept_validation
+    from train.fastai_unet import _kept_best_validation
+    from train.validation import validate_into
+
+    keep = tmp_path / CHECKPOINTS / VALIDATIONS
+    for epoch, dice in [(0, 0.2), (1, 0.5), (2, 0.5), (3, 0.1)]:
+        validate_into(kept_validation(keep, epoch), lambda on_image, d=dice: {"dice": d, "n": 1}, 64)
+    (keep / "epoch_4" / "oof").mkdir(parents=True)  # a validation killed before its result.json
+    keep_best_validation(keep)
+    assert [p.name for p in keep.iterdir()] == ["epoch_1"]
+    assert (keep / "epoch_1" / "oof" / "index.csv").is_file()
+
+    history = pd.DataFrame({"epoch": [0, 1, 2], "dice": [0.2, 0.5, 0.5]})
+    assert _kept_best_validation(tmp_path, history, 1, None)[0]["dice"] == 0.5
+    assert _kept_best_validation(tmp_path, history, 1, {"steps": [1]}) is not None  # a mean of the best epoch alone
+    assert _kept_best_validation(tmp_path, history, 1, {"steps": [1, 2]}) is None  # weights no validation saw
+    stale = pd.DataFrame({"epoch": [0, 1], "dice": [0.2, 0.45]})  # epoch 1 retrained after a kill: another result
+    assert _kept_best_validation(tmp_path, stale, 1, None) is None
+    assert _kept_best_validation(tmp_path, history, None, None) is None

@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("mmcv", reason="mmcv is built from source by `make venv` (tools/build_mmcv_wheel.sh)")
 
+from counting import count_calls  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmseg.registry import (  # noqa: E402
     DATASETS,
@@ -346,15 +347,7 @@ def test_max_steps_marks_a_smoke_run_that_kernels_build_refuses(
     from train import mmseg_train
     from train.mmseg_ext import dice
 
-    validations = []
-
-    def counted(*args, **kwargs) -> dict:
-        validations.append(1)
-        return dice_of(*args, **kwargs)
-
-    dice_of = dice.kernel_dice
-    monkeypatch.setattr(dice, "kernel_dice", counted)
-    monkeypatch.setattr(mmseg_train, "kernel_dice", counted)
+    validations = count_calls(monkeypatch, "kernel_dice", dice, mmseg_train)
     args = ["--config", str(DEMO), "--fold", "0", "--tiles", str(demo_tiles), "--out", str(tmp_path)]
     main([*args, "--max-steps", "2", "--grad-checkpointing", "--cfg-options", *FAST])
     run = tmp_path / DEMO.stem / "fold0"

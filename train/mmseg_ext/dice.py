@@ -13,7 +13,6 @@ from it instead of predicting the validation images a second time (saved_validat
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -27,17 +26,15 @@ from mmengine.runner import BaseLoop
 from mmseg.registry import LOOPS
 from torch import nn
 
-from inference.atomic import write_json
 from inference.checkpoint import CheckpointConfig
 from inference.engine.ensemble import Member
 from inference.engine.predictor import Predictor
 from train.export import SegmentorLogits
-from train.run_folder import json_safe, validation_rows
-from train.validation import ValidationImage, kernel_validation, write_oof
+from train.run_folder import validation_rows
+from train.validation import ValidationImage, kernel_validation, validate_into
 
 OOF_MAX_SIDE = 512  # longest side of the saved out-of-fold maps (the fastai trainer's default)
 VALIDATIONS = "validations"  # under the run's work folder
-RESULT = "result.json"
 
 
 def iteration_of(checkpoint: str) -> int:
@@ -51,14 +48,6 @@ def iteration_of(checkpoint: str) -> int:
 def validation_folder(work_dir: str | Path, iteration: int) -> Path:
     """Where KernelValLoop keeps the validation at `iteration`: result.json and oof/ (index.csv, maps, masks)."""
     return Path(work_dir) / VALIDATIONS / f"iter_{int(iteration)}"
-
-
-def saved_validation(work_dir: str | Path, iteration: int) -> tuple[dict, Path] | None:
-    """(result, oof folder) of the kept validation at `iteration`, or None when there is none (or it is unfinished)."""
-    folder = validation_folder(work_dir, iteration)
-    if not (folder / RESULT).is_file():
-        return None
-    return json.loads((folder / RESULT).read_text()), folder / "oof"
 
 
 def segmentor_predictor(segmentor: nn.Module, config: CheckpointConfig, batch_size: int = 4) -> Predictor:
@@ -130,14 +119,12 @@ class KernelValLoop(BaseLoop):
         if is_main_process():
             model = self.runner.model
             segmentor = model.module if is_model_wrapper(model) else model
-            folder = validation_folder(self.runner.work_dir, self.runner.iter)
-            shutil.rmtree(folder, ignore_errors=True)
-            oof, rows = folder / "oof", []
-            oof.mkdir(parents=True)
-            result = kernel_dice(segmentor, self.config, self.rows, self.image_dir, batch_size=self.batch_size,
-                                 on_image=lambda image: rows.append(write_oof(image, oof, self.oof_max_side)))
-            pd.DataFrame(rows).to_csv(oof / "index.csv", index=False)
-            write_json(folder / RESULT, json_safe(result))  # last: marks the folder complete
+            result = validate_into(
+                validation_folder(self.runner.work_dir, self.runner.iter),
+                lambda on_image: kernel_dice(segmentor, self.config, self.rows, self.image_dir,
+                                             batch_size=self.batch_size, on_image=on_image),
+                self.oof_max_side,
+            )
             metrics = scalar_metrics(result)
         if get_world_size() > 1:
             holder = [metrics]
