@@ -39,8 +39,9 @@ test-fast: venv
 lint: venv
 	$(PY) -m ruff check .
 
-# every GPU recipe of both trainers on CPU through train, validation, export, predict and the kernel (3-8 minutes a
-# config on 2 cores; e.g. REHEARSE_ARGS="--whole-image-tiles --max-memory-gib 12"). make test runs its --ci form.
+# every GPU recipe of both trainers on CPU through train, validation, export, predict and the kernel, on demo data at
+# the competition's scale (3-10 minutes a config on 2 cores; as measured in docs/benchmarks.md:
+# REHEARSE_ARGS="--whole-image-tiles --grad-checkpointing --max-memory-gib 18"). make test runs its --ci form.
 REHEARSE_ARGS ?=
 rehearse: venv
 	nice -n 10 $(PY) -m benchmarks.rehearse $(REHEARSE_ARGS)
