@@ -377,6 +377,11 @@ def rehearse_config(family: str, stem: str, data: DemoData, work: Path, steps: i
     built = run(python("kernels.build", "--models", folder, "--out", work / "dist" / stem, "--user", KERNEL_USER,
                        "--wheels", "none", "--allow-smoke"), logs / "kernel.log", timeout_s)
     row.kernel = "built" if built.ok else f"failed: {built.failure()}"
+    # a finished row keeps only what the ensemble and a re-run read (the run folder's model, config and metrics):
+    # the per-config kernel build and mmseg's resume checkpoints (work/: 1-9 GB per UperNet) filled a 100 GB disk
+    # at ten configs
+    shutil.rmtree(work / "dist" / stem, ignore_errors=True)
+    shutil.rmtree(folder / "work", ignore_errors=True)
     return row
 
 

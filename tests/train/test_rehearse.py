@@ -48,6 +48,10 @@ def test_ci_rehearsal_of_one_config_per_family(tmp_path: Path) -> None:
     assert CheckpointConfig.load(work / "outputs" / "segformer_mit-b3_1024" / "fold0").reduce_k == 1.0
     # and validated once: the runner's validation is the fold's metrics (not predicted again at the end)
     assert "kept from training (not predicted again)" in (work / "logs" / "segformer_mit-b3_1024" / "train.log").read_text()
+    # a finished row leaves no resume checkpoints or per-config kernel build behind (they filled the disk)
+    assert not (work / "outputs" / "segformer_mit-b3_1024" / "fold0" / "work").exists()
+    assert not any((work / "dist" / stem).exists() for stem in rehearse.CI_CONFIGS)
+    assert (work / "dist" / "ensemble" / "kernel").is_dir()
 
 
 def test_a_command_over_the_memory_limit_is_stopped_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
