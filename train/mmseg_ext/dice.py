@@ -8,7 +8,7 @@ the run will write, and scores it with train.validation.kernel_validation. The t
 
 Each validation keeps its result and out-of-fold maps under WORK/validations/iter_<N>/ (result.json written last);
 only the folder of the best checkpoint's validation is kept, so the trainer writes the fold's metrics.json and oof/
-from it instead of predicting the validation images a second time (saved_validation).
+from it instead of predicting the validation images a second time (train.validation.saved_validation).
 """
 
 from __future__ import annotations
