@@ -6,11 +6,12 @@
         [--markdown rehearsal/rehearsal.md] [--fresh] [--ci]
     make rehearse
 
-On demo data at the competition's scale (data_prep.make_demo --scale 1: 3000 px images at their nominal pixel
-size, so each tile set's pixel size, and the windows of the 3000 and 4500 px predictions, are a real run's), folds, tile sets at each recipe's size with --scaled 0.8 whole images and one
-stain copy per image, all through their command lines), each GPU config of both trainers runs through its own
-command line for --steps optimizer steps at its real tile size and with its real data pipeline (augmentation preset,
-crop sampler, stain-copy share, low-res blur, channels-last, gradient accumulation), encoders with random weights
+On demo data at the competition's scale (data_prep.make_demo --scale 1: 3000 px images at their nominal pixel size,
+so each tile set's pixel size, and the windows of the 3000 and 4500 px predictions, are a real run's), folds, tile
+sets at each recipe's size with --scaled 0.8 whole images and one stain copy per image, all through their command
+lines), each GPU config of both trainers runs through its own command line for --steps optimizer steps at its real
+tile size and with its real data pipeline (augmentation preset, crop sampler, stain-copy share, low-res blur,
+channels-last, gradient accumulation), encoders with random weights
 (--encoder-weights none: nothing is downloaded) and the batch size shrunk to --batch-size; then:
     validate   the trainer's own validation pass through the submission path (metrics.json's Dice, smoke-marked)
     export     mmseg: python -m train.export --run-dir; fastai: the model.pth / model.ts the trainer wrote
@@ -453,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="mmseg configs train on tiles of whole images (--splits 1; default 1,2), so their scale "
                         "is one demo image per window (validation and prediction cost 4-9x less)")
     parser.add_argument("--mmseg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="more --cfg-options for the mmseg trainer, e.g. model.backbone.with_cp=True (gradient "
-                        "checkpointing: the same model in less memory)")
+                        help="more --cfg-options for the mmseg trainer, e.g. train_dataloader.num_workers=1 "
+                        "(gradient checkpointing: --grad-checkpointing, for both trainers)")
     parser.add_argument("--max-memory-gib", type=float,
                         help="stop a command whose processes together use more memory (PSS) than this, as a failure "
                         "that names the memory it reached")
